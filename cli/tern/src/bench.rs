@@ -1,0 +1,168 @@
+//! A load generator speaking DynamoDB's JSON protocol over plain HTTP/1.1 keep-alive connections.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use tern_cluster::{Cluster, ClusterSpec};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Endpoint of a running cluster; without it a fresh local cluster is started.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Concurrent requests (each its own connection).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds of each phase.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Size of the item payload attribute in bytes.
+    #[arg(long, default_value_t = 100)]
+    item_size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Phases to run, in order: put, get, get-consistent.
+    #[arg(long, value_delimiter = ',', default_value = "put,get,get-consistent")]
+    ops: Vec<String>,
+    /// Storage nodes sync each write on its own (only with a fresh local cluster).
+    #[arg(long)]
+    no_group_commit: bool,
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (endpoint, _cluster, _dir) = match &args.endpoint {
+        Some(e) => (e.clone(), None, None),
+        None => {
+            let dir = tempfile::tempdir().context("create a data dir")?;
+            let mut spec = ClusterSpec::new(dir.path(), crate::bin_dir()?);
+            if args.no_group_commit {
+                spec.env.push(("TERN_STORAGE_GROUP_COMMIT".into(), "false".into()));
+            }
+            let cluster = Cluster::start(spec).await?;
+            (cluster.endpoint(), Some(cluster), Some(dir))
+        }
+    };
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.concurrency)
+        .build_http();
+    let table = format!("bench-{}", std::process::id());
+    create_table(&client, &endpoint, &table).await?;
+    println!(
+        "endpoint {endpoint}, {} connections, {}-byte items, {} keys, group commit {}",
+        args.concurrency,
+        args.item_size,
+        args.keys,
+        if args.no_group_commit { "off" } else { "on" }
+    );
+    for op in &args.ops {
+        let report = phase(&client, &endpoint, &table, op, &args).await?;
+        println!("{report}");
+    }
+    Ok(())
+}
+
+async fn call(client: &HttpClient, endpoint: &str, op: &str, body: String) -> anyhow::Result<(u16, Bytes)> {
+    let req = hyper::Request::post(endpoint)
+        .header("content-type", "application/x-amz-json-1.0")
+        .header("x-amz-target", format!("DynamoDB_20120810.{op}"))
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+async fn create_table(client: &HttpClient, endpoint: &str, table: &str) -> anyhow::Result<()> {
+    let body = json!({
+        "TableName": table,
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+        "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    });
+    let (status, body) = call(client, endpoint, "CreateTable", body.to_string()).await?;
+    if status != 200 {
+        bail!("CreateTable failed: {}", String::from_utf8_lossy(&body));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let (_, body) = call(client, endpoint, "DescribeTable", json!({"TableName": table}).to_string()).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        if v["Table"]["TableStatus"] == "ACTIVE" {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("table {table} did not become ACTIVE")
+}
+
+fn request_body(op: &str, table: &str, key: u64, payload: &str) -> (&'static str, String) {
+    let pk = format!("key-{key}");
+    match op {
+        "put" => (
+            "PutItem",
+            json!({"TableName": table, "Item": {"pk": {"S": pk}, "data": {"S": payload}}}).to_string(),
+        ),
+        _ => (
+            "GetItem",
+            json!({"TableName": table, "Key": {"pk": {"S": pk}}, "ConsistentRead": op == "get-consistent"})
+                .to_string(),
+        ),
+    }
+}
+
+async fn phase(client: &HttpClient, endpoint: &str, table: &str, op: &str, args: &Args) -> anyhow::Result<String> {
+    if !matches!(op, "put" | "get" | "get-consistent") {
+        bail!("unknown phase {op}: use put, get or get-consistent");
+    }
+    let payload: String = "x".repeat(args.item_size);
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let next_key = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for _ in 0..args.concurrency {
+        let (client, endpoint, table, payload) = (client.clone(), endpoint.to_string(), table.to_string(), payload.clone());
+        let (op, keys, next_key, errors) = (op.to_string(), args.keys, next_key.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            while Instant::now() < deadline {
+                let key = next_key.fetch_add(1, Ordering::Relaxed) % keys;
+                let (target, body) = request_body(&op, &table, key, &payload);
+                let t0 = Instant::now();
+                match call(&client, &endpoint, target, body).await {
+                    Ok((200, _)) => hist.saturating_record(t0.elapsed().as_micros() as u64),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        total.add(t.await?)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(format!(
+        "{op:>15}: {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} ok, {} errors, {:.1} s)",
+        total.len() as f64 / secs,
+        total.value_at_quantile(0.50) as f64 / 1000.0,
+        total.value_at_quantile(0.99) as f64 / 1000.0,
+        total.max() as f64 / 1000.0,
+        total.len(),
+        errors.load(Ordering::Relaxed),
+        secs
+    ))
+}

@@ -1,0 +1,65 @@
+//! `tern`: start a local cluster (`tern up`) or drive load against one (`tern bench`).
+
+mod bench;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tern_cluster::{Cluster, ClusterSpec};
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "Tern: a DynamoDB-compatible database on NATS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start nats-server and every service as its own process; Ctrl-C stops them all.
+    Up {
+        /// Data directory (JetStream store, storage nodes, logs); kept across restarts.
+        #[arg(long, default_value = ".tern")]
+        data_dir: PathBuf,
+        /// Port of the DynamoDB endpoint.
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Router cache mode: constant or classic.
+        #[arg(long, default_value = "constant")]
+        cache_mode: String,
+    },
+    /// Drive PutItem and GetItem through the full stack and print throughput and latency.
+    Bench(bench::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _telemetry = tern_telemetry::init("tern");
+    match Cli::parse().command {
+        Command::Up { data_dir, port, cache_mode } => up(data_dir, port, cache_mode).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+/// Directory of the service binaries: the one holding this executable.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate the tern executable")?;
+    Ok(exe.parent().context("executable has no directory")?.to_path_buf())
+}
+
+async fn up(data_dir: PathBuf, port: u16, cache_mode: String) -> anyhow::Result<()> {
+    let mut spec = ClusterSpec::new(&data_dir, bin_dir()?);
+    spec.router_port = Some(port);
+    spec.env.push(("TERN_ROUTER_CACHE_MODE".into(), cache_mode));
+    println!("starting tern in {} ...", data_dir.display());
+    let cluster = Cluster::start(spec).await?;
+    println!("nats: {}", cluster.nats_url());
+    println!("logs: {}", data_dir.join("logs").display());
+    println!("endpoint: {}", cluster.endpoint());
+    tern_telemetry::shutdown_signal().await;
+    println!("stopping ...");
+    cluster.stop().await;
+    println!("stopped");
+    Ok(())
+}

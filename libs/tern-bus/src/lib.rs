@@ -1,0 +1,219 @@
+//! Tern's bus: typed request/reply over NATS.
+//!
+//! Every call has a timeout, carries W3C trace context in its NATS headers, and fails with a typed
+//! [`BusError`]; API errors cross the bus as a status header plus the message as the body, so a
+//! DynamoDB error raised on a storage node reaches the client unchanged. Calls are also available as
+//! [`tower::Service`]s ([`RpcService`]) so timeouts, retries and limits compose as layers.
+
+mod error;
+mod service;
+mod trace;
+
+pub use error::BusError;
+pub use service::RpcService;
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Message};
+use bytes::Bytes;
+use futures::StreamExt;
+use tern_model::ApiError;
+use tern_proto::status;
+use tracing::Instrument;
+
+/// Default timeout of a call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to the bus. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: async_nats::Client,
+    timeout: Duration,
+}
+
+impl Bus {
+    /// Connects to NATS at `url`, naming the connection after the service instance.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| BusError::Transport(format!("connect to {url}: {e}")))?;
+        Ok(Self { client, timeout: DEFAULT_TIMEOUT })
+    }
+
+    pub fn from_client(client: async_nats::Client) -> Self {
+        Self { client, timeout: DEFAULT_TIMEOUT }
+    }
+
+    /// The same connection with another call timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self { client: self.client.clone(), timeout }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends `req` to `subject` and waits for the typed reply.
+    pub async fn call<Req, Resp>(&self, subject: &str, req: &Req) -> Result<Resp, BusError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let payload = Bytes::from(req.encode_to_vec());
+        let reply = self.call_raw(subject, payload).await?;
+        Resp::decode(reply).map_err(|e| BusError::Decode(format!("reply from {subject}: {e}")))
+    }
+
+    /// Sends raw bytes and returns the raw reply body, errors decoded.
+    pub async fn call_raw(&self, subject: &str, payload: Bytes) -> Result<Bytes, BusError> {
+        let mut headers = HeaderMap::new();
+        trace::inject(&mut headers);
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .headers(headers)
+            .timeout(Some(self.timeout));
+        let msg = self
+            .client
+            .send_request(subject.to_string(), request)
+            .await
+            .map_err(|e| BusError::from_request_error(subject, self.timeout, e))?;
+        decode_reply(msg)
+    }
+
+    /// Publishes a one-way message (no reply expected).
+    pub async fn publish<M: prost::Message>(&self, subject: &str, msg: &M) -> Result<(), BusError> {
+        let mut headers = HeaderMap::new();
+        trace::inject(&mut headers);
+        self.client
+            .publish_with_headers(subject.to_string(), headers, msg.encode_to_vec().into())
+            .await
+            .map_err(|e| BusError::Transport(format!("publish to {subject}: {e}")))
+    }
+
+    /// A [`tower::Service`] calling `subject`.
+    pub fn service<Req, Resp>(&self, subject: impl Into<String>) -> RpcService<Req, Resp> {
+        RpcService::new(self.clone(), subject.into())
+    }
+
+    /// Serves `subject` (in `queue` group if given) until the connection drains: each request is
+    /// decoded, handled in its own task under a span whose parent is the caller's trace, and
+    /// answered with the handler's reply or error.
+    pub async fn serve<Req, Resp, F, Fut>(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+        handler: F,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError>
+    where
+        Req: prost::Message + Default + Send + 'static,
+        Resp: prost::Message + Send + 'static,
+        F: Fn(Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, BusError>> + Send + 'static,
+    {
+        let mut sub = match queue {
+            Some(q) => self.client.queue_subscribe(subject.to_string(), q.to_string()).await,
+            None => self.client.subscribe(subject.to_string()).await,
+        }
+        .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
+        let client = self.client.clone();
+        let handler = std::sync::Arc::new(handler);
+        let subject = subject.to_string();
+        Ok(tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let handler = handler.clone();
+                let client = client.clone();
+                let span = tracing::info_span!("bus.handle", subject = %subject);
+                trace::set_parent(&span, msg.headers.as_ref());
+                tokio::spawn(
+                    async move {
+                        let reply = msg.reply.clone();
+                        let result = match Req::decode(msg.payload) {
+                            Ok(req) => handler(req).await,
+                            Err(e) => Err(BusError::Decode(format!("request: {e}"))),
+                        };
+                        // A published message (no reply subject) gets no answer.
+                        if let Some(reply) = reply {
+                            respond(&client, reply, result).await;
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+        }))
+    }
+
+    /// Stops all subscriptions after their pending messages and flushes what was published.
+    pub async fn drain(&self) {
+        if let Err(e) = self.client.drain().await {
+            tracing::debug!(error = %e, "drain bus connection");
+        }
+    }
+}
+
+async fn respond<Resp: prost::Message>(
+    client: &async_nats::Client,
+    reply: async_nats::Subject,
+    result: Result<Resp, BusError>,
+) {
+    let sent = match result {
+        Ok(resp) => client.publish(reply, resp.encode_to_vec().into()).await,
+        Err(err) => {
+            let (code, body) = err.to_wire();
+            let mut headers = HeaderMap::new();
+            headers.insert(status::HEADER, code.to_string().as_str());
+            client.publish_with_headers(reply, headers, body.into()).await
+        }
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "send reply");
+    }
+}
+
+fn decode_reply(msg: Message) -> Result<Bytes, BusError> {
+    let status_code = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(status::HEADER))
+        .map(|v| v.as_str().parse::<u16>().unwrap_or(u16::MAX));
+    match status_code {
+        None => Ok(msg.payload),
+        Some(code) => Err(BusError::from_wire(code, &msg.payload)),
+    }
+}
+
+/// Converts an API error into the bus error that carries it.
+impl From<ApiError> for BusError {
+    fn from(e: ApiError) -> Self {
+        BusError::Api(e)
+    }
+}
+
+/// Serves `tern.health.<service>.<instance>`, answering ready once `ready` is set.
+pub async fn serve_health(
+    bus: &Bus,
+    service: &'static str,
+    instance: &str,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<tokio::task::JoinHandle<()>, BusError> {
+    let subject = tern_proto::subjects::health(service, instance);
+    let instance = instance.to_string();
+    bus.serve(&subject, None, move |_: tern_proto::HealthRequest| {
+        let resp = tern_proto::HealthResponse {
+            service: service.to_string(),
+            instance: instance.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: ready.load(std::sync::atomic::Ordering::Acquire),
+        };
+        async move { Ok(resp) }
+    })
+    .await
+}

@@ -1,0 +1,159 @@
+//! MemDS API: routing metadata and table DDL.
+//!
+//! [`TableInfo`] is also the value stored in the authoritative JetStream key-value bucket.
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AttributeDefinition {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// "S", "N" or "B".
+    #[prost(string, tag = "2")]
+    pub attr_type: String,
+}
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeySchema {
+    #[prost(string, tag = "1")]
+    pub hash_name: String,
+    #[prost(string, tag = "2")]
+    pub hash_type: String,
+    /// Empty when the table has no sort key.
+    #[prost(string, tag = "3")]
+    pub range_name: String,
+    #[prost(string, tag = "4")]
+    pub range_type: String,
+}
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Replica {
+    #[prost(string, tag = "1")]
+    pub node_id: String,
+    #[prost(string, tag = "2")]
+    pub az: String,
+}
+
+/// One partition: the hash range `[hash_start, hash_end]` (both inclusive) of one table.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PartitionInfo {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Changes whenever the partition splits or moves; storage rejects requests with another epoch.
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    #[prost(uint64, tag = "3")]
+    pub hash_start: u64,
+    #[prost(uint64, tag = "4")]
+    pub hash_end: u64,
+    /// Three replicas in three availability zones.
+    #[prost(message, repeated, tag = "5")]
+    pub replicas: Vec<Replica>,
+    /// Node id of the last known leader, a hint.
+    #[prost(string, tag = "6")]
+    pub leader: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, prost::Enumeration)]
+#[repr(i32)]
+pub enum TableStatus {
+    Creating = 0,
+    Active = 1,
+    Deleting = 2,
+}
+
+impl TableStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableStatus::Creating => "CREATING",
+            TableStatus::Active => "ACTIVE",
+            TableStatus::Deleting => "DELETING",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TableInfo {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Unique per table incarnation: a table deleted and created again gets a new id.
+    #[prost(string, tag = "2")]
+    pub table_id: String,
+    #[prost(enumeration = "TableStatus", tag = "3")]
+    pub status: i32,
+    #[prost(message, optional, tag = "4")]
+    pub key_schema: Option<KeySchema>,
+    #[prost(message, repeated, tag = "5")]
+    pub attribute_definitions: Vec<AttributeDefinition>,
+    /// Milliseconds since the Unix epoch.
+    #[prost(uint64, tag = "6")]
+    pub creation_time_ms: u64,
+    /// "PROVISIONED" or "PAY_PER_REQUEST".
+    #[prost(string, tag = "7")]
+    pub billing_mode: String,
+    #[prost(uint64, tag = "8")]
+    pub read_capacity: u64,
+    #[prost(uint64, tag = "9")]
+    pub write_capacity: u64,
+    /// Sorted by `hash_start`, covering the whole u64 hash space without gaps.
+    #[prost(message, repeated, tag = "10")]
+    pub partitions: Vec<PartitionInfo>,
+}
+
+impl TableInfo {
+    /// The partition owning `hash`.
+    pub fn partition_for(&self, hash: u64) -> Option<&PartitionInfo> {
+        let i = self.partitions.partition_point(|p| p.hash_end < hash);
+        self.partitions
+            .get(i)
+            .filter(|p| p.hash_start <= hash && hash <= p.hash_end)
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LookupRequest {
+    #[prost(string, tag = "1")]
+    pub table_name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TableReply {
+    #[prost(message, optional, tag = "1")]
+    pub table: Option<TableInfo>,
+}
+
+/// The router has validated the request; MemDS checks existence, places partitions and persists.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateTableRequest {
+    #[prost(message, optional, tag = "1")]
+    pub table: Option<TableInfo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TableNameRequest {
+    #[prost(string, tag = "1")]
+    pub table_name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListTablesRequest {
+    #[prost(string, tag = "1")]
+    pub exclusive_start: String,
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListTablesResponse {
+    #[prost(string, repeated, tag = "1")]
+    pub names: Vec<String>,
+    /// Empty when the listing is complete.
+    #[prost(string, tag = "2")]
+    pub last_evaluated: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemdsStats {
+    #[prost(uint64, tag = "1")]
+    pub lookups: u64,
+    #[prost(uint64, tag = "2")]
+    pub tables: u64,
+}

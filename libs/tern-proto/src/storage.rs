@@ -1,0 +1,72 @@
+//! Storage node API: data requests to a partition replica and partition administration.
+
+use crate::memds::PartitionInfo;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, prost::Enumeration)]
+#[repr(i32)]
+pub enum WriteKind {
+    Put = 0,
+    Delete = 1,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteRequest {
+    #[prost(uint64, tag = "1")]
+    pub partition_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    /// Order-preserving storage key of the item (`tern_model::PrimaryKey::storage_key`).
+    #[prost(bytes = "vec", tag = "3")]
+    pub key: Vec<u8>,
+    #[prost(enumeration = "WriteKind", tag = "4")]
+    pub kind: i32,
+    /// Canonical DynamoDB JSON of the new item (Put only).
+    #[prost(bytes = "bytes", tag = "5")]
+    pub item: bytes::Bytes,
+    /// A `tern_model::Condition` as JSON; empty when the write is unconditional.
+    #[prost(bytes = "vec", tag = "6")]
+    pub condition: Vec<u8>,
+    /// Return the item as it was before the write.
+    #[prost(bool, tag = "7")]
+    pub return_old: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteResponse {
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub old_item: Option<bytes::Bytes>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetRequest {
+    #[prost(uint64, tag = "1")]
+    pub partition_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub key: Vec<u8>,
+    #[prost(bool, tag = "4")]
+    pub consistent: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetResponse {
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub item: Option<bytes::Bytes>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreatePartitionRequest {
+    #[prost(string, tag = "1")]
+    pub table_name: String,
+    #[prost(string, tag = "2")]
+    pub table_id: String,
+    #[prost(message, optional, tag = "3")]
+    pub partition: Option<PartitionInfo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DropPartitionRequest {
+    #[prost(uint64, tag = "1")]
+    pub partition_id: u64,
+}

@@ -1,0 +1,51 @@
+//! Every NATS subject Tern uses, in one place.
+//!
+//! Fleets that any instance may answer (MemDS, GAC) serve through queue groups named in [`queue`];
+//! per-node subjects carry the node id.
+
+/// Queue group names.
+pub mod queue {
+    pub const MEMDS: &str = "memds";
+    pub const GAC: &str = "gac";
+    pub const ARCHIVER: &str = "archiver";
+}
+
+/// Routing lookup of one table, sent by routers for every request (constant work).
+pub const MEMDS_LOOKUP: &str = "tern.memds.lookup";
+pub const MEMDS_CREATE_TABLE: &str = "tern.memds.ddl.create_table";
+pub const MEMDS_DESCRIBE_TABLE: &str = "tern.memds.ddl.describe_table";
+pub const MEMDS_LIST_TABLES: &str = "tern.memds.ddl.list_tables";
+pub const MEMDS_DELETE_TABLE: &str = "tern.memds.ddl.delete_table";
+/// Storage nodes publish their liveness here; every MemDS instance listens (no queue group).
+pub const NODE_HEARTBEAT: &str = "tern.memds.node_heartbeat";
+
+/// Statistics of one MemDS instance (lookups served), for tests and operators.
+pub fn memds_stats(instance: &str) -> String {
+    format!("tern.memds.{instance}.stats")
+}
+
+/// Health of one instance of a service: `tern.health.<service>.<instance>`.
+pub fn health(service: &str, instance: &str) -> String {
+    format!("tern.health.{service}.{instance}")
+}
+
+/// Data and admin subjects of one storage node.
+pub fn storage_write(node: &str) -> String {
+    format!("tern.storage.{node}.write")
+}
+pub fn storage_get(node: &str) -> String {
+    format!("tern.storage.{node}.get")
+}
+pub fn storage_create_partition(node: &str) -> String {
+    format!("tern.storage.{node}.admin.create_partition")
+}
+pub fn storage_drop_partition(node: &str) -> String {
+    format!("tern.storage.{node}.admin.drop_partition")
+}
+
+/// A token-valid NATS subject segment: node and instance ids must be this.
+pub fn is_valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

@@ -1,0 +1,9 @@
+//! `tern-gac`: configuration → telemetry → [`tern_gac::run`].
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let file = tern_config::config_file_from_args();
+    let config: tern_gac::Config = tern_config::load("gac", file.as_deref())?;
+    let _telemetry = tern_telemetry::init("tern-gac");
+    tern_gac::run(config, tern_telemetry::shutdown_signal()).await
+}

@@ -1,0 +1,186 @@
+//! Table creation and deletion: compare-and-set on the bucket, then driving the storage nodes.
+//!
+//! A table is written CREATING (or DELETING) first; the partitions are then created on (dropped
+//! from) their replicas, and only then is it set ACTIVE (removed). Every step is idempotent and
+//! every instance re-drives unfinished tables periodically, so a MemDS that dies half-way leaves
+//! nothing stuck.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use prost::Message;
+use tern_model::{ApiError, ErrorCode};
+use tern_proto::memds::{CreateTableRequest, TableInfo, TableReply, TableStatus};
+use tern_proto::storage::{CreatePartitionRequest, DropPartitionRequest};
+use tern_proto::{subjects, Empty};
+
+use crate::tables::key;
+use crate::{placement, Memds};
+
+const STORAGE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn create_table(m: &Memds, req: CreateTableRequest) -> Result<TableReply, ApiError> {
+    let mut table = req.table.ok_or_else(|| ApiError::validation("table missing"))?;
+    if m.tables.get(&table.name).is_some() {
+        return Err(in_use(format!("Table already exists: {}", table.name)));
+    }
+    let mut load = m.tables.load_per_node();
+    table.partitions = placement::place(
+        &m.nodes.live(),
+        m.config.partitions_per_table.max(1),
+        &mut load,
+        rand::random::<u64>,
+    )?;
+    table.table_id = format!("{:032x}", rand::random::<u128>());
+    table.status = TableStatus::Creating as i32;
+    table.creation_time_ms = now_ms();
+    let bytes = Bytes::from(table.encode_to_vec());
+    let revision = m.kv.create(key(&table.name), bytes.clone()).await.map_err(|e| {
+        if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists {
+            in_use(format!("Table already exists: {}", table.name))
+        } else {
+            internal("create table metadata", e)
+        }
+    })?;
+    m.tables.apply(&key(&table.name), revision, async_nats::jetstream::kv::Operation::Put, &bytes);
+    tracing::info!(table = %table.name, partitions = table.partitions.len(), "table created");
+    let s = m.clone();
+    let name = table.name.clone();
+    tokio::spawn(async move { drive(&s, &name).await });
+    Ok(TableReply { table: Some(table) })
+}
+
+pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError> {
+    for _ in 0..5 {
+        let Some(entry) = m.kv.entry(key(name)).await.map_err(|e| internal("read table", e))? else {
+            return Err(table_not_found(name));
+        };
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            return Err(table_not_found(name));
+        }
+        let mut table = TableInfo::decode(entry.value.as_ref()).map_err(|e| internal("decode table", e))?;
+        match table.status() {
+            TableStatus::Creating => {
+                return Err(in_use(format!("Attempt to change a resource which is still in use: Table is being created: {name}")))
+            }
+            TableStatus::Deleting => {
+                return Err(in_use(format!("Attempt to change a resource which is still in use: Table is being deleted: {name}")))
+            }
+            TableStatus::Active => {}
+        }
+        table.status = TableStatus::Deleting as i32;
+        let bytes = Bytes::from(table.encode_to_vec());
+        match m.kv.update(key(name), bytes.clone(), entry.revision).await {
+            Ok(rev) => {
+                m.tables.apply(&key(name), rev, async_nats::jetstream::kv::Operation::Put, &bytes);
+                tracing::info!(table = name, "table deleting");
+                let s = m.clone();
+                let n = name.to_string();
+                tokio::spawn(async move { drive(&s, &n).await });
+                return Ok(TableReply { table: Some(table) });
+            }
+            // Someone else changed it meanwhile: read again.
+            Err(e) => tracing::debug!(table = name, error = %e, "delete table: compare-and-set lost"),
+        }
+    }
+    Err(ApiError::new(ErrorCode::InternalServerError, "table metadata is changing too fast"))
+}
+
+/// Moves one table on from CREATING or DELETING, if it is in one of those states.
+pub async fn drive(m: &Memds, name: &str) {
+    let entry = match m.kv.entry(key(name)).await {
+        Ok(Some(e)) if e.operation == async_nats::jetstream::kv::Operation::Put => e,
+        Ok(_) => return,
+        Err(e) => return tracing::warn!(table = name, error = %e, "read table"),
+    };
+    let Ok(mut table) = TableInfo::decode(entry.value.as_ref()) else { return };
+    let result = match table.status() {
+        TableStatus::Creating => {
+            if let Err(e) = create_replicas(m, &table).await {
+                return tracing::warn!(table = name, error = %e, "create partitions; will retry");
+            }
+            table.status = TableStatus::Active as i32;
+            let bytes = Bytes::from(table.encode_to_vec());
+            m.kv.update(key(name), bytes.clone(), entry.revision)
+                .await
+                .map(|rev| m.tables.apply(&key(name), rev, async_nats::jetstream::kv::Operation::Put, &bytes))
+                .map_err(|e| e.to_string())
+        }
+        TableStatus::Deleting => {
+            if let Err(e) = drop_replicas(m, &table).await {
+                return tracing::warn!(table = name, error = %e, "drop partitions; will retry");
+            }
+            m.kv.delete_expect_revision(key(name), Some(entry.revision))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        TableStatus::Active => return,
+    };
+    match result {
+        Ok(()) => tracing::info!(table = name, from = table.status().as_str(), "table state advanced"),
+        Err(e) => tracing::debug!(table = name, error = %e, "table state: compare-and-set lost"),
+    }
+}
+
+async fn create_replicas(m: &Memds, table: &TableInfo) -> Result<(), tern_bus::BusError> {
+    let bus = m.bus.with_timeout(STORAGE_CALL_TIMEOUT);
+    for p in &table.partitions {
+        for r in &p.replicas {
+            let req = CreatePartitionRequest {
+                table_name: table.name.clone(),
+                table_id: table.table_id.clone(),
+                partition: Some(p.clone()),
+            };
+            bus.call::<_, Empty>(&subjects::storage_create_partition(&r.node_id), &req).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn drop_replicas(m: &Memds, table: &TableInfo) -> Result<(), tern_bus::BusError> {
+    let bus = m.bus.with_timeout(STORAGE_CALL_TIMEOUT);
+    for p in &table.partitions {
+        for r in &p.replicas {
+            let req = DropPartitionRequest { partition_id: p.id };
+            bus.call::<_, Empty>(&subjects::storage_drop_partition(&r.node_id), &req).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn reconcile_forever(m: Memds) {
+    let mut tick = tokio::time::interval(Duration::from_millis(m.config.reconcile_ms));
+    loop {
+        tick.tick().await;
+        let unfinished: Vec<Arc<TableInfo>> = m
+            .tables
+            .all()
+            .into_iter()
+            .filter(|t| t.status() != TableStatus::Active)
+            .collect();
+        for t in unfinished {
+            drive(&m, &t.name).await;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn in_use(msg: String) -> ApiError {
+    ApiError::new(ErrorCode::ResourceInUse, msg)
+}
+
+fn table_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ResourceNotFound,
+        format!("Requested resource not found: Table: {name} not found"),
+    )
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "{what}");
+    ApiError::new(ErrorCode::InternalServerError, "Internal server error")
+}

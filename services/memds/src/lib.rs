@@ -1,0 +1,169 @@
+//! MemDS: all routing metadata in memory, answering lookups for any table; the control plane for
+//! table DDL.
+//!
+//! The authoritative metadata is a JetStream key-value bucket (`table.<name>` → [`TableInfo`]),
+//! changed only by compare-and-set. Every instance watches the whole bucket and keeps all of it in
+//! memory, so any instance answers any lookup; instances serve through one queue group.
+
+mod ddl;
+mod kv;
+mod nodes;
+mod placement;
+mod tables;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tern_bus::{Bus, BusError};
+use tern_model::{ApiError, ErrorCode};
+use tern_proto::memds::{
+    CreateTableRequest, ListTablesRequest, ListTablesResponse, LookupRequest, MemdsStats,
+    TableNameRequest, TableReply,
+};
+use tern_proto::node::NodeHeartbeat;
+use tern_proto::subjects::{self, queue};
+
+pub use tables::Tables;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub nats_url: String,
+    pub instance: String,
+    /// JetStream key-value bucket holding the metadata.
+    pub bucket: String,
+    /// Partitions a new table starts with.
+    pub partitions_per_table: u32,
+    /// A storage node not heard from for this long gets no new replicas.
+    pub node_timeout_ms: u64,
+    /// How often unfinished table creations and deletions are driven forward.
+    pub reconcile_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            instance: "memds-1".into(),
+            bucket: "tern_meta".into(),
+            partitions_per_table: 2,
+            node_timeout_ms: 5000,
+            reconcile_ms: 1000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Memds {
+    pub config: Arc<Config>,
+    pub bus: Bus,
+    pub kv: async_nats::jetstream::kv::Store,
+    pub tables: Tables,
+    pub nodes: nodes::Nodes,
+    pub lookups: Arc<AtomicU64>,
+}
+
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        subjects::is_valid_token(&config.instance),
+        "invalid memds configuration: instance {:?} must be letters, digits, '-' or '_'",
+        config.instance
+    );
+    let bus = Bus::connect(&config.nats_url, &format!("tern-memds-{}", config.instance)).await?;
+    let kv = kv::open_bucket(bus.client(), &config.bucket).await?;
+    let tables = Tables::load_and_watch(kv.clone()).await?;
+    let memds = Memds {
+        config: Arc::new(config.clone()),
+        bus: bus.clone(),
+        kv,
+        tables,
+        nodes: nodes::Nodes::new(Duration::from_millis(config.node_timeout_ms)),
+        lookups: Arc::new(AtomicU64::new(0)),
+    };
+    serve(&memds).await?;
+    let ready = Arc::new(AtomicBool::new(true));
+    tern_bus::serve_health(&bus, "memds", &config.instance, ready).await?;
+    let reconciler = tokio::spawn(ddl::reconcile_forever(memds.clone()));
+    tracing::info!(instance = %config.instance, bucket = %config.bucket, "memds ready");
+
+    shutdown.await;
+    tracing::info!("memds stopping");
+    reconciler.abort();
+    bus.drain().await;
+    Ok(())
+}
+
+async fn serve(m: &Memds) -> Result<(), BusError> {
+    let bus = &m.bus;
+    let q = Some(queue::MEMDS);
+    let s = m.clone();
+    bus.serve(subjects::MEMDS_LOOKUP, q, move |req: LookupRequest| {
+        s.lookups.fetch_add(1, Ordering::Relaxed);
+        let reply = s.tables.get(&req.table_name);
+        async move {
+            match reply {
+                Some(t) => Ok(TableReply { table: Some((*t).clone()) }),
+                None => Err(not_found().into()),
+            }
+        }
+    })
+    .await?;
+    let s = m.clone();
+    bus.serve(subjects::MEMDS_CREATE_TABLE, q, move |req: CreateTableRequest| {
+        let s = s.clone();
+        async move { ddl::create_table(&s, req).await.map_err(Into::into) }
+    })
+    .await?;
+    let s = m.clone();
+    bus.serve(subjects::MEMDS_DESCRIBE_TABLE, q, move |req: TableNameRequest| {
+        let t = s.tables.get(&req.table_name);
+        async move {
+            match t {
+                Some(t) => Ok(TableReply { table: Some((*t).clone()) }),
+                None => Err(ApiError::new(
+                    ErrorCode::ResourceNotFound,
+                    format!("Requested resource not found: Table: {} not found", req.table_name),
+                )
+                .into()),
+            }
+        }
+    })
+    .await?;
+    let s = m.clone();
+    bus.serve(subjects::MEMDS_LIST_TABLES, q, move |req: ListTablesRequest| {
+        let (names, last) = s.tables.list(&req.exclusive_start, req.limit as usize);
+        async move { Ok(ListTablesResponse { names, last_evaluated: last.unwrap_or_default() }) }
+    })
+    .await?;
+    let s = m.clone();
+    bus.serve(subjects::MEMDS_DELETE_TABLE, q, move |req: TableNameRequest| {
+        let s = s.clone();
+        async move { ddl::delete_table(&s, &req.table_name).await.map_err(Into::into) }
+    })
+    .await?;
+    let s = m.clone();
+    bus.serve(&subjects::memds_stats(&m.config.instance), None, move |_: tern_proto::Empty| {
+        let stats = MemdsStats {
+            lookups: s.lookups.load(Ordering::Relaxed),
+            tables: s.tables.len() as u64,
+        };
+        async move { Ok(stats) }
+    })
+    .await?;
+    // Every instance hears every heartbeat (no queue group): each keeps the whole node view.
+    let s = m.clone();
+    bus.serve(subjects::NODE_HEARTBEAT, None, move |hb: NodeHeartbeat| {
+        s.nodes.heard(hb);
+        async { Ok(tern_proto::Empty {}) }
+    })
+    .await?;
+    Ok(())
+}
+
+/// DynamoDB's answer for a data request to a table that does not exist (or is not active).
+pub(crate) fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::ResourceNotFound, "Requested resource not found")
+}

@@ -1,0 +1,146 @@
+//! All table metadata in memory, kept current by watching the bucket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_nats::jetstream::kv::{Operation, Store};
+use futures::StreamExt;
+use parking_lot::RwLock;
+use prost::Message;
+use tern_proto::memds::TableInfo;
+
+/// Bucket key of a table.
+pub fn key(name: &str) -> String {
+    format!("table.{name}")
+}
+
+fn name_of(key: &str) -> Option<&str> {
+    key.strip_prefix("table.")
+}
+
+#[derive(Clone, Default)]
+pub struct Tables {
+    map: Arc<RwLock<HashMap<String, (u64, Arc<TableInfo>)>>>,
+}
+
+impl Tables {
+    /// Loads every table, then follows the bucket's changes in a background task.
+    pub async fn load_and_watch(kv: Store) -> anyhow::Result<Self> {
+        let tables = Tables::default();
+        let mut keys = kv.keys().await.context("list metadata keys")?;
+        while let Some(key) = keys.next().await {
+            let key = key.context("list metadata keys")?;
+            if let Some(entry) = kv.entry(key.clone()).await.context("read metadata")? {
+                tables.apply(&entry.key, entry.revision, entry.operation, &entry.value);
+            }
+        }
+        let mut watch = kv.watch_all().await.context("watch metadata")?;
+        let t = tables.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                match entry {
+                    Ok(e) => t.apply(&e.key, e.revision, e.operation, &e.value),
+                    Err(e) => tracing::warn!(error = %e, "metadata watch"),
+                }
+            }
+            tracing::error!("metadata watch ended");
+        });
+        tracing::info!(tables = tables.len(), "metadata loaded");
+        Ok(tables)
+    }
+
+    /// Applies one bucket change, ignoring any older than what is held.
+    pub fn apply(&self, key: &str, revision: u64, op: Operation, value: &[u8]) {
+        let Some(name) = name_of(key) else { return };
+        let mut map = self.map.write();
+        if map.get(name).is_some_and(|(rev, _)| *rev >= revision) {
+            return;
+        }
+        match op {
+            Operation::Put => match TableInfo::decode(value) {
+                Ok(t) => {
+                    map.insert(name.to_string(), (revision, Arc::new(t)));
+                }
+                Err(e) => tracing::error!(table = name, error = %e, "undecodable table metadata"),
+            },
+            Operation::Delete | Operation::Purge => {
+                map.remove(name);
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<TableInfo>> {
+        self.map.read().get(name).map(|(_, t)| t.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// Every table, for the reconciler.
+    pub fn all(&self) -> Vec<Arc<TableInfo>> {
+        self.map.read().values().map(|(_, t)| t.clone()).collect()
+    }
+
+    /// Up to `limit` (1..=100, default 100) names after `exclusive_start`, in order, and the last
+    /// name returned if more follow.
+    pub fn list(&self, exclusive_start: &str, limit: usize) -> (Vec<String>, Option<String>) {
+        let limit = if limit == 0 { 100 } else { limit };
+        let mut names: Vec<String> = self
+            .map
+            .read()
+            .keys()
+            .filter(|n| n.as_str() > exclusive_start)
+            .cloned()
+            .collect();
+        names.sort();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        let last = if more { names.last().cloned() } else { None };
+        (names, last)
+    }
+
+    /// Replica count per node over all tables, for placement.
+    pub fn load_per_node(&self) -> HashMap<String, usize> {
+        let mut load = HashMap::new();
+        for (_, t) in self.map.read().values() {
+            for p in &t.partitions {
+                for r in &p.replicas {
+                    *load.entry(r.node_id.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        load
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str, status: i32) -> Vec<u8> {
+        TableInfo { name: name.into(), status, ..Default::default() }.encode_to_vec()
+    }
+
+    #[test]
+    fn older_revisions_never_replace_newer() {
+        let t = Tables::default();
+        t.apply("table.a", 5, Operation::Put, &table("a", 1));
+        t.apply("table.a", 3, Operation::Put, &table("a", 0));
+        assert_eq!(t.get("a").unwrap().status, 1);
+        t.apply("table.a", 6, Operation::Delete, &[]);
+        assert!(t.get("a").is_none());
+    }
+
+    #[test]
+    fn list_pages_in_name_order() {
+        let t = Tables::default();
+        for (i, n) in ["c", "a", "b", "d"].iter().enumerate() {
+            t.apply(&key(n), i as u64 + 1, Operation::Put, &table(n, 1));
+        }
+        assert_eq!(t.list("", 3), (vec!["a".into(), "b".into(), "c".into()], Some("c".into())));
+        assert_eq!(t.list("c", 3), (vec!["d".into()], None));
+        assert_eq!(t.list("", 0).0.len(), 4);
+    }
+}

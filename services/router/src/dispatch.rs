@@ -1,0 +1,89 @@
+//! Sending a data request to the storage node serving its partition, following redirects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_bus::BusError;
+use tern_model::{ApiError, ErrorCode};
+use tern_proto::memds::{PartitionInfo, TableInfo, TableStatus};
+use tern_proto::storage::{GetRequest, GetResponse, WriteRequest, WriteResponse};
+use tern_proto::subjects;
+
+use crate::metrics::inc;
+use crate::Router;
+
+/// Attempts of one request across redirects (stale routes, moved leaders).
+const ATTEMPTS: u32 = 4;
+
+/// The table's routing metadata; a table that is not ACTIVE does not exist for data requests.
+pub async fn active_table(r: &Router, name: &str, fresh: bool) -> Result<Arc<TableInfo>, ApiError> {
+    let t = if fresh { r.cache.lookup(name).await? } else { r.cache.get(name).await? };
+    if t.status() != TableStatus::Active {
+        return Err(ApiError::new(ErrorCode::ResourceNotFound, "Requested resource not found"));
+    }
+    Ok(t)
+}
+
+fn serving_node(p: &PartitionInfo) -> Result<&str, ApiError> {
+    if !p.leader.is_empty() {
+        return Ok(&p.leader);
+    }
+    p.replicas
+        .first()
+        .map(|r| r.node_id.as_str())
+        .ok_or_else(|| ApiError::new(ErrorCode::InternalServerError, "partition has no replicas"))
+}
+
+fn partition(t: &TableInfo, hash: u64) -> Result<&PartitionInfo, ApiError> {
+    t.partition_for(hash)
+        .ok_or_else(|| ApiError::new(ErrorCode::InternalServerError, "no partition owns the key"))
+}
+
+/// Retries `call` on a redirect (or when nothing listens on the node) with fresh metadata.
+async fn with_redirects<T, F, Fut>(r: &Router, table: &str, hash: u64, mut call: F) -> Result<T, ApiError>
+where
+    F: FnMut(String, &PartitionInfo) -> Fut,
+    Fut: std::future::Future<Output = Result<T, BusError>>,
+{
+    let mut last = None;
+    for attempt in 0..ATTEMPTS {
+        let t = active_table(r, table, attempt > 0).await?;
+        let p = partition(&t, hash)?;
+        let node = serving_node(p)?.to_string();
+        match call(node, p).await {
+            Ok(v) => return Ok(v),
+            Err(e @ (BusError::Redirect(_) | BusError::NoResponders(_))) => {
+                inc(&r.metrics.storage_redirects);
+                tracing::debug!(table, attempt, error = %e, "retrying with fresh routing metadata");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+            Err(e) => return Err(e.into_api()),
+        }
+    }
+    Err(last.map(BusError::into_api).unwrap_or_else(|| {
+        ApiError::new(ErrorCode::InternalServerError, "Internal server error")
+    }))
+}
+
+pub async fn write(r: &Router, table: &str, hash: u64, req: WriteRequest) -> Result<WriteResponse, ApiError> {
+    with_redirects(r, table, hash, |node, p| {
+        let mut req = req.clone();
+        req.partition_id = p.id;
+        req.epoch = p.epoch;
+        let bus = r.bus.clone();
+        async move { bus.call(&subjects::storage_write(&node), &req).await }
+    })
+    .await
+}
+
+pub async fn get(r: &Router, table: &str, hash: u64, req: GetRequest) -> Result<GetResponse, ApiError> {
+    with_redirects(r, table, hash, |node, p| {
+        let mut req = req.clone();
+        req.partition_id = p.id;
+        req.epoch = p.epoch;
+        let bus = r.bus.clone();
+        async move { bus.call(&subjects::storage_get(&node), &req).await }
+    })
+    .await
+}

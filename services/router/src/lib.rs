@@ -1,0 +1,90 @@
+//! The router: DynamoDB's JSON protocol over HTTP, request validation, the routing cache, and
+//! dispatch of each request to the storage node serving its partition.
+
+mod api;
+mod cache;
+mod dispatch;
+mod items;
+mod json;
+mod metrics;
+mod tables;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tern_bus::Bus;
+use tern_proto::subjects;
+
+pub use cache::CacheMode;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub nats_url: String,
+    pub instance: String,
+    /// HTTP listen address of the DynamoDB endpoint.
+    pub listen: SocketAddr,
+    /// Availability zone of this router.
+    pub az: String,
+    /// `constant` (a MemDS lookup for every request) or `classic` (lookup on cache miss only).
+    pub cache_mode: CacheMode,
+    /// Timeout of each call to MemDS or a storage node.
+    pub bus_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            instance: "router-1".into(),
+            listen: "127.0.0.1:8000".parse().expect("valid address"),
+            az: "az-a".into(),
+            cache_mode: CacheMode::Constant,
+            bus_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Everything a request handler needs.
+pub(crate) struct Router {
+    pub bus: Bus,
+    pub cache: cache::RouteCache,
+    pub metrics: metrics::Metrics,
+    pub instance: String,
+}
+
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        subjects::is_valid_token(&config.instance),
+        "invalid router configuration: instance {:?} must be letters, digits, '-' or '_'",
+        config.instance
+    );
+    let bus = Bus::connect(&config.nats_url, &format!("tern-router-{}", config.instance))
+        .await?
+        .with_timeout(Duration::from_millis(config.bus_timeout_ms));
+    let metrics = metrics::Metrics::default();
+    let router = Arc::new(Router {
+        cache: cache::RouteCache::new(bus.clone(), config.cache_mode, metrics.clone()),
+        bus: bus.clone(),
+        metrics,
+        instance: config.instance.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let ready = Arc::new(AtomicBool::new(true));
+    tern_bus::serve_health(&bus, "router", &config.instance, ready).await?;
+    tracing::info!(listen = %config.listen, mode = ?config.cache_mode, "router ready");
+    axum::serve(listener, api::app(router))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serve http")?;
+    tracing::info!("router stopped taking requests");
+    bus.drain().await;
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The bus API of a storage node.
+
+use std::sync::Arc;
+
+use tern_bus::{Bus, BusError};
+use tern_model::{ApiError, Condition, ErrorCode};
+use tern_proto::storage::{
+    CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, WriteRequest,
+    WriteResponse,
+};
+use tern_proto::{subjects, Empty};
+
+use crate::partitions::Partitions;
+use crate::store::{item_key, Store};
+use crate::writer::Writer;
+
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: String,
+    store: Store,
+    partitions: Partitions,
+    writer: Writer,
+}
+
+impl Node {
+    pub fn new(id: String, store: Store, partitions: Partitions, writer: Writer) -> Self {
+        Self { inner: Arc::new(Inner { id, store, partitions, writer }) }
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.inner.writer
+    }
+
+    pub fn replica_count(&self) -> usize {
+        self.inner.partitions.len()
+    }
+
+    pub async fn serve(&self, bus: &Bus) -> Result<(), BusError> {
+        let id = &self.inner.id;
+        let n = self.clone();
+        bus.serve(&subjects::storage_write(id), None, move |req: WriteRequest| {
+            let n = n.clone();
+            async move { n.write(req).await }
+        })
+        .await?;
+        let n = self.clone();
+        bus.serve(&subjects::storage_get(id), None, move |req: GetRequest| {
+            let n = n.clone();
+            async move { n.get(req).await }
+        })
+        .await?;
+        let n = self.clone();
+        bus.serve(&subjects::storage_create_partition(id), None, move |req: CreatePartitionRequest| {
+            let n = n.clone();
+            async move { n.admin(move |p| p.create(req)).await }
+        })
+        .await?;
+        let n = self.clone();
+        bus.serve(&subjects::storage_drop_partition(id), None, move |req: DropPartitionRequest| {
+            let n = n.clone();
+            async move { n.admin(move |p| p.drop(req.partition_id)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn write(&self, req: WriteRequest) -> Result<WriteResponse, BusError> {
+        let inner = &self.inner;
+        inner.partitions.check(&inner.id, req.partition_id, req.epoch)?;
+        let condition = if req.condition.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_slice::<Condition>(&req.condition).map_err(|e| {
+                ApiError::new(ErrorCode::InternalServerError, format!("undecodable condition: {e}"))
+            })?)
+        };
+        Ok(inner.writer.submit(req, condition).await?)
+    }
+
+    async fn get(&self, req: GetRequest) -> Result<GetResponse, BusError> {
+        let inner = &self.inner;
+        inner.partitions.check(&inner.id, req.partition_id, req.epoch)?;
+        let mut item = inner.store.get(req.partition_id, &req.key).map_err(internal)?;
+        let pending = inner.writer.pending();
+        if let Some(seq) = pending.batch_of(&item_key(req.partition_id, &req.key)) {
+            // The value read may not be durable yet: wait for its batch, then read again.
+            pending.wait_durable(seq).await;
+            item = inner.store.get(req.partition_id, &req.key).map_err(internal)?;
+        }
+        Ok(GetResponse { item })
+    }
+
+    async fn admin(
+        &self,
+        f: impl FnOnce(&Partitions) -> anyhow::Result<()> + Send + 'static,
+    ) -> Result<Empty, BusError> {
+        let partitions = self.inner.partitions.clone();
+        tokio::task::spawn_blocking(move || f(&partitions))
+            .await
+            .map_err(|e| internal(e.to_string()))?
+            .map_err(|e| internal(format!("{e:#}")))?;
+        Ok(Empty {})
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> BusError {
+    tracing::error!(error = %e, "storage request failed");
+    BusError::Api(ApiError::new(ErrorCode::InternalServerError, "Internal server error"))
+}

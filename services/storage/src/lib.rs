@@ -1,0 +1,95 @@
+//! A storage node: partition replicas on one fjall database, served over the bus.
+//!
+//! Writes go through the group-commit writer ([`writer`]): many concurrent writes from many
+//! partitions share one journal fsync, and none is acknowledged before that fsync returns.
+
+mod handlers;
+mod partitions;
+mod store;
+mod writer;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tern_bus::Bus;
+use tern_proto::{node::NodeHeartbeat, subjects};
+
+pub use store::Store;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub nats_url: String,
+    /// Unique node id; a NATS subject token ([A-Za-z0-9_-]).
+    pub node_id: String,
+    /// Availability zone label.
+    pub az: String,
+    pub data_dir: PathBuf,
+    /// One fsync for many writes; `false` syncs each write on its own (for comparison only).
+    pub group_commit: bool,
+    /// Most writes one group commit takes.
+    pub max_batch: usize,
+    pub heartbeat_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            node_id: "storage-1".into(),
+            az: "az-a".into(),
+            data_dir: "data/storage-1".into(),
+            group_commit: true,
+            max_batch: 1024,
+            heartbeat_ms: 1000,
+        }
+    }
+}
+
+/// Runs the storage node until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        subjects::is_valid_token(&config.node_id),
+        "invalid storage configuration: node_id {:?} must be letters, digits, '-' or '_'",
+        config.node_id
+    );
+    let store = Store::open(&config.data_dir).context("open store")?;
+    let partitions = partitions::Partitions::load(&store).context("load partitions")?;
+    let writer = writer::Writer::start(store.clone(), config.group_commit, config.max_batch);
+    let bus = Bus::connect(&config.nats_url, &format!("tern-storage-{}", config.node_id)).await?;
+    let node = handlers::Node::new(config.node_id.clone(), store.clone(), partitions, writer);
+    node.serve(&bus).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    tern_bus::serve_health(&bus, "storage", &config.node_id, ready.clone()).await?;
+    let heartbeat = tokio::spawn(heartbeat(bus.clone(), config.clone(), node.clone()));
+    ready.store(true, Ordering::Release);
+    tracing::info!(node = %config.node_id, az = %config.az, dir = %config.data_dir.display(), "storage node ready");
+
+    shutdown.await;
+    tracing::info!("storage node stopping");
+    heartbeat.abort();
+    bus.drain().await;
+    node.writer().shutdown().await;
+    store.sync().context("sync store at shutdown")?;
+    Ok(())
+}
+
+async fn heartbeat(bus: Bus, config: Config, node: handlers::Node) {
+    let mut tick = tokio::time::interval(Duration::from_millis(config.heartbeat_ms));
+    loop {
+        tick.tick().await;
+        let msg = NodeHeartbeat {
+            node_id: config.node_id.clone(),
+            az: config.az.clone(),
+            replicas: node.replica_count() as u32,
+        };
+        if let Err(e) = bus.publish(subjects::NODE_HEARTBEAT, &msg).await {
+            tracing::debug!(error = %e, "publish heartbeat");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The node's fjall database: `items` holds every partition's items under
+//! `partition id (8 bytes, big-endian) ++ storage key`; `partitions` holds the replicas' metadata.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    items: Keyspace,
+    partitions: Keyspace,
+}
+
+pub fn item_key(partition_id: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&partition_id.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> fjall::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        let items = db.keyspace("items", KeyspaceCreateOptions::default)?;
+        let partitions = db.keyspace("partitions", KeyspaceCreateOptions::default)?;
+        Ok(Self { inner: Arc::new(Inner { db, items, partitions }) })
+    }
+
+    pub fn get(&self, partition_id: u64, key: &[u8]) -> fjall::Result<Option<Bytes>> {
+        let v = self.inner.items.get(item_key(partition_id, key))?;
+        Ok(v.map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    pub fn batch(&self) -> fjall::WriteBatch {
+        self.inner.db.batch()
+    }
+
+    pub fn items(&self) -> &Keyspace {
+        &self.inner.items
+    }
+
+    pub fn partitions(&self) -> &Keyspace {
+        &self.inner.partitions
+    }
+
+    /// Makes everything committed so far durable (fsync of the journal).
+    pub fn sync(&self) -> fjall::Result<()> {
+        self.inner.db.persist(PersistMode::SyncAll)
+    }
+
+    /// Removes every item of a partition (in batches, each synced).
+    pub fn drop_items(&self, partition_id: u64) -> fjall::Result<usize> {
+        let mut removed = 0;
+        loop {
+            let keys: Vec<_> = self
+                .inner
+                .items
+                .prefix(partition_id.to_be_bytes())
+                .take(1000)
+                .map(|kv| kv.key())
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = self.batch();
+            for k in &keys {
+                batch.remove(&self.inner.items, k.clone());
+            }
+            batch.commit()?;
+            removed += keys.len();
+        }
+        self.sync()?;
+        Ok(removed)
+    }
+}

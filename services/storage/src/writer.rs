@@ -1,0 +1,208 @@
+//! Group commit: one thread applies writes in batches; one journal fsync covers a whole batch,
+//! and a batch's writes are acknowledged only after that fsync.
+//!
+//! Conditions are decided here, in the order writes are applied, against the latest value of the
+//! item (including earlier writes of the same batch), so a conditional write never races another.
+//!
+//! A write is visible in fjall's memtable before its batch is synced. Readers must not return such
+//! a value (it might be lost by a crash although nobody acknowledged it), so the writer marks the
+//! keys of a batch as pending before committing and clears them after the fsync; a reader that
+//! finds its key pending waits for the batch to become durable ([`Pending::wait_durable`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tern_model::{ApiError, Condition, ErrorCode};
+use tern_proto::storage::{WriteKind, WriteRequest, WriteResponse};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::store::{item_key, Store};
+
+pub struct WriteOp {
+    pub req: WriteRequest,
+    pub condition: Option<Condition>,
+    pub reply: oneshot::Sender<Result<WriteResponse, ApiError>>,
+}
+
+enum Msg {
+    Write(WriteOp),
+    Stop(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Msg>,
+    pending: Arc<Pending>,
+}
+
+/// Keys written by a batch that is not yet durable, with the batch's sequence number.
+pub struct Pending {
+    keys: Mutex<HashMap<Vec<u8>, u64>>,
+    durable: watch::Sender<u64>,
+}
+
+impl Pending {
+    /// The batch a key waits on, if any.
+    pub fn batch_of(&self, key: &[u8]) -> Option<u64> {
+        self.keys.lock().get(key).copied()
+    }
+
+    /// Resolves once batch `seq` is durable.
+    pub async fn wait_durable(&self, seq: u64) {
+        let mut rx = self.durable.subscribe();
+        let _ = rx.wait_for(|d| *d >= seq).await;
+    }
+}
+
+impl Writer {
+    pub fn start(store: Store, group_commit: bool, max_batch: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(Pending {
+            keys: Mutex::new(HashMap::new()),
+            durable: watch::channel(0).0,
+        });
+        let max_batch = if group_commit { max_batch.max(1) } else { 1 };
+        let p = pending.clone();
+        std::thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || writer_loop(store, p, rx, max_batch))
+            .expect("spawn group-commit thread");
+        Self { tx, pending }
+    }
+
+    /// Queues a write; the reply comes once it is durable (or rejected).
+    pub async fn submit(
+        &self,
+        req: WriteRequest,
+        condition: Option<Condition>,
+    ) -> Result<WriteResponse, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        let op = WriteOp { req, condition, reply };
+        if self.tx.send(Msg::Write(op)).is_err() {
+            return Err(ApiError::new(ErrorCode::ServiceUnavailable, "storage node is stopping"));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(ApiError::new(ErrorCode::ServiceUnavailable, "storage node is stopping"))
+        })
+    }
+
+    pub fn pending(&self) -> &Pending {
+        &self.pending
+    }
+
+    /// Finishes the batch under way and stops the writer thread.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn writer_loop(
+    store: Store,
+    pending: Arc<Pending>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    max_batch: usize,
+) {
+    let mut seq = 0u64;
+    let mut ops = Vec::with_capacity(max_batch);
+    while let Some(msg) = rx.blocking_recv() {
+        let mut stop = None;
+        match msg {
+            Msg::Write(op) => ops.push(op),
+            Msg::Stop(done) => stop = Some(done),
+        }
+        while stop.is_none() && ops.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Msg::Write(op)) => ops.push(op),
+                Ok(Msg::Stop(done)) => stop = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !ops.is_empty() {
+            seq += 1;
+            commit_batch(&store, &pending, seq, ops.drain(..));
+        }
+        if let Some(done) = stop {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+type Reply = (oneshot::Sender<Result<WriteResponse, ApiError>>, Result<WriteResponse, ApiError>);
+
+fn commit_batch(store: &Store, pending: &Pending, seq: u64, ops: impl Iterator<Item = WriteOp>) {
+    let mut batch = store.batch();
+    let mut latest: HashMap<Vec<u8>, Option<Bytes>> = HashMap::new();
+    let mut replies: Vec<Reply> = Vec::new();
+    for op in ops {
+        let key = item_key(op.req.partition_id, &op.req.key);
+        let old = match latest.get(&key) {
+            Some(v) => v.clone(),
+            None => store.items().get(&key).map(|v| v.map(|v| Bytes::copy_from_slice(&v))).unwrap_or_else(|e| fatal("read item", e)),
+        };
+        if let Err(e) = check_condition(op.condition.as_ref(), old.as_ref()) {
+            replies.push((op.reply, Err(e)));
+            continue;
+        }
+        let new = match WriteKind::try_from(op.req.kind) {
+            Ok(WriteKind::Delete) => {
+                batch.remove(store.items(), key.clone());
+                None
+            }
+            _ => {
+                batch.insert(store.items(), key.clone(), op.req.item.as_ref());
+                Some(op.req.item.clone())
+            }
+        };
+        latest.insert(key, new);
+        let old_item = if op.req.return_old { old } else { None };
+        replies.push((op.reply, Ok(WriteResponse { old_item })));
+    }
+    if !latest.is_empty() {
+        {
+            let mut keys = pending.keys.lock();
+            for k in latest.keys() {
+                keys.insert(k.clone(), seq);
+            }
+        }
+        batch.commit().unwrap_or_else(|e| fatal("commit write batch", e));
+        store.sync().unwrap_or_else(|e| fatal("sync journal", e));
+        {
+            let mut keys = pending.keys.lock();
+            for k in latest.keys() {
+                if keys.get(k) == Some(&seq) {
+                    keys.remove(k);
+                }
+            }
+        }
+    }
+    pending.durable.send_replace(seq);
+    for (reply, result) in replies {
+        let _ = reply.send(result);
+    }
+}
+
+fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result<(), ApiError> {
+    let Some(condition) = condition else { return Ok(()) };
+    let old_item = match old {
+        Some(bytes) => Some(tern_model::parse_item_json(bytes)?),
+        None => None,
+    };
+    if condition.evaluate(old_item.as_ref()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::ConditionalCheckFailed, "The conditional request failed"))
+    }
+}
+
+/// A store that failed a write or a sync must not take more writes: what it acknowledged next
+/// could be lost. Crash, and recover from the journal on restart.
+fn fatal(what: &str, e: fjall::Error) -> ! {
+    tracing::error!(error = %e, "{what} failed; stopping the node to recover from its journal");
+    std::process::exit(70)
+}
