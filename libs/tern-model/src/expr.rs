@@ -1,0 +1,489 @@
+//! Condition expressions: `attribute_exists(a)`, `attribute_not_exists(#n)`, comparisons with
+//! `:values`, `AND`, `OR`, `NOT` and parentheses.
+//!
+//! Parsing substitutes `#names` and `:values`, so a [`Condition`] is self-contained: the router
+//! parses it and sends it to the storage node, which evaluates it against the stored item.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, Result};
+use crate::value::{AttributeValue, Item};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathElem {
+    Name(String),
+    Index(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operand {
+    Path(Vec<PathElem>),
+    Value(AttributeValue),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    Exists(Vec<PathElem>),
+    NotExists(Vec<PathElem>),
+    Compare(Operand, CmpOp, Operand),
+    Not(Box<Condition>),
+    And(Box<Condition>, Box<Condition>),
+    Or(Box<Condition>, Box<Condition>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Name(String),
+    Value(String),
+    Int(usize),
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Dot,
+    Comma,
+    Op(CmpOp),
+    Eof,
+}
+
+impl Tok {
+    fn text(&self) -> String {
+        match self {
+            Tok::Ident(s) | Tok::Name(s) | Tok::Value(s) => s.clone(),
+            Tok::Int(n) => n.to_string(),
+            Tok::LParen => "(".into(),
+            Tok::RParen => ")".into(),
+            Tok::LBracket => "[".into(),
+            Tok::RBracket => "]".into(),
+            Tok::Dot => ".".into(),
+            Tok::Comma => ",".into(),
+            Tok::Op(op) => match op {
+                CmpOp::Eq => "=",
+                CmpOp::Ne => "<>",
+                CmpOp::Lt => "<",
+                CmpOp::Le => "<=",
+                CmpOp::Gt => ">",
+                CmpOp::Ge => ">=",
+            }
+            .into(),
+            Tok::Eof => "<EOF>".into(),
+        }
+    }
+}
+
+fn syntax_error(tok: &Tok, near: &str) -> ApiError {
+    ApiError::validation(format!(
+        "Invalid ConditionExpression: Syntax error; token: \"{}\", near: \"{near}\"",
+        tok.text()
+    ))
+}
+
+fn tokenize(s: &str) -> Result<Vec<(Tok, usize)>> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        let word = |i: &mut usize| {
+            let st = *i;
+            while *i < b.len() && (b[*i].is_ascii_alphanumeric() || b[*i] == b'_') {
+                *i += 1;
+            }
+            s[st..*i].to_string()
+        };
+        let tok = match c {
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                i += 1;
+                continue;
+            }
+            b'(' => { i += 1; Tok::LParen }
+            b')' => { i += 1; Tok::RParen }
+            b'[' => { i += 1; Tok::LBracket }
+            b']' => { i += 1; Tok::RBracket }
+            b'.' => { i += 1; Tok::Dot }
+            b',' => { i += 1; Tok::Comma }
+            b'=' => { i += 1; Tok::Op(CmpOp::Eq) }
+            b'<' if b.get(i + 1) == Some(&b'>') => { i += 2; Tok::Op(CmpOp::Ne) }
+            b'<' if b.get(i + 1) == Some(&b'=') => { i += 2; Tok::Op(CmpOp::Le) }
+            b'<' => { i += 1; Tok::Op(CmpOp::Lt) }
+            b'>' if b.get(i + 1) == Some(&b'=') => { i += 2; Tok::Op(CmpOp::Ge) }
+            b'>' => { i += 1; Tok::Op(CmpOp::Gt) }
+            b'#' => { i += 1; Tok::Name(format!("#{}", word(&mut i))) }
+            b':' => { i += 1; Tok::Value(format!(":{}", word(&mut i))) }
+            b'0'..=b'9' => {
+                let w = word(&mut i);
+                Tok::Int(w.parse().map_err(|_| syntax_error(&Tok::Ident(w.clone()), &s[start..]))?)
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => Tok::Ident(word(&mut i)),
+            _ => {
+                let ch = s[i..].chars().next().unwrap_or(' ');
+                return Err(ApiError::validation(format!(
+                    "Invalid ConditionExpression: Invalid token: \"{ch}\", near: \"{}\"",
+                    &s[start..]
+                )));
+            }
+        };
+        out.push((tok, start));
+    }
+    out.push((Tok::Eof, s.len()));
+    Ok(out)
+}
+
+struct Parser<'a> {
+    src: &'a str,
+    toks: Vec<(Tok, usize)>,
+    pos: usize,
+    names: Option<&'a HashMap<String, String>>,
+    values: Option<&'a HashMap<String, AttributeValue>>,
+    used_names: BTreeSet<String>,
+    used_values: BTreeSet<String>,
+}
+
+/// Parses a ConditionExpression, substituting names and values; unused names or values are
+/// errors, as in DynamoDB.
+pub fn parse_condition(
+    expr: &str,
+    names: Option<&HashMap<String, String>>,
+    values: Option<&HashMap<String, AttributeValue>>,
+) -> Result<Condition> {
+    if expr.trim().is_empty() {
+        return Err(ApiError::validation(
+            "Invalid ConditionExpression: The expression can not be empty;",
+        ));
+    }
+    let mut p = Parser {
+        src: expr,
+        toks: tokenize(expr)?,
+        pos: 0,
+        names,
+        values,
+        used_names: BTreeSet::new(),
+        used_values: BTreeSet::new(),
+    };
+    let cond = p.or()?;
+    if p.peek() != &Tok::Eof {
+        return Err(p.error());
+    }
+    p.check_unused()?;
+    Ok(cond)
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> &Tok {
+        &self.toks[self.pos].0
+    }
+
+    fn next(&mut self) -> Tok {
+        let t = self.toks[self.pos].0.clone();
+        if t != Tok::Eof {
+            self.pos += 1;
+        }
+        t
+    }
+
+    fn error(&self) -> ApiError {
+        let (tok, at) = &self.toks[self.pos];
+        syntax_error(tok, &self.src[(*at).min(self.src.len())..])
+    }
+
+    fn keyword(&self, k: &str) -> bool {
+        matches!(self.peek(), Tok::Ident(w) if w.eq_ignore_ascii_case(k))
+    }
+
+    fn expect(&mut self, t: Tok) -> Result<()> {
+        if self.peek() == &t {
+            self.next();
+            Ok(())
+        } else {
+            Err(self.error())
+        }
+    }
+
+    fn or(&mut self) -> Result<Condition> {
+        let mut left = self.and()?;
+        while self.keyword("OR") {
+            self.next();
+            left = Condition::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Condition> {
+        let mut left = self.not()?;
+        while self.keyword("AND") {
+            self.next();
+            left = Condition::And(Box::new(left), Box::new(self.not()?));
+        }
+        Ok(left)
+    }
+
+    fn not(&mut self) -> Result<Condition> {
+        if self.keyword("NOT") {
+            self.next();
+            return Ok(Condition::Not(Box::new(self.not()?)));
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Condition> {
+        if self.peek() == &Tok::LParen {
+            self.next();
+            let c = self.or()?;
+            self.expect(Tok::RParen)?;
+            return Ok(c);
+        }
+        if let Tok::Ident(f) = self.peek().clone() {
+            if self.toks.get(self.pos + 1).map(|t| &t.0) == Some(&Tok::LParen) {
+                return self.function(&f);
+            }
+        }
+        let left = self.operand()?;
+        let Tok::Op(op) = self.peek().clone() else { return Err(self.error()) };
+        self.next();
+        let right = self.operand()?;
+        Ok(Condition::Compare(left, op, right))
+    }
+
+    fn function(&mut self, name: &str) -> Result<Condition> {
+        let make: fn(Vec<PathElem>) -> Condition = match name {
+            "attribute_exists" => Condition::Exists,
+            "attribute_not_exists" => Condition::NotExists,
+            _ => {
+                return Err(ApiError::validation(format!(
+                    "Invalid ConditionExpression: Invalid function name; function: {name}"
+                )))
+            }
+        };
+        self.next();
+        self.expect(Tok::LParen)?;
+        let path = self.path()?;
+        self.expect(Tok::RParen)?;
+        Ok(make(path))
+    }
+
+    fn operand(&mut self) -> Result<Operand> {
+        if let Tok::Value(v) = self.peek().clone() {
+            self.next();
+            let value = self.values.and_then(|m| m.get(&v)).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "An expression attribute value used in expression is not defined; attribute value: {v}"
+                ))
+            })?;
+            self.used_values.insert(v);
+            return Ok(Operand::Value(value.clone()));
+        }
+        Ok(Operand::Path(self.path()?))
+    }
+
+    fn path(&mut self) -> Result<Vec<PathElem>> {
+        let mut path = vec![PathElem::Name(self.name()?)];
+        loop {
+            match self.peek() {
+                Tok::Dot => {
+                    self.next();
+                    path.push(PathElem::Name(self.name()?));
+                }
+                Tok::LBracket => {
+                    self.next();
+                    let Tok::Int(i) = self.next() else {
+                        self.pos -= 1;
+                        return Err(self.error());
+                    };
+                    self.expect(Tok::RBracket)?;
+                    path.push(PathElem::Index(i));
+                }
+                _ => return Ok(path),
+            }
+        }
+    }
+
+    fn name(&mut self) -> Result<String> {
+        match self.peek().clone() {
+            Tok::Ident(n) => {
+                self.next();
+                Ok(n)
+            }
+            Tok::Name(n) => {
+                self.next();
+                let real = self.names.and_then(|m| m.get(&n)).ok_or_else(|| {
+                    ApiError::validation(format!(
+                        "An expression attribute name used in the document path is not defined; attribute name: {n}"
+                    ))
+                })?;
+                self.used_names.insert(n);
+                Ok(real.clone())
+            }
+            _ => Err(self.error()),
+        }
+    }
+
+    fn check_unused(&self) -> Result<()> {
+        if let Some(names) = self.names {
+            let unused: BTreeSet<&String> = names.keys().filter(|k| !self.used_names.contains(*k)).collect();
+            if !unused.is_empty() {
+                let keys: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
+                return Err(ApiError::validation(format!(
+                    "Value provided in ExpressionAttributeNames unused in expressions: keys: {{{}}}",
+                    keys.join(", ")
+                )));
+            }
+        }
+        if let Some(values) = self.values {
+            let unused: BTreeSet<&String> = values.keys().filter(|k| !self.used_values.contains(*k)).collect();
+            if !unused.is_empty() {
+                let keys: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
+                return Err(ApiError::validation(format!(
+                    "Value provided in ExpressionAttributeValues unused in expressions: keys: {{{}}}",
+                    keys.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resolve<'a>(item: &'a Item, path: &[PathElem]) -> Option<&'a AttributeValue> {
+    let (PathElem::Name(first), rest) = path.split_first()? else { return None };
+    let mut cur = item.get(first)?;
+    for elem in rest {
+        cur = match (elem, cur) {
+            (PathElem::Name(n), AttributeValue::M(m)) => m.get(n)?,
+            (PathElem::Index(i), AttributeValue::L(l)) => l.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+fn compare(a: &AttributeValue, op: CmpOp, b: &AttributeValue) -> bool {
+    use std::cmp::Ordering;
+    let ord: Option<Ordering> = match (a, b) {
+        (AttributeValue::S(x), AttributeValue::S(y)) => Some(x.cmp(y)),
+        (AttributeValue::N(x), AttributeValue::N(y)) => Some(x.cmp(y)),
+        (AttributeValue::B(x), AttributeValue::B(y)) => Some(x.cmp(y)),
+        _ => None,
+    };
+    match op {
+        CmpOp::Eq => ord.map_or_else(|| a == b, |o| o == Ordering::Equal),
+        CmpOp::Ne => ord.map_or_else(|| a != b, |o| o != Ordering::Equal),
+        CmpOp::Lt => ord == Some(Ordering::Less),
+        CmpOp::Le => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
+        CmpOp::Gt => ord == Some(Ordering::Greater),
+        CmpOp::Ge => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
+    }
+}
+
+impl Condition {
+    /// Evaluates against the current item (`None`: the item does not exist).
+    pub fn evaluate(&self, item: Option<&Item>) -> bool {
+        let empty = Item::new();
+        let item = item.unwrap_or(&empty);
+        self.eval(item)
+    }
+
+    fn eval(&self, item: &Item) -> bool {
+        let operand = |o: &Operand| -> Option<AttributeValue> {
+            match o {
+                Operand::Path(p) => resolve(item, p).cloned(),
+                Operand::Value(v) => Some(v.clone()),
+            }
+        };
+        match self {
+            Condition::Exists(p) => resolve(item, p).is_some(),
+            Condition::NotExists(p) => resolve(item, p).is_none(),
+            Condition::Compare(a, op, b) => match (operand(a), operand(b)) {
+                (Some(x), Some(y)) => compare(&x, *op, &y),
+                // NOTE: a comparison with a missing attribute is false, for <> too.
+                _ => false,
+            },
+            Condition::Not(c) => !c.eval(item),
+            Condition::And(a, b) => a.eval(item) && b.eval(item),
+            Condition::Or(a, b) => a.eval(item) || b.eval(item),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::parse_item;
+    use serde_json::json;
+
+    fn item() -> Item {
+        parse_item(&json!({"pk": {"S": "a"}, "n": {"N": "5"}, "m": {"M": {"x": {"L": [{"S": "y"}]}}}})).unwrap()
+    }
+
+    fn eval(expr: &str, names: &[(&str, &str)], values: &[(&str, AttributeValue)]) -> Result<bool> {
+        let names: HashMap<String, String> = names.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let values: HashMap<String, AttributeValue> = values.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let c = parse_condition(
+            expr,
+            (!names.is_empty()).then_some(&names),
+            (!values.is_empty()).then_some(&values),
+        )?;
+        let round: Condition = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(round, c, "conditions survive the bus encoding");
+        Ok(c.evaluate(Some(&item())))
+    }
+
+    fn n(v: &str) -> AttributeValue {
+        AttributeValue::N(crate::number::Number::parse(v).unwrap())
+    }
+
+    #[test]
+    fn functions_and_logic() {
+        assert!(eval("attribute_exists(pk)", &[], &[]).unwrap());
+        assert!(!eval("attribute_not_exists(pk)", &[], &[]).unwrap());
+        assert!(eval("attribute_not_exists(#p)", &[("#p", "nope")], &[]).unwrap());
+        assert!(eval("attribute_exists(m.x[0])", &[], &[]).unwrap());
+        assert!(!eval("attribute_exists(m.x[1])", &[], &[]).unwrap());
+        assert!(eval("NOT attribute_exists(q) and (attribute_exists(pk) OR attribute_exists(z))", &[], &[]).unwrap());
+        assert!(!Condition::Exists(vec![PathElem::Name("pk".into())]).evaluate(None));
+        assert!(Condition::NotExists(vec![PathElem::Name("pk".into())]).evaluate(None));
+    }
+
+    #[test]
+    fn comparisons() {
+        assert!(eval("n = :v", &[], &[(":v", n("5.0"))]).unwrap());
+        assert!(eval("n < :v", &[], &[(":v", n("10"))]).unwrap(), "numeric, not lexical");
+        assert!(!eval("n > :v", &[], &[(":v", n("10"))]).unwrap());
+        assert!(eval("pk <> :v", &[], &[(":v", n("1"))]).unwrap(), "different types are unequal");
+        assert!(!eval("missing = :v", &[], &[(":v", n("1"))]).unwrap());
+    }
+
+    #[test]
+    fn errors() {
+        let msg = |r: Result<bool>| r.unwrap_err().message;
+        assert!(msg(eval("attribute_exists(", &[], &[])).starts_with("Invalid ConditionExpression: Syntax error; token: \"<EOF>\""));
+        assert!(msg(eval("foo(pk)", &[], &[])).contains("Invalid function name; function: foo"));
+        assert_eq!(
+            msg(eval("attribute_exists(#x)", &[], &[])),
+            "An expression attribute name used in the document path is not defined; attribute name: #x"
+        );
+        assert_eq!(
+            msg(eval("n = :v", &[], &[])),
+            "An expression attribute value used in expression is not defined; attribute value: :v"
+        );
+        assert_eq!(
+            msg(eval("attribute_exists(pk)", &[("#a", "x")], &[])),
+            "Value provided in ExpressionAttributeNames unused in expressions: keys: {#a}"
+        );
+        assert!(msg(eval("attribute_exists(pk)", &[], &[(":a", n("1"))])).contains("ExpressionAttributeValues unused"));
+        assert!(msg(eval("pk", &[], &[])).contains("Syntax error"));
+        assert!(parse_condition("  ", None, None).is_err());
+    }
+}
