@@ -84,14 +84,17 @@ impl Node {
     async fn get(&self, req: GetRequest) -> Result<GetResponse, BusError> {
         let inner = &self.inner;
         inner.partitions.check(&inner.id, req.partition_id, req.epoch)?;
-        let mut item = inner.store.get(req.partition_id, &req.key).map_err(internal)?;
         let pending = inner.writer.pending();
-        if let Some(seq) = pending.batch_of(&item_key(req.partition_id, &req.key)) {
-            // The value read may not be durable yet: wait for its batch, then read again.
-            pending.wait_durable(seq).await;
-            item = inner.store.get(req.partition_id, &req.key).map_err(internal)?;
+        let full_key = item_key(req.partition_id, &req.key);
+        loop {
+            // NOTE: read first, then check: the writer marks a key pending before committing it
+            // and clears the mark only after the fsync, so a value read while unmarked is durable.
+            let item = inner.store.get(req.partition_id, &req.key).map_err(internal)?;
+            match pending.batch_of(&full_key) {
+                None => return Ok(GetResponse { item }),
+                Some(seq) => pending.wait_durable(seq).await,
+            }
         }
-        Ok(GetResponse { item })
     }
 
     async fn admin(

@@ -39,7 +39,7 @@ impl Store {
         Ok(v.map(|v| Bytes::copy_from_slice(&v)))
     }
 
-    pub fn batch(&self) -> fjall::WriteBatch {
+    pub fn batch(&self) -> fjall::OwnedWriteBatch {
         self.inner.db.batch()
     }
 
