@@ -47,7 +47,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let dir = tempfile::tempdir().context("create a data dir")?;
             let mut spec = ClusterSpec::new(dir.path(), crate::bin_dir()?);
             if args.no_group_commit {
-                spec.env.push(("TERN_STORAGE_GROUP_COMMIT".into(), "false".into()));
+                spec.env
+                    .push(("TERN_STORAGE_GROUP_COMMIT".into(), "false".into()));
             }
             let cluster = Cluster::start(spec).await?;
             (cluster.endpoint(), Some(cluster), Some(dir))
@@ -72,7 +73,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn call(client: &HttpClient, endpoint: &str, op: &str, body: String) -> anyhow::Result<(u16, Bytes)> {
+async fn call(
+    client: &HttpClient,
+    endpoint: &str,
+    op: &str,
+    body: String,
+) -> anyhow::Result<(u16, Bytes)> {
     let req = hyper::Request::post(endpoint)
         .header("content-type", "application/x-amz-json-1.0")
         .header("x-amz-target", format!("DynamoDB_20120810.{op}"))
@@ -96,7 +102,13 @@ async fn create_table(client: &HttpClient, endpoint: &str, table: &str) -> anyho
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let (_, body) = call(client, endpoint, "DescribeTable", json!({"TableName": table}).to_string()).await?;
+        let (_, body) = call(
+            client,
+            endpoint,
+            "DescribeTable",
+            json!({"TableName": table}).to_string(),
+        )
+        .await?;
         let v: serde_json::Value = serde_json::from_slice(&body)?;
         if v["Table"]["TableStatus"] == "ACTIVE" {
             return Ok(());
@@ -121,7 +133,13 @@ fn request_body(op: &str, table: &str, key: u64, payload: &str) -> (&'static str
     }
 }
 
-async fn phase(client: &HttpClient, endpoint: &str, table: &str, op: &str, args: &Args) -> anyhow::Result<String> {
+async fn phase(
+    client: &HttpClient,
+    endpoint: &str,
+    table: &str,
+    op: &str,
+    args: &Args,
+) -> anyhow::Result<String> {
     if !matches!(op, "put" | "get" | "get-consistent") {
         bail!("unknown phase {op}: use put, get or get-consistent");
     }
@@ -132,8 +150,14 @@ async fn phase(client: &HttpClient, endpoint: &str, table: &str, op: &str, args:
     let mut tasks = Vec::new();
     let started = Instant::now();
     for _ in 0..args.concurrency {
-        let (client, endpoint, table, payload) = (client.clone(), endpoint.to_string(), table.to_string(), payload.clone());
-        let (op, keys, next_key, errors) = (op.to_string(), args.keys, next_key.clone(), errors.clone());
+        let (client, endpoint, table, payload) = (
+            client.clone(),
+            endpoint.to_string(),
+            table.to_string(),
+            payload.clone(),
+        );
+        let (op, keys, next_key, errors) =
+            (op.to_string(), args.keys, next_key.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             while Instant::now() < deadline {

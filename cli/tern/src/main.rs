@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use tern_cluster::{Cluster, ClusterSpec};
 
 #[derive(Parser)]
-#[command(name = "tern", version, about = "Tern: a DynamoDB-compatible database on NATS")]
+#[command(
+    name = "tern",
+    version,
+    about = "Tern: a DynamoDB-compatible database on NATS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,7 +41,11 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let _telemetry = tern_telemetry::init("tern");
     match Cli::parse().command {
-        Command::Up { data_dir, port, cache_mode } => up(data_dir, port, cache_mode).await,
+        Command::Up {
+            data_dir,
+            port,
+            cache_mode,
+        } => up(data_dir, port, cache_mode).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }
@@ -45,7 +53,10 @@ async fn main() -> anyhow::Result<()> {
 /// Directory of the service binaries: the one holding this executable.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locate the tern executable")?;
-    Ok(exe.parent().context("executable has no directory")?.to_path_buf())
+    Ok(exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf())
 }
 
 async fn up(data_dir: PathBuf, port: u16, cache_mode: String) -> anyhow::Result<()> {

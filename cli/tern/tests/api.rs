@@ -43,12 +43,26 @@ async fn every_attribute_type_round_trips(c: &Client) {
     item.insert("b".into(), V::B(Blob::new(vec![0u8, 1, 2, 255])));
     item.insert("bool".into(), V::Bool(true));
     item.insert("null".into(), V::Null(true));
-    item.insert("m".into(), V::M(HashMap::from([("inner".to_string(), s("x")), ("deep".to_string(), V::L(vec![n("1")]))])));
+    item.insert(
+        "m".into(),
+        V::M(HashMap::from([
+            ("inner".to_string(), s("x")),
+            ("deep".to_string(), V::L(vec![n("1")])),
+        ])),
+    );
     item.insert("l".into(), V::L(vec![s("a"), n("2"), V::Bool(false)]));
     item.insert("ss".into(), V::Ss(vec!["a".into(), "b".into()]));
     item.insert("ns".into(), V::Ns(vec!["1".into(), "2.5".into()]));
-    item.insert("bs".into(), V::Bs(vec![Blob::new(vec![1u8]), Blob::new(vec![2u8])]));
-    c.put_item().table_name("items").set_item(Some(item)).send().await.expect("put");
+    item.insert(
+        "bs".into(),
+        V::Bs(vec![Blob::new(vec![1u8]), Blob::new(vec![2u8])]),
+    );
+    c.put_item()
+        .table_name("items")
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("put");
 
     for consistent in [true, false] {
         let got = c
@@ -77,7 +91,13 @@ async fn every_attribute_type_round_trips(c: &Client) {
         assert_eq!(ns, vec!["1", "2.5"]);
         assert_eq!(got["bs"].as_bs().unwrap().len(), 2);
     }
-    let missing = c.get_item().table_name("items").set_key(Some(key("nope", "1"))).send().await.unwrap();
+    let missing = c
+        .get_item()
+        .table_name("items")
+        .set_key(Some(key("nope", "1")))
+        .send()
+        .await
+        .unwrap();
     assert!(missing.item().is_none(), "absent item gives no Item");
 }
 
@@ -103,8 +123,19 @@ async fn conditional_writes_and_return_values(c: &Client) {
         "ConditionalCheckFailedException",
         "The conditional request failed"
     );
-    let got = c.get_item().table_name("items").set_key(Some(key("cond", "1"))).consistent_read(true).send().await.unwrap();
-    assert_eq!(got.item().unwrap()["v"], n("1"), "a failed conditional put changes nothing");
+    let got = c
+        .get_item()
+        .table_name("items")
+        .set_key(Some(key("cond", "1")))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.item().unwrap()["v"],
+        n("1"),
+        "a failed conditional put changes nothing"
+    );
 
     let out = c
         .put_item()
@@ -115,9 +146,18 @@ async fn conditional_writes_and_return_values(c: &Client) {
         .send()
         .await
         .expect("put with attribute_exists");
-    assert_eq!(out.attributes().unwrap()["v"], n("1"), "ALL_OLD returns the replaced item");
+    assert_eq!(
+        out.attributes().unwrap()["v"],
+        n("1"),
+        "ALL_OLD returns the replaced item"
+    );
     assert_api_error!(
-        c.put_item().table_name("items").set_item(Some(item)).return_values(ReturnValue::AllNew).send().await,
+        c.put_item()
+            .table_name("items")
+            .set_item(Some(item))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await,
         "ValidationException",
         "ReturnValues can only be ALL_OLD or NONE"
     );
@@ -126,9 +166,19 @@ async fn conditional_writes_and_return_values(c: &Client) {
 async fn delete_item(c: &Client) {
     let mut item = key("del", "7");
     item.insert("v".into(), s("gone soon"));
-    c.put_item().table_name("items").set_item(Some(item)).send().await.unwrap();
+    c.put_item()
+        .table_name("items")
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
     assert_api_error!(
-        c.delete_item().table_name("items").set_key(Some(key("del", "7"))).condition_expression("attribute_exists(nothere)").send().await,
+        c.delete_item()
+            .table_name("items")
+            .set_key(Some(key("del", "7")))
+            .condition_expression("attribute_exists(nothere)")
+            .send()
+            .await,
         "ConditionalCheckFailedException",
         "conditional request failed"
     );
@@ -142,20 +192,46 @@ async fn delete_item(c: &Client) {
         .await
         .expect("delete");
     assert_eq!(out.attributes().unwrap()["v"], s("gone soon"));
-    let got = c.get_item().table_name("items").set_key(Some(key("del", "7"))).consistent_read(true).send().await.unwrap();
+    let got = c
+        .get_item()
+        .table_name("items")
+        .set_key(Some(key("del", "7")))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
     assert!(got.item().is_none(), "deleted item is gone");
-    let out = c.delete_item().table_name("items").set_key(Some(key("del", "7"))).return_values(ReturnValue::AllOld).send().await.unwrap();
-    assert!(out.attributes().is_none(), "deleting an absent item returns no attributes");
+    let out = c
+        .delete_item()
+        .table_name("items")
+        .set_key(Some(key("del", "7")))
+        .return_values(ReturnValue::AllOld)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        out.attributes().is_none(),
+        "deleting an absent item returns no attributes"
+    );
 }
 
 async fn validation_errors(c: &Client) {
     const V_ERR: &str = "ValidationException";
-    let put = |item: HashMap<String, V>| c.put_item().table_name("items").set_item(Some(item)).send();
+    let put =
+        |item: HashMap<String, V>| c.put_item().table_name("items").set_item(Some(item)).send();
 
     let mut no_sk = HashMap::from([("pk".to_string(), s("a"))]);
-    assert_api_error!(put(no_sk.clone()).await, V_ERR, "Missing the key sk in the item");
+    assert_api_error!(
+        put(no_sk.clone()).await,
+        V_ERR,
+        "Missing the key sk in the item"
+    );
     no_sk.insert("sk".into(), s("not a number"));
-    assert_api_error!(put(no_sk).await, V_ERR, "Type mismatch for key sk expected: N actual: S");
+    assert_api_error!(
+        put(no_sk).await,
+        V_ERR,
+        "Type mismatch for key sk expected: N actual: S"
+    );
     assert_api_error!(put(key("", "1")).await, V_ERR, "empty string value");
 
     let mut empty_set = key("a", "1");
@@ -164,7 +240,11 @@ async fn validation_errors(c: &Client) {
 
     let mut big = key("a", "1");
     big.insert("blob".into(), s(&"x".repeat(400 * 1024)));
-    assert_api_error!(put(big).await, V_ERR, "Item size has exceeded the maximum allowed size");
+    assert_api_error!(
+        put(big).await,
+        V_ERR,
+        "Item size has exceeded the maximum allowed size"
+    );
 
     let mut digits = key("a", "1");
     digits.insert("n".into(), n("123456789012345678901234567890123456789"));
@@ -176,17 +256,29 @@ async fn validation_errors(c: &Client) {
     }
     let mut nested = key("a", "1");
     nested.insert("deep".into(), deep);
-    assert_api_error!(put(nested).await, V_ERR, "depth");
+    assert_api_error!(
+        put(nested).await,
+        V_ERR,
+        "Nesting Levels have exceeded supported limits"
+    );
 
     assert_api_error!(
-        c.get_item().table_name("items").set_key(Some(HashMap::from([("pk".to_string(), s("a"))]))).send().await,
+        c.get_item()
+            .table_name("items")
+            .set_key(Some(HashMap::from([("pk".to_string(), s("a"))])))
+            .send()
+            .await,
         V_ERR,
         "The provided key element does not match the schema"
     );
     let mut extra = key("a", "1");
     extra.insert("other".into(), s("x"));
     assert_api_error!(
-        c.get_item().table_name("items").set_key(Some(extra)).send().await,
+        c.get_item()
+            .table_name("items")
+            .set_key(Some(extra))
+            .send()
+            .await,
         V_ERR,
         "The provided key element does not match the schema"
     );
@@ -196,12 +288,22 @@ async fn validation_errors(c: &Client) {
         "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
     );
     assert_api_error!(
-        c.put_item().table_name("items").set_item(Some(key("a", "1"))).condition_expression("attribute_exists(").send().await,
+        c.put_item()
+            .table_name("items")
+            .set_item(Some(key("a", "1")))
+            .condition_expression("attribute_exists(")
+            .send()
+            .await,
         V_ERR,
         "Invalid ConditionExpression"
     );
     assert_api_error!(
-        c.put_item().table_name("items").set_item(Some(key("a", "1"))).expression_attribute_names("#a", "b").send().await,
+        c.put_item()
+            .table_name("items")
+            .set_item(Some(key("a", "1")))
+            .expression_attribute_names("#a", "b")
+            .send()
+            .await,
         V_ERR,
         "ExpressionAttributeNames can only be specified when using expressions"
     );
@@ -209,10 +311,34 @@ async fn validation_errors(c: &Client) {
 
 async fn unknown_table(c: &Client) {
     const NF: &str = "ResourceNotFoundException";
-    assert_api_error!(c.describe_table().table_name("no-such-table").send().await, NF, "not found");
-    assert_api_error!(c.get_item().table_name("no-such-table").set_key(Some(key("a", "1"))).send().await, NF, "Requested resource not found");
-    assert_api_error!(c.put_item().table_name("no-such-table").set_item(Some(key("a", "1"))).send().await, NF, "Requested resource not found");
-    assert_api_error!(c.delete_table().table_name("no-such-table").send().await, NF, "not found");
+    assert_api_error!(
+        c.describe_table().table_name("no-such-table").send().await,
+        NF,
+        "not found"
+    );
+    assert_api_error!(
+        c.get_item()
+            .table_name("no-such-table")
+            .set_key(Some(key("a", "1")))
+            .send()
+            .await,
+        NF,
+        "Requested resource not found"
+    );
+    assert_api_error!(
+        c.put_item()
+            .table_name("no-such-table")
+            .set_item(Some(key("a", "1")))
+            .send()
+            .await,
+        NF,
+        "Requested resource not found"
+    );
+    assert_api_error!(
+        c.delete_table().table_name("no-such-table").send().await,
+        NF,
+        "not found"
+    );
 }
 
 async fn table_lifecycle(c: &Client) {
@@ -223,8 +349,20 @@ async fn table_lifecycle(c: &Client) {
         c.create_table()
             .table_name("t-a")
             .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-            .key_schema(aws_sdk_dynamodb::types::KeySchemaElement::builder().attribute_name("pk").key_type(aws_sdk_dynamodb::types::KeyType::Hash).build().unwrap())
-            .attribute_definitions(aws_sdk_dynamodb::types::AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap())
+            .key_schema(
+                aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                    .build()
+                    .unwrap()
+            )
+            .attribute_definitions(
+                aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap()
+            )
             .send()
             .await,
         "ResourceInUseException",
@@ -233,7 +371,13 @@ async fn table_lifecycle(c: &Client) {
     let page = c.list_tables().limit(2).send().await.unwrap();
     assert_eq!(page.table_names(), ["items", "t-a"]);
     assert_eq!(page.last_evaluated_table_name(), Some("t-a"));
-    let page = c.list_tables().limit(2).exclusive_start_table_name("t-a").send().await.unwrap();
+    let page = c
+        .list_tables()
+        .limit(2)
+        .exclusive_start_table_name("t-a")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.table_names(), ["t-b", "t-c"]);
     assert_eq!(page.last_evaluated_table_name(), None);
 
@@ -243,10 +387,16 @@ async fn table_lifecycle(c: &Client) {
     assert_eq!(t.key_schema()[0].attribute_name(), "pk");
 
     let out = c.delete_table().table_name("t-b").send().await.unwrap();
-    assert_eq!(out.table_description().unwrap().table_status(), Some(&aws_sdk_dynamodb::types::TableStatus::Deleting));
+    assert_eq!(
+        out.table_description().unwrap().table_status(),
+        Some(&aws_sdk_dynamodb::types::TableStatus::Deleting)
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while c.describe_table().table_name("t-b").send().await.is_ok() {
-        assert!(std::time::Instant::now() < deadline, "deleted table still described");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deleted table still described"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let names = c.list_tables().send().await.unwrap();
@@ -256,17 +406,46 @@ async fn table_lifecycle(c: &Client) {
 async fn protocol_errors(endpoint: &str) {
     let (status, body) = raw_post(endpoint, Some("DynamoDB_20120810.PutItem"), "{not json").await;
     assert_eq!(status, 400);
-    assert!(body["__type"].as_str().unwrap().ends_with("#SerializationException"), "{body}");
+    assert!(
+        body["__type"]
+            .as_str()
+            .unwrap()
+            .ends_with("#SerializationException"),
+        "{body}"
+    );
 
     let (status, body) = raw_post(endpoint, Some("DynamoDB_20120810.Frobnicate"), "{}").await;
     assert_eq!(status, 400);
-    assert!(body["__type"].as_str().unwrap().ends_with("#UnknownOperationException"), "{body}");
+    assert!(
+        body["__type"]
+            .as_str()
+            .unwrap()
+            .ends_with("#UnknownOperationException"),
+        "{body}"
+    );
 
     let (status, body) = raw_post(endpoint, None, "{}").await;
     assert_eq!(status, 400);
-    assert!(body["__type"].as_str().unwrap().ends_with("#UnknownOperationException"), "{body}");
+    assert!(
+        body["__type"]
+            .as_str()
+            .unwrap()
+            .ends_with("#UnknownOperationException"),
+        "{body}"
+    );
 
-    let (status, body) = raw_post(endpoint, Some("DynamoDB_20120810.GetItem"), r#"{"TableName":"items","Key":{"pk":{"S":"a"},"sk":{"N":"1","S":"x"}}}"#).await;
+    let (status, body) = raw_post(
+        endpoint,
+        Some("DynamoDB_20120810.GetItem"),
+        r#"{"TableName":"items","Key":{"pk":{"S":"a"},"sk":{"N":"1","S":"x"}}}"#,
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["__type"].as_str().unwrap().ends_with("#ValidationException"), "{body}");
+    assert!(
+        body["__type"]
+            .as_str()
+            .unwrap()
+            .ends_with("#ValidationException"),
+        "{body}"
+    );
 }

@@ -27,13 +27,24 @@ async fn memds_lookups(tc: &TestCluster) -> u64 {
 async fn lookups_for_warm_requests(mode: &str) -> u64 {
     let tc = start_cluster(&[("TERN_ROUTER_CACHE_MODE", mode)]).await;
     let c = client(&tc.cluster.endpoint());
-    create_table(&c, "cw", None).await;
+    create_table(&c, "cwork", None).await;
     let key = HashMap::from([("pk".to_string(), V::S("k".into()))]);
-    c.put_item().table_name("cw").set_item(Some(key.clone())).send().await.unwrap();
+    c.put_item()
+        .table_name("cwork")
+        .set_item(Some(key.clone()))
+        .send()
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = memds_lookups(&tc).await;
     for _ in 0..REQUESTS {
-        let got = c.get_item().table_name("cw").set_key(Some(key.clone())).send().await.unwrap();
+        let got = c
+            .get_item()
+            .table_name("cwork")
+            .set_key(Some(key.clone()))
+            .send()
+            .await
+            .unwrap();
         assert!(got.item().is_some());
     }
     // Constant-mode lookups of cache hits are sent in the background: let them land.
@@ -50,11 +61,17 @@ async fn lookups_for_warm_requests(mode: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constant_mode_sends_one_lookup_per_request() {
     let lookups = lookups_for_warm_requests("constant").await;
-    assert_eq!(lookups, REQUESTS, "every request, hit or miss, is one MemDS lookup");
+    assert_eq!(
+        lookups, REQUESTS,
+        "every request, hit or miss, is one MemDS lookup"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_mode_looks_up_only_on_miss() {
     let lookups = lookups_for_warm_requests("classic").await;
-    assert!(lookups <= 1, "a warm classic cache should not ask MemDS, it asked {lookups} times");
+    assert!(
+        lookups <= 1,
+        "a warm classic cache should not ask MemDS, it asked {lookups} times"
+    );
 }

@@ -31,8 +31,17 @@ async fn acknowledged_writes_survive_kill_and_restart() {
                     break;
                 }
                 let (pk, value) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
-                let item = HashMap::from([("pk".to_string(), V::S(pk.clone())), ("v".to_string(), V::S(value.clone()))]);
-                match c.put_item().table_name("durable").set_item(Some(item)).send().await {
+                let item = HashMap::from([
+                    ("pk".to_string(), V::S(pk.clone())),
+                    ("v".to_string(), V::S(value.clone())),
+                ]);
+                match c
+                    .put_item()
+                    .table_name("durable")
+                    .set_item(Some(item))
+                    .send()
+                    .await
+                {
                     Ok(_) => acked.lock().unwrap().push((pk, value)),
                     Err(_) => failed += 1,
                 }
@@ -56,7 +65,11 @@ async fn acknowledged_writes_survive_kill_and_restart() {
     }
 
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 100, "the load should have written something: {} acked", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the load should have written something: {} acked",
+        acked.len()
+    );
     let mut missing = Vec::new();
     for (pk, value) in &acked {
         let got = c
@@ -72,6 +85,13 @@ async fn acknowledged_writes_survive_kill_and_restart() {
             other => missing.push((pk.clone(), other.cloned())),
         }
     }
-    println!("acknowledged {} writes, {failed} failed while nodes were down", acked.len());
-    assert!(missing.is_empty(), "acknowledged writes lost: {:?}", &missing[..missing.len().min(10)]);
+    println!(
+        "acknowledged {} writes, {failed} failed while nodes were down",
+        acked.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &missing[..missing.len().min(10)]
+    );
 }

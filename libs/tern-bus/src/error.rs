@@ -70,7 +70,10 @@ impl BusError {
 
     pub(crate) fn from_request_error(subject: &str, timeout: Duration, e: RequestError) -> Self {
         match e.kind() {
-            RequestErrorKind::TimedOut => BusError::Timeout { subject: subject.to_string(), timeout },
+            RequestErrorKind::TimedOut => BusError::Timeout {
+                subject: subject.to_string(),
+                timeout,
+            },
             RequestErrorKind::NoResponders => BusError::NoResponders(subject.to_string()),
             _ => BusError::Transport(format!("request to {subject}: {e}")),
         }

@@ -42,16 +42,25 @@ impl Bus {
             .connect(url)
             .await
             .map_err(|e| BusError::Transport(format!("connect to {url}: {e}")))?;
-        Ok(Self { client, timeout: DEFAULT_TIMEOUT })
+        Ok(Self {
+            client,
+            timeout: DEFAULT_TIMEOUT,
+        })
     }
 
     pub fn from_client(client: async_nats::Client) -> Self {
-        Self { client, timeout: DEFAULT_TIMEOUT }
+        Self {
+            client,
+            timeout: DEFAULT_TIMEOUT,
+        }
     }
 
     /// The same connection with another call timeout.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
-        Self { client: self.client.clone(), timeout }
+        Self {
+            client: self.client.clone(),
+            timeout,
+        }
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -120,7 +129,11 @@ impl Bus {
         Fut: Future<Output = Result<Resp, BusError>> + Send + 'static,
     {
         let mut sub = match queue {
-            Some(q) => self.client.queue_subscribe(subject.to_string(), q.to_string()).await,
+            Some(q) => {
+                self.client
+                    .queue_subscribe(subject.to_string(), q.to_string())
+                    .await
+            }
             None => self.client.subscribe(subject.to_string()).await,
         }
         .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
@@ -170,7 +183,9 @@ async fn respond<Resp: prost::Message>(
             let (code, body) = err.to_wire();
             let mut headers = HeaderMap::new();
             headers.insert(status::HEADER, code.to_string().as_str());
-            client.publish_with_headers(reply, headers, body.into()).await
+            client
+                .publish_with_headers(reply, headers, body.into())
+                .await
         }
     };
     if let Err(e) = sent {

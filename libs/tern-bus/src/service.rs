@@ -15,13 +15,21 @@ pub struct RpcService<Req, Resp> {
 
 impl<Req, Resp> RpcService<Req, Resp> {
     pub(crate) fn new(bus: Bus, subject: String) -> Self {
-        Self { bus, subject: subject.into(), _types: PhantomData }
+        Self {
+            bus,
+            subject: subject.into(),
+            _types: PhantomData,
+        }
     }
 }
 
 impl<Req, Resp> Clone for RpcService<Req, Resp> {
     fn clone(&self) -> Self {
-        Self { bus: self.bus.clone(), subject: self.subject.clone(), _types: PhantomData }
+        Self {
+            bus: self.bus.clone(),
+            subject: self.subject.clone(),
+            _types: PhantomData,
+        }
     }
 }
 

@@ -35,6 +35,7 @@ pub(crate) fn inject(headers: &mut HeaderMap) {
 /// Makes the trace context found in `headers` the parent of `span`.
 pub(crate) fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let Some(headers) = headers else { return };
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let cx =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(cx);
 }

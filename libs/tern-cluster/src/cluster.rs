@@ -33,7 +33,10 @@ impl ClusterSpec {
     pub fn new(data_dir: impl Into<PathBuf>, bin_dir: impl Into<PathBuf>) -> Self {
         let storage_nodes = ["a", "b", "c"]
             .iter()
-            .map(|z| StorageNodeSpec { id: format!("storage-{z}"), az: format!("az-{z}") })
+            .map(|z| StorageNodeSpec {
+                id: format!("storage-{z}"),
+                az: format!("az-{z}"),
+            })
             .collect();
         Self {
             data_dir: data_dir.into(),
@@ -67,7 +70,10 @@ impl Cluster {
         for (name, service, instance, env) in service_plan(&spec, &nats.url(), router_port) {
             let binary = spec.bin_dir.join(format!("tern-{service}"));
             if !binary.is_file() {
-                bail!("{} is missing: build the services first (cargo build --workspace --bins)", binary.display());
+                bail!(
+                    "{} is missing: build the services first (cargo build --workspace --bins)",
+                    binary.display()
+                );
             }
             let mut env = env;
             env.extend(spec.env.iter().cloned());
@@ -75,7 +81,12 @@ impl Cluster {
             services.insert(name, (proc, service, instance));
         }
         let bus = Bus::connect(&nats.url(), "tern-cluster").await?;
-        let mut cluster = Self { services, nats, router_port, bus };
+        let mut cluster = Self {
+            services,
+            nats,
+            router_port,
+            bus,
+        };
         for (proc, _, _) in cluster.services.values_mut() {
             proc.start()?;
         }
@@ -130,9 +141,15 @@ impl Cluster {
         let subject = subjects::health(service, instance);
         loop {
             if !proc.is_running() {
-                bail!("{name} exited during start-up; see {}", proc.log_file().display());
+                bail!(
+                    "{name} exited during start-up; see {}",
+                    proc.log_file().display()
+                );
             }
-            let healthy = match bus.call::<_, HealthResponse>(&subject, &HealthRequest {}).await {
+            let healthy = match bus
+                .call::<_, HealthResponse>(&subject, &HealthRequest {})
+                .await
+            {
                 Ok(h) => h.ready && (service != "router" || router_listens(port)),
                 Err(_) => false,
             };
@@ -179,12 +196,26 @@ fn service_plan(spec: &ClusterSpec, nats_url: &str, router_port: u16) -> Plan {
     let env = |service: &str, pairs: &[(&str, String)]| -> Vec<(String, String)> {
         let up = service.to_ascii_uppercase();
         let mut v = vec![(format!("TERN_{up}_NATS_URL"), nats_url.to_string())];
-        v.extend(pairs.iter().map(|(k, val)| (format!("TERN_{up}_{k}"), val.clone())));
+        v.extend(
+            pairs
+                .iter()
+                .map(|(k, val)| (format!("TERN_{up}_{k}"), val.clone())),
+        );
         v
     };
     let mut plan: Plan = vec![
-        ("memds".into(), "memds".into(), "memds-1".into(), env("memds", &[("INSTANCE", "memds-1".into())])),
-        ("gac".into(), "gac".into(), "gac-1".into(), env("gac", &[("INSTANCE", "gac-1".into())])),
+        (
+            "memds".into(),
+            "memds".into(),
+            "memds-1".into(),
+            env("memds", &[("INSTANCE", "memds-1".into())]),
+        ),
+        (
+            "gac".into(),
+            "gac".into(),
+            "gac-1".into(),
+            env("gac", &[("INSTANCE", "gac-1".into())]),
+        ),
         (
             "archiver".into(),
             "archiver".into(),
@@ -214,7 +245,10 @@ fn service_plan(spec: &ClusterSpec, nats_url: &str, router_port: u16) -> Plan {
         "router-1".into(),
         env(
             "router",
-            &[("INSTANCE", "router-1".into()), ("LISTEN", format!("127.0.0.1:{router_port}"))],
+            &[
+                ("INSTANCE", "router-1".into()),
+                ("LISTEN", format!("127.0.0.1:{router_port}")),
+            ],
         ),
     ));
     plan

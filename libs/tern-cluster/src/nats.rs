@@ -63,7 +63,10 @@ impl NatsServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("nats-server did not listen on port {} within {timeout:?}", self.port)
+        bail!(
+            "nats-server did not listen on port {} within {timeout:?}",
+            self.port
+        )
     }
 
     pub fn port(&self) -> u16 {

@@ -18,7 +18,13 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn new(name: &str, binary: PathBuf, env: Vec<(String, String)>, log_file: PathBuf) -> Self {
-        Self { name: name.to_string(), binary, env, log_file, child: None }
+        Self {
+            name: name.to_string(),
+            binary,
+            env,
+            log_file,
+            child: None,
+        }
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {
@@ -90,7 +96,10 @@ pub(crate) fn terminate(child: &mut Child, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    tracing::warn!(pid = child.id(), "process did not stop within {grace:?}; killing it");
+    tracing::warn!(
+        pid = child.id(),
+        "process did not stop within {grace:?}; killing it"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -68,13 +68,18 @@ mod tests {
 
     impl Default for Demo {
         fn default() -> Self {
-            Self { port: 8000, name: "a".into() }
+            Self {
+                port: 8000,
+                name: "a".into(),
+            }
         }
     }
 
     fn env(vars: &[(&str, &str)]) -> config::Environment {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         config::Environment::with_prefix("TERN_DEMO").source(Some(map))
     }
 
@@ -88,9 +93,22 @@ mod tests {
         let d: Demo = load_with_env("demo", None, env(&[])).unwrap();
         assert_eq!(d, Demo::default());
         let d: Demo = load_with_env("demo", Some(&file), env(&[])).unwrap();
-        assert_eq!(d, Demo { port: 9000, name: "file".into() });
-        let d: Demo = load_with_env("demo", Some(&file), env(&[("TERN_DEMO_PORT", "9100")])).unwrap();
-        assert_eq!(d, Demo { port: 9100, name: "file".into() });
+        assert_eq!(
+            d,
+            Demo {
+                port: 9000,
+                name: "file".into()
+            }
+        );
+        let d: Demo =
+            load_with_env("demo", Some(&file), env(&[("TERN_DEMO_PORT", "9100")])).unwrap();
+        assert_eq!(
+            d,
+            Demo {
+                port: 9100,
+                name: "file".into()
+            }
+        );
     }
 
     #[test]
@@ -108,7 +126,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("demo.toml");
         std::fs::write(&file, "prot = 9000\n").unwrap();
-        let err = load_with_env::<Demo>("demo", Some(&file), env(&[])).unwrap_err().to_string();
-        assert!(err.contains("prot"), "error should name the unknown key: {err}");
+        let err = load_with_env::<Demo>("demo", Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prot"),
+            "error should name the unknown key: {err}"
+        );
     }
 }

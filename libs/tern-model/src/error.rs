@@ -74,8 +74,12 @@ impl ErrorCode {
         use ErrorCode::*;
         let namespace = match self {
             Validation => "com.amazon.coral.validate",
-            Serialization | UnknownOperation | MissingAuthenticationToken | UnrecognizedClient
-            | AccessDenied | ServiceUnavailable => "com.amazon.coral.service",
+            Serialization
+            | UnknownOperation
+            | MissingAuthenticationToken
+            | UnrecognizedClient
+            | AccessDenied
+            | ServiceUnavailable => "com.amazon.coral.service",
             _ => "com.amazonaws.dynamodb.v20120810",
         };
         format!("{namespace}#{}", self.type_name())
@@ -119,7 +123,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
@@ -128,7 +135,9 @@ impl ApiError {
 
     /// "One or more parameter values were invalid: ..."
     pub fn invalid_parameter(detail: impl std::fmt::Display) -> Self {
-        Self::validation(format!("One or more parameter values were invalid: {detail}"))
+        Self::validation(format!(
+            "One or more parameter values were invalid: {detail}"
+        ))
     }
 }
 
@@ -140,14 +149,22 @@ pub struct ValidationErrors(Vec<String>);
 
 impl ValidationErrors {
     pub fn push(&mut self, value: &str, field: &str, constraint: &str) {
-        self.0.push(format!("Value '{value}' at '{field}' failed to satisfy constraint: {constraint}"));
+        self.0.push(format!(
+            "Value '{value}' at '{field}' failed to satisfy constraint: {constraint}"
+        ));
     }
 
     pub fn into_result(self) -> Result<()> {
         match self.0.len() {
             0 => Ok(()),
-            1 => Err(ApiError::validation(format!("1 validation error detected: {}", self.0[0]))),
-            n => Err(ApiError::validation(format!("{n} validation errors detected: {}", self.0.join("; ")))),
+            1 => Err(ApiError::validation(format!(
+                "1 validation error detected: {}",
+                self.0[0]
+            ))),
+            n => Err(ApiError::validation(format!(
+                "{n} validation errors detected: {}",
+                self.0.join("; ")
+            ))),
         }
     }
 }
@@ -167,12 +184,22 @@ mod tests {
     #[test]
     fn validation_errors_count_themselves() {
         let mut v = ValidationErrors::default();
-        v.push("a", "tableName", "Member must have length greater than or equal to 3");
+        v.push(
+            "a",
+            "tableName",
+            "Member must have length greater than or equal to 3",
+        );
         let e = v.into_result().unwrap_err();
-        assert!(e.message.starts_with("1 validation error detected: Value 'a' at 'tableName'"));
+        assert!(e
+            .message
+            .starts_with("1 validation error detected: Value 'a' at 'tableName'"));
         let mut v = ValidationErrors::default();
         v.push("a", "x", "c1");
         v.push("b", "y", "c2");
-        assert!(v.into_result().unwrap_err().message.starts_with("2 validation errors detected: "));
+        assert!(v
+            .into_result()
+            .unwrap_err()
+            .message
+            .starts_with("2 validation errors detected: "));
     }
 }

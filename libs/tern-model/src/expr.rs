@@ -110,23 +110,68 @@ fn tokenize(s: &str) -> Result<Vec<(Tok, usize)>> {
                 i += 1;
                 continue;
             }
-            b'(' => { i += 1; Tok::LParen }
-            b')' => { i += 1; Tok::RParen }
-            b'[' => { i += 1; Tok::LBracket }
-            b']' => { i += 1; Tok::RBracket }
-            b'.' => { i += 1; Tok::Dot }
-            b',' => { i += 1; Tok::Comma }
-            b'=' => { i += 1; Tok::Op(CmpOp::Eq) }
-            b'<' if b.get(i + 1) == Some(&b'>') => { i += 2; Tok::Op(CmpOp::Ne) }
-            b'<' if b.get(i + 1) == Some(&b'=') => { i += 2; Tok::Op(CmpOp::Le) }
-            b'<' => { i += 1; Tok::Op(CmpOp::Lt) }
-            b'>' if b.get(i + 1) == Some(&b'=') => { i += 2; Tok::Op(CmpOp::Ge) }
-            b'>' => { i += 1; Tok::Op(CmpOp::Gt) }
-            b'#' => { i += 1; Tok::Name(format!("#{}", word(&mut i))) }
-            b':' => { i += 1; Tok::Value(format!(":{}", word(&mut i))) }
+            b'(' => {
+                i += 1;
+                Tok::LParen
+            }
+            b')' => {
+                i += 1;
+                Tok::RParen
+            }
+            b'[' => {
+                i += 1;
+                Tok::LBracket
+            }
+            b']' => {
+                i += 1;
+                Tok::RBracket
+            }
+            b'.' => {
+                i += 1;
+                Tok::Dot
+            }
+            b',' => {
+                i += 1;
+                Tok::Comma
+            }
+            b'=' => {
+                i += 1;
+                Tok::Op(CmpOp::Eq)
+            }
+            b'<' if b.get(i + 1) == Some(&b'>') => {
+                i += 2;
+                Tok::Op(CmpOp::Ne)
+            }
+            b'<' if b.get(i + 1) == Some(&b'=') => {
+                i += 2;
+                Tok::Op(CmpOp::Le)
+            }
+            b'<' => {
+                i += 1;
+                Tok::Op(CmpOp::Lt)
+            }
+            b'>' if b.get(i + 1) == Some(&b'=') => {
+                i += 2;
+                Tok::Op(CmpOp::Ge)
+            }
+            b'>' => {
+                i += 1;
+                Tok::Op(CmpOp::Gt)
+            }
+            b'#' => {
+                i += 1;
+                Tok::Name(format!("#{}", word(&mut i)))
+            }
+            b':' => {
+                i += 1;
+                Tok::Value(format!(":{}", word(&mut i)))
+            }
             b'0'..=b'9' => {
                 let w = word(&mut i);
-                Tok::Int(w.parse().map_err(|_| syntax_error(&Tok::Ident(w.clone()), &s[start..]))?)
+                Tok::Int(
+                    w.parse()
+                        .map_err(|_| syntax_error(&Tok::Ident(w.clone()), &s[start..]))?,
+                )
             }
             c if c.is_ascii_alphabetic() || c == b'_' => Tok::Ident(word(&mut i)),
             _ => {
@@ -252,7 +297,9 @@ impl Parser<'_> {
             }
         }
         let left = self.operand()?;
-        let Tok::Op(op) = self.peek().clone() else { return Err(self.error()) };
+        let Tok::Op(op) = self.peek().clone() else {
+            return Err(self.error());
+        };
         self.next();
         let right = self.operand()?;
         Ok(Condition::Compare(left, op, right))
@@ -333,7 +380,10 @@ impl Parser<'_> {
 
     fn check_unused(&self) -> Result<()> {
         if let Some(names) = self.names {
-            let unused: BTreeSet<&String> = names.keys().filter(|k| !self.used_names.contains(*k)).collect();
+            let unused: BTreeSet<&String> = names
+                .keys()
+                .filter(|k| !self.used_names.contains(*k))
+                .collect();
             if !unused.is_empty() {
                 let keys: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
                 return Err(ApiError::validation(format!(
@@ -343,7 +393,10 @@ impl Parser<'_> {
             }
         }
         if let Some(values) = self.values {
-            let unused: BTreeSet<&String> = values.keys().filter(|k| !self.used_values.contains(*k)).collect();
+            let unused: BTreeSet<&String> = values
+                .keys()
+                .filter(|k| !self.used_values.contains(*k))
+                .collect();
             if !unused.is_empty() {
                 let keys: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
                 return Err(ApiError::validation(format!(
@@ -357,7 +410,9 @@ impl Parser<'_> {
 }
 
 fn resolve<'a>(item: &'a Item, path: &[PathElem]) -> Option<&'a AttributeValue> {
-    let (PathElem::Name(first), rest) = path.split_first()? else { return None };
+    let (PathElem::Name(first), rest) = path.split_first()? else {
+        return None;
+    };
     let mut cur = item.get(first)?;
     for elem in rest {
         cur = match (elem, cur) {
@@ -424,12 +479,21 @@ mod tests {
     use serde_json::json;
 
     fn item() -> Item {
-        parse_item(&json!({"pk": {"S": "a"}, "n": {"N": "5"}, "m": {"M": {"x": {"L": [{"S": "y"}]}}}})).unwrap()
+        parse_item(
+            &json!({"pk": {"S": "a"}, "n": {"N": "5"}, "m": {"M": {"x": {"L": [{"S": "y"}]}}}}),
+        )
+        .unwrap()
     }
 
     fn eval(expr: &str, names: &[(&str, &str)], values: &[(&str, AttributeValue)]) -> Result<bool> {
-        let names: HashMap<String, String> = names.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let values: HashMap<String, AttributeValue> = values.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let names: HashMap<String, String> = names
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let values: HashMap<String, AttributeValue> = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let c = parse_condition(
             expr,
             (!names.is_empty()).then_some(&names),
@@ -451,7 +515,12 @@ mod tests {
         assert!(eval("attribute_not_exists(#p)", &[("#p", "nope")], &[]).unwrap());
         assert!(eval("attribute_exists(m.x[0])", &[], &[]).unwrap());
         assert!(!eval("attribute_exists(m.x[1])", &[], &[]).unwrap());
-        assert!(eval("NOT attribute_exists(q) and (attribute_exists(pk) OR attribute_exists(z))", &[], &[]).unwrap());
+        assert!(eval(
+            "NOT attribute_exists(q) and (attribute_exists(pk) OR attribute_exists(z))",
+            &[],
+            &[]
+        )
+        .unwrap());
         assert!(!Condition::Exists(vec![PathElem::Name("pk".into())]).evaluate(None));
         assert!(Condition::NotExists(vec![PathElem::Name("pk".into())]).evaluate(None));
     }
@@ -459,16 +528,23 @@ mod tests {
     #[test]
     fn comparisons() {
         assert!(eval("n = :v", &[], &[(":v", n("5.0"))]).unwrap());
-        assert!(eval("n < :v", &[], &[(":v", n("10"))]).unwrap(), "numeric, not lexical");
+        assert!(
+            eval("n < :v", &[], &[(":v", n("10"))]).unwrap(),
+            "numeric, not lexical"
+        );
         assert!(!eval("n > :v", &[], &[(":v", n("10"))]).unwrap());
-        assert!(eval("pk <> :v", &[], &[(":v", n("1"))]).unwrap(), "different types are unequal");
+        assert!(
+            eval("pk <> :v", &[], &[(":v", n("1"))]).unwrap(),
+            "different types are unequal"
+        );
         assert!(!eval("missing = :v", &[], &[(":v", n("1"))]).unwrap());
     }
 
     #[test]
     fn errors() {
         let msg = |r: Result<bool>| r.unwrap_err().message;
-        assert!(msg(eval("attribute_exists(", &[], &[])).starts_with("Invalid ConditionExpression: Syntax error; token: \"<EOF>\""));
+        assert!(msg(eval("attribute_exists(", &[], &[]))
+            .starts_with("Invalid ConditionExpression: Syntax error; token: \"<EOF>\""));
         assert!(msg(eval("foo(pk)", &[], &[])).contains("Invalid function name; function: foo"));
         assert_eq!(
             msg(eval("attribute_exists(#x)", &[], &[])),
@@ -482,7 +558,8 @@ mod tests {
             msg(eval("attribute_exists(pk)", &[("#a", "x")], &[])),
             "Value provided in ExpressionAttributeNames unused in expressions: keys: {#a}"
         );
-        assert!(msg(eval("attribute_exists(pk)", &[], &[(":a", n("1"))])).contains("ExpressionAttributeValues unused"));
+        assert!(msg(eval("attribute_exists(pk)", &[], &[(":a", n("1"))]))
+            .contains("ExpressionAttributeValues unused"));
         assert!(msg(eval("pk", &[], &[])).contains("Syntax error"));
         assert!(parse_condition("  ", None, None).is_err());
     }

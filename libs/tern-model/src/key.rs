@@ -79,14 +79,18 @@ impl KeySchema {
             check_key_value(name, *ty, v)?;
             Ok(v.clone())
         };
-        let key = PrimaryKey { hash: get(&self.hash)?, range: self.range.as_ref().map(get).transpose()? };
+        let key = PrimaryKey {
+            hash: get(&self.hash)?,
+            range: self.range.as_ref().map(get).transpose()?,
+        };
         key.check_sizes()?;
         Ok(key)
     }
 
     /// The key given as `Key` of GetItem/DeleteItem: exactly the key attributes.
     pub fn parse_key(&self, key: &Item) -> Result<PrimaryKey> {
-        let mismatch = || ApiError::validation("The provided key element does not match the schema");
+        let mismatch =
+            || ApiError::validation("The provided key element does not match the schema");
         let expected = 1 + usize::from(self.range.is_some());
         if key.len() != expected {
             return Err(mismatch());
@@ -99,7 +103,10 @@ impl KeySchema {
             check_key_value(name, *ty, v)?;
             Ok(v.clone())
         };
-        let key = PrimaryKey { hash: get(&self.hash)?, range: self.range.as_ref().map(get).transpose()? };
+        let key = PrimaryKey {
+            hash: get(&self.hash)?,
+            range: self.range.as_ref().map(get).transpose()?,
+        };
         key.check_sizes()?;
         Ok(key)
     }
@@ -114,7 +121,11 @@ fn check_key_value(name: &str, ty: ScalarType, v: &AttributeValue) -> Result<()>
         )));
     }
     if scalar_bytes(v).is_empty() && ty != ScalarType::N {
-        let kind = if ty == ScalarType::S { "string" } else { "binary" };
+        let kind = if ty == ScalarType::S {
+            "string"
+        } else {
+            "binary"
+        };
         return Err(ApiError::validation(format!(
             "One or more parameter values are not valid. The AttributeValue for a key attribute cannot contain an empty {kind} value. Key: {name}"
         )));
@@ -130,7 +141,11 @@ impl PrimaryKey {
                 "Size of hashkey has exceeded the maximum size limit of2048 bytes",
             ));
         }
-        if self.range.as_ref().is_some_and(|r| scalar_bytes(r).len() > MAX_RANGE_KEY) {
+        if self
+            .range
+            .as_ref()
+            .is_some_and(|r| scalar_bytes(r).len() > MAX_RANGE_KEY)
+        {
             return Err(ApiError::invalid_parameter(
                 "Aggregated size of all range keys has exceeded the size limit of 1024 bytes",
             ));
@@ -186,15 +201,24 @@ mod tests {
     }
 
     fn schema() -> KeySchema {
-        KeySchema { hash: ("pk".into(), ScalarType::S), range: Some(("sk".into(), ScalarType::N)) }
+        KeySchema {
+            hash: ("pk".into(), ScalarType::S),
+            range: Some(("sk".into(), ScalarType::N)),
+        }
     }
 
     #[test]
     fn hash_is_pinned() {
         // These values place data on disk: a change here is a data-format break.
-        let k = PrimaryKey { hash: s("a"), range: None };
+        let k = PrimaryKey {
+            hash: s("a"),
+            range: None,
+        };
         assert_eq!(k.hash(), xxh3_64(b"sa"));
-        let k = PrimaryKey { hash: AttributeValue::N(Number::parse("1.0").unwrap()), range: None };
+        let k = PrimaryKey {
+            hash: AttributeValue::N(Number::parse("1.0").unwrap()),
+            range: None,
+        };
         assert_eq!(k.hash(), xxh3_64(b"n1"));
     }
 
@@ -203,16 +227,28 @@ mod tests {
         let mut item = Item::new();
         item.insert("pk".into(), s("a"));
         let e = schema().key_of_item(&item).unwrap_err();
-        assert_eq!(e.message, "One or more parameter values were invalid: Missing the key sk in the item");
+        assert_eq!(
+            e.message,
+            "One or more parameter values were invalid: Missing the key sk in the item"
+        );
         item.insert("sk".into(), s("x"));
         let e = schema().key_of_item(&item).unwrap_err();
         assert_eq!(e.message, "One or more parameter values were invalid: Type mismatch for key sk expected: N actual: S");
         item.insert("sk".into(), AttributeValue::N(Number::parse("1").unwrap()));
         item.insert("pk".into(), s(""));
         let e = schema().key_of_item(&item).unwrap_err();
-        assert!(e.message.ends_with("cannot contain an empty string value. Key: pk"), "{}", e.message);
+        assert!(
+            e.message
+                .ends_with("cannot contain an empty string value. Key: pk"),
+            "{}",
+            e.message
+        );
         item.insert("pk".into(), s(&"x".repeat(2049)));
-        assert!(schema().key_of_item(&item).unwrap_err().message.contains("limit of2048 bytes"));
+        assert!(schema()
+            .key_of_item(&item)
+            .unwrap_err()
+            .message
+            .contains("limit of2048 bytes"));
         item.insert("pk".into(), s("ok"));
         item.insert("other".into(), s("fine"));
         assert!(schema().key_of_item(&item).is_ok());
@@ -224,16 +260,24 @@ mod tests {
 
     #[test]
     fn storage_keys_sort_by_sort_key() {
-        let key = |sk: &str| PrimaryKey {
-            hash: s("p"),
-            range: Some(AttributeValue::N(Number::parse(sk).unwrap())),
-        }
-        .storage_key();
+        let key = |sk: &str| {
+            PrimaryKey {
+                hash: s("p"),
+                range: Some(AttributeValue::N(Number::parse(sk).unwrap())),
+            }
+            .storage_key()
+        };
         let order = ["-100", "-1.5", "0", "0.001", "1", "2", "10", "1e20"];
         for w in order.windows(2) {
             assert!(key(w[0]) < key(w[1]), "{} < {}", w[0], w[1]);
         }
-        let skey = |sk: &[u8]| PrimaryKey { hash: s("p"), range: Some(AttributeValue::B(sk.to_vec())) }.storage_key();
+        let skey = |sk: &[u8]| {
+            PrimaryKey {
+                hash: s("p"),
+                range: Some(AttributeValue::B(sk.to_vec())),
+            }
+            .storage_key()
+        };
         let order: [&[u8]; 6] = [b"", b"\x00", b"\x00\x00", b"\x00\x01", b"a", b"ab"];
         for w in order.windows(2) {
             assert!(skey(w[0]) < skey(w[1]), "{:?} < {:?}", w[0], w[1]);

@@ -53,7 +53,10 @@ impl Number {
         let Some(first) = raw.iter().position(|d| *d != 0) else {
             return Ok(Number::zero());
         };
-        let last = raw.iter().rposition(|d| *d != 0).expect("has a non-zero digit");
+        let last = raw
+            .iter()
+            .rposition(|d| *d != 0)
+            .expect("has a non-zero digit");
         let digits = raw[first..=last].to_vec();
         // value = 0.raw × 10^(int.len()), shifted by leading zeros and the exponent.
         let exp = int.len() as i64 - first as i64 + e;
@@ -74,11 +77,21 @@ impl Number {
         }
         let exp = exp as i32;
         let canonical = render(negative, &digits, exp);
-        Ok(Number { negative, digits, exp, canonical })
+        Ok(Number {
+            negative,
+            digits,
+            exp,
+            canonical,
+        })
     }
 
     fn zero() -> Number {
-        Number { negative: false, digits: Vec::new(), exp: 0, canonical: "0".into() }
+        Number {
+            negative: false,
+            digits: Vec::new(),
+            exp: 0,
+            canonical: "0".into(),
+        }
     }
 
     /// The canonical decimal form, as DynamoDB returns it (no exponent, no redundant zeros).
@@ -187,16 +200,28 @@ mod tests {
     fn errors() {
         for bad in ["", "abc", "1.2.3", "--1", "1e", "e5", "1e+", " ", "0x10"] {
             let e = Number::parse(bad).unwrap_err();
-            assert_eq!(e.message, "A value provided cannot be converted into a number", "{bad:?}");
+            assert_eq!(
+                e.message, "A value provided cannot be converted into a number",
+                "{bad:?}"
+            );
         }
         let e = Number::parse("123456789012345678901234567890123456789").unwrap_err();
         assert!(e.message.contains("38 significant digits"));
         assert!(Number::parse("12345678901234567890123456789012345678").is_ok());
-        assert!(Number::parse("1E+126").unwrap_err().message.starts_with("Number overflow"));
+        assert!(Number::parse("1E+126")
+            .unwrap_err()
+            .message
+            .starts_with("Number overflow"));
         assert!(Number::parse("9.9999999999999999999999999999999999999E+125").is_ok());
-        assert!(Number::parse("1E-131").unwrap_err().message.starts_with("Number underflow"));
+        assert!(Number::parse("1E-131")
+            .unwrap_err()
+            .message
+            .starts_with("Number underflow"));
         assert!(Number::parse("1E-130").is_ok());
-        assert!(Number::parse("100000000000000000000000000000000000000000").is_ok(), "trailing zeros are not significant");
+        assert!(
+            Number::parse("100000000000000000000000000000000000000000").is_ok(),
+            "trailing zeros are not significant"
+        );
     }
 
     #[test]
@@ -208,17 +233,31 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        let mut values = vec!["0".to_string(), "-0.001".into(), "1E+125".into(), "-1E+125".into(), "1E-130".into()];
+        let mut values = vec![
+            "0".to_string(),
+            "-0.001".into(),
+            "1E+125".into(),
+            "-1E+125".into(),
+            "1E-130".into(),
+        ];
         for _ in 0..400 {
             let mantissa = (next() % 2_000_001) as i64 - 1_000_000;
             let exp = (next() % 40) as i64 - 20;
             values.push(format!("{mantissa}e{exp}"));
         }
-        let nums: Vec<(f64, Number)> =
-            values.iter().map(|v| (v.parse::<f64>().unwrap(), Number::parse(v).unwrap())).collect();
+        let nums: Vec<(f64, Number)> = values
+            .iter()
+            .map(|v| (v.parse::<f64>().unwrap(), Number::parse(v).unwrap()))
+            .collect();
         for (fa, a) in &nums {
             for (fb, b) in &nums {
-                assert_eq!(a.order_key().cmp(&b.order_key()), fa.partial_cmp(fb).unwrap(), "{} vs {}", a.as_str(), b.as_str());
+                assert_eq!(
+                    a.order_key().cmp(&b.order_key()),
+                    fa.partial_cmp(fb).unwrap(),
+                    "{} vs {}",
+                    a.as_str(),
+                    b.as_str()
+                );
             }
         }
     }

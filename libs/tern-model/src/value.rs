@@ -68,7 +68,9 @@ mod b64_list {
     }
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
         let v = <Vec<String> as serde::Deserialize>::deserialize(d)?;
-        v.into_iter().map(|s| super::b64().decode(s).map_err(serde::de::Error::custom)).collect()
+        v.into_iter()
+            .map(|s| super::b64().decode(s).map_err(serde::de::Error::custom))
+            .collect()
     }
 }
 
@@ -88,17 +90,25 @@ pub fn parse_value(v: &Value) -> Result<AttributeValue> {
 
 fn parse_map(v: &Value, depth: usize) -> Result<Item> {
     let Value::Object(map) = v else {
-        return Err(serialization("Start of structure or map found where not expected"));
+        return Err(serialization(
+            "Start of structure or map found where not expected",
+        ));
     };
-    map.iter().map(|(k, v)| Ok((k.clone(), parse_at(v, depth)?))).collect()
+    map.iter()
+        .map(|(k, v)| Ok((k.clone(), parse_at(v, depth)?)))
+        .collect()
 }
 
 fn parse_at(v: &Value, depth: usize) -> Result<AttributeValue> {
     if depth > MAX_NESTING {
-        return Err(ApiError::validation("Nesting Levels have exceeded supported limits"));
+        return Err(ApiError::validation(
+            "Nesting Levels have exceeded supported limits",
+        ));
     }
     let Value::Object(map) = v else {
-        return Err(serialization("Unexpected value type: an attribute value must be an object"));
+        return Err(serialization(
+            "Unexpected value type: an attribute value must be an object",
+        ));
     };
     let mut set = map.iter().filter(|(_, v)| !v.is_null());
     let (Some((ty, inner)), rest) = (set.next(), set.count()) else {
@@ -115,53 +125,79 @@ fn parse_at(v: &Value, depth: usize) -> Result<AttributeValue> {
         "S" => AttributeValue::S(string(inner, "S")?.to_string()),
         "N" => AttributeValue::N(Number::parse(string(inner, "N")?)?),
         "B" => AttributeValue::B(binary(inner)?),
-        "BOOL" => AttributeValue::Bool(inner.as_bool().ok_or_else(|| serialization("BOOL must be a boolean"))?),
+        "BOOL" => AttributeValue::Bool(
+            inner
+                .as_bool()
+                .ok_or_else(|| serialization("BOOL must be a boolean"))?,
+        ),
         "NULL" => match inner.as_bool() {
             Some(true) => AttributeValue::Null,
             Some(false) => {
-                return Err(ApiError::invalid_parameter("Null attribute value types must have the value of true"))
+                return Err(ApiError::invalid_parameter(
+                    "Null attribute value types must have the value of true",
+                ))
             }
             None => return Err(serialization("NULL must be a boolean")),
         },
         "M" => AttributeValue::M(parse_map(inner, depth + 1)?),
         "L" => {
-            let items = inner.as_array().ok_or_else(|| serialization("L must be a list"))?;
-            AttributeValue::L(items.iter().map(|v| parse_at(v, depth + 1)).collect::<Result<_>>()?)
+            let items = inner
+                .as_array()
+                .ok_or_else(|| serialization("L must be a list"))?;
+            AttributeValue::L(
+                items
+                    .iter()
+                    .map(|v| parse_at(v, depth + 1))
+                    .collect::<Result<_>>()?,
+            )
         }
         "SS" => {
-            let v: Vec<String> = list(inner, "SS")?.iter().map(|s| string(s, "SS").map(str::to_string)).collect::<Result<_>>()?;
+            let v: Vec<String> = list(inner, "SS")?
+                .iter()
+                .map(|s| string(s, "SS").map(str::to_string))
+                .collect::<Result<_>>()?;
             check_set(&v, "An string set  may not be empty", |s| s.clone())?;
             AttributeValue::SS(v)
         }
         "NS" => {
-            let v: Vec<Number> = list(inner, "NS")?.iter().map(|s| Number::parse(string(s, "NS")?)).collect::<Result<_>>()?;
-            check_set(&v, "An number set  may not be empty", |n| n.as_str().to_string())?;
+            let v: Vec<Number> = list(inner, "NS")?
+                .iter()
+                .map(|s| Number::parse(string(s, "NS")?))
+                .collect::<Result<_>>()?;
+            check_set(&v, "An number set  may not be empty", |n| {
+                n.as_str().to_string()
+            })?;
             AttributeValue::NS(v)
         }
         "BS" => {
-            let v: Vec<Vec<u8>> = list(inner, "BS")?.iter().map(binary).collect::<Result<_>>()?;
+            let v: Vec<Vec<u8>> = list(inner, "BS")?
+                .iter()
+                .map(binary)
+                .collect::<Result<_>>()?;
             check_set(&v, "Binary sets should not be empty", |b| b64().encode(b))?;
             AttributeValue::BS(v)
         }
-        _ => {
-            return Err(ApiError::validation(
-                "Supplied AttributeValue is empty, must contain exactly one of the supported datatypes",
-            ))
-        }
+        _ => return Err(ApiError::validation(
+            "Supplied AttributeValue is empty, must contain exactly one of the supported datatypes",
+        )),
     })
 }
 
 fn string<'a>(v: &'a Value, ty: &str) -> Result<&'a str> {
-    v.as_str().ok_or_else(|| serialization(format!("{ty} must be a string")))
+    v.as_str()
+        .ok_or_else(|| serialization(format!("{ty} must be a string")))
 }
 
 fn list<'a>(v: &'a Value, ty: &str) -> Result<&'a Vec<Value>> {
-    v.as_array().ok_or_else(|| serialization(format!("{ty} must be a list")))
+    v.as_array()
+        .ok_or_else(|| serialization(format!("{ty} must be a list")))
 }
 
 fn binary(v: &Value) -> Result<Vec<u8>> {
     let s = string(v, "B")?;
-    b64().decode(s).map_err(|_| serialization("Base64 encoded value is not valid"))
+    b64()
+        .decode(s)
+        .map_err(|_| serialization("Base64 encoded value is not valid"))
 }
 
 fn check_set<T>(v: &[T], empty_msg: &str, show: impl Fn(&T) -> String) -> Result<()> {
@@ -243,8 +279,12 @@ fn write_value(out: &mut Vec<u8>, v: &AttributeValue) {
 
 /// Parses stored canonical JSON (written by [`item_to_json`]).
 pub fn parse_item_json(bytes: &[u8]) -> Result<Item> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::new(ErrorCode::InternalServerError, format!("stored item is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InternalServerError,
+            format!("stored item is not JSON: {e}"),
+        )
+    })?;
     parse_item(&v)
 }
 
@@ -263,7 +303,12 @@ fn value_size(v: &AttributeValue) -> usize {
         AttributeValue::N(n) => number_size(n),
         AttributeValue::B(b) => b.len(),
         AttributeValue::Bool(_) | AttributeValue::Null => 1,
-        AttributeValue::M(m) => 3 + m.iter().map(|(k, v)| 1 + k.len() + value_size(v)).sum::<usize>(),
+        AttributeValue::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, v)| 1 + k.len() + value_size(v))
+                .sum::<usize>()
+        }
         AttributeValue::L(l) => 3 + l.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
         AttributeValue::SS(s) => s.iter().map(String::len).sum(),
         AttributeValue::NS(s) => s.iter().map(number_size).sum(),
@@ -298,14 +343,26 @@ mod tests {
     #[test]
     fn rejects_bad_values() {
         let err = |v: Value| parse_value(&v).unwrap_err();
-        assert!(err(json!({})).message.contains("Supplied AttributeValue is empty"));
-        assert!(err(json!({"S": "a", "N": "1"})).message.contains("more than one datatypes"));
+        assert!(err(json!({}))
+            .message
+            .contains("Supplied AttributeValue is empty"));
+        assert!(err(json!({"S": "a", "N": "1"}))
+            .message
+            .contains("more than one datatypes"));
         assert!(err(json!({"SS": []})).message.contains("may not be empty"));
         assert!(err(json!({"NS": []})).message.contains("may not be empty"));
-        assert!(err(json!({"BS": []})).message.contains("should not be empty"));
-        assert!(err(json!({"SS": ["a", "a"]})).message.contains("contains duplicates"));
-        assert!(err(json!({"NS": ["1", "1.0"]})).message.contains("contains duplicates"));
-        assert!(err(json!({"NULL": false})).message.contains("Null attribute value types must have the value of true"));
+        assert!(err(json!({"BS": []}))
+            .message
+            .contains("should not be empty"));
+        assert!(err(json!({"SS": ["a", "a"]}))
+            .message
+            .contains("contains duplicates"));
+        assert!(err(json!({"NS": ["1", "1.0"]}))
+            .message
+            .contains("contains duplicates"));
+        assert!(err(json!({"NULL": false}))
+            .message
+            .contains("Null attribute value types must have the value of true"));
         assert_eq!(err(json!({"S": 1})).code, ErrorCode::Serialization);
         assert_eq!(err(json!({"B": "!!"})).code, ErrorCode::Serialization);
     }
@@ -318,12 +375,18 @@ mod tests {
         }
         assert!(parse_value(&ok).is_ok());
         let deep = json!({"M": {"x": ok}});
-        assert!(parse_value(&deep).unwrap_err().message.contains("Nesting Levels"));
+        assert!(parse_value(&deep)
+            .unwrap_err()
+            .message
+            .contains("Nesting Levels"));
     }
 
     #[test]
     fn sizes() {
-        let item = parse_item(&json!({"ab": {"S": "xyz"}, "n": {"N": "123"}, "l": {"L": [{"BOOL": true}]}})).unwrap();
+        let item = parse_item(
+            &json!({"ab": {"S": "xyz"}, "n": {"N": "123"}, "l": {"L": [{"BOOL": true}]}}),
+        )
+        .unwrap();
         // "ab"+3, "n"+(2+1), "l"+(3+1+1)
         assert_eq!(item_size(&item), 5 + 4 + 6);
     }

@@ -34,7 +34,10 @@ fn newer_message_decodes_as_older_and_back() {
         epoch: 3,
         hash_start: 10,
         hash_end: u64::MAX,
-        replicas: vec![Replica { node_id: "n1".into(), az: "az-a".into() }],
+        replicas: vec![Replica {
+            node_id: "n1".into(),
+            az: "az-a".into(),
+        }],
         leader: "n1".into(),
         split_parent: 42,
     };
@@ -45,7 +48,10 @@ fn newer_message_decodes_as_older_and_back() {
     assert_eq!(old.replicas[0].az, "az-a");
 
     let back = PartitionInfoV2::decode(old.encode_to_vec().as_slice()).unwrap();
-    assert_eq!(back.split_parent, 0, "a field the old version lacks decodes as its default");
+    assert_eq!(
+        back.split_parent, 0,
+        "a field the old version lacks decodes as its default"
+    );
     assert_eq!(back.leader, "n1");
 }
 
@@ -54,6 +60,8 @@ fn older_message_decodes_as_newer() {
     let old = LookupRequestV0 {};
     let new = LookupRequest::decode(old.encode_to_vec().as_slice()).unwrap();
     assert_eq!(new.table_name, "");
-    let new = LookupRequest { table_name: "t".into() };
+    let new = LookupRequest {
+        table_name: "t".into(),
+    };
     LookupRequestV0::decode(new.encode_to_vec().as_slice()).unwrap();
 }

@@ -34,7 +34,11 @@ pub fn init(service: &'static str) -> Telemetry {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init();
     Telemetry { provider }

@@ -19,7 +19,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { nats_url: "nats://127.0.0.1:4222".into(), instance: "archiver-1".into() }
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            instance: "archiver-1".into(),
+        }
     }
 }
 
@@ -29,7 +32,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "invalid archiver configuration: instance {:?} must be letters, digits, '-' or '_'",
         config.instance
     );
-    let bus = Bus::connect(&config.nats_url, &format!("tern-archiver-{}", config.instance)).await?;
+    let bus = Bus::connect(
+        &config.nats_url,
+        &format!("tern-archiver-{}", config.instance),
+    )
+    .await?;
     let ready = Arc::new(AtomicBool::new(true));
     tern_bus::serve_health(&bus, "archiver", &config.instance, ready).await?;
     tracing::info!(instance = %config.instance, queue = subjects::queue::ARCHIVER, "archiver ready");

@@ -18,7 +18,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { nats_url: "nats://127.0.0.1:4222".into(), instance: "gac-1".into() }
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            instance: "gac-1".into(),
+        }
     }
 }
 

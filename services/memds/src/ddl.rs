@@ -21,7 +21,9 @@ use crate::{placement, Memds};
 const STORAGE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn create_table(m: &Memds, req: CreateTableRequest) -> Result<TableReply, ApiError> {
-    let mut table = req.table.ok_or_else(|| ApiError::validation("table missing"))?;
+    let mut table = req
+        .table
+        .ok_or_else(|| ApiError::validation("table missing"))?;
     if m.tables.get(&table.name).is_some() {
         return Err(in_use(format!("Table already exists: {}", table.name)));
     }
@@ -36,14 +38,22 @@ pub async fn create_table(m: &Memds, req: CreateTableRequest) -> Result<TableRep
     table.status = TableStatus::Creating as i32;
     table.creation_time_ms = now_ms();
     let bytes = Bytes::from(table.encode_to_vec());
-    let revision = m.kv.create(key(&table.name), bytes.clone()).await.map_err(|e| {
-        if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists {
-            in_use(format!("Table already exists: {}", table.name))
-        } else {
-            internal("create table metadata", e)
-        }
-    })?;
-    m.tables.apply(&key(&table.name), revision, async_nats::jetstream::kv::Operation::Put, &bytes);
+    let revision =
+        m.kv.create(key(&table.name), bytes.clone())
+            .await
+            .map_err(|e| {
+                if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists {
+                    in_use(format!("Table already exists: {}", table.name))
+                } else {
+                    internal("create table metadata", e)
+                }
+            })?;
+    m.tables.apply(
+        &key(&table.name),
+        revision,
+        async_nats::jetstream::kv::Operation::Put,
+        &bytes,
+    );
     tracing::info!(table = %table.name, partitions = table.partitions.len(), "table created");
     let s = m.clone();
     let name = table.name.clone();
@@ -53,13 +63,18 @@ pub async fn create_table(m: &Memds, req: CreateTableRequest) -> Result<TableRep
 
 pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError> {
     for _ in 0..5 {
-        let Some(entry) = m.kv.entry(key(name)).await.map_err(|e| internal("read table", e))? else {
+        let Some(entry) =
+            m.kv.entry(key(name))
+                .await
+                .map_err(|e| internal("read table", e))?
+        else {
             return Err(table_not_found(name));
         };
         if entry.operation != async_nats::jetstream::kv::Operation::Put {
             return Err(table_not_found(name));
         }
-        let mut table = TableInfo::decode(entry.value.as_ref()).map_err(|e| internal("decode table", e))?;
+        let mut table =
+            TableInfo::decode(entry.value.as_ref()).map_err(|e| internal("decode table", e))?;
         match table.status() {
             TableStatus::Creating => {
                 return Err(in_use(format!("Attempt to change a resource which is still in use: Table is being created: {name}")))
@@ -73,7 +88,12 @@ pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError>
         let bytes = Bytes::from(table.encode_to_vec());
         match m.kv.update(key(name), bytes.clone(), entry.revision).await {
             Ok(rev) => {
-                m.tables.apply(&key(name), rev, async_nats::jetstream::kv::Operation::Put, &bytes);
+                m.tables.apply(
+                    &key(name),
+                    rev,
+                    async_nats::jetstream::kv::Operation::Put,
+                    &bytes,
+                );
                 tracing::info!(table = name, "table deleting");
                 let s = m.clone();
                 let n = name.to_string();
@@ -81,10 +101,15 @@ pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError>
                 return Ok(TableReply { table: Some(table) });
             }
             // Someone else changed it meanwhile: read again.
-            Err(e) => tracing::debug!(table = name, error = %e, "delete table: compare-and-set lost"),
+            Err(e) => {
+                tracing::debug!(table = name, error = %e, "delete table: compare-and-set lost")
+            }
         }
     }
-    Err(ApiError::new(ErrorCode::InternalServerError, "table metadata is changing too fast"))
+    Err(ApiError::new(
+        ErrorCode::InternalServerError,
+        "table metadata is changing too fast",
+    ))
 }
 
 /// Moves one table on from CREATING or DELETING, if it is in one of those states.
@@ -94,7 +119,9 @@ pub async fn drive(m: &Memds, name: &str) {
         Ok(_) => return,
         Err(e) => return tracing::warn!(table = name, error = %e, "read table"),
     };
-    let Ok(mut table) = TableInfo::decode(entry.value.as_ref()) else { return };
+    let Ok(mut table) = TableInfo::decode(entry.value.as_ref()) else {
+        return;
+    };
     let result = match table.status() {
         TableStatus::Creating => {
             if let Err(e) = create_replicas(m, &table).await {
@@ -104,7 +131,14 @@ pub async fn drive(m: &Memds, name: &str) {
             let bytes = Bytes::from(table.encode_to_vec());
             m.kv.update(key(name), bytes.clone(), entry.revision)
                 .await
-                .map(|rev| m.tables.apply(&key(name), rev, async_nats::jetstream::kv::Operation::Put, &bytes))
+                .map(|rev| {
+                    m.tables.apply(
+                        &key(name),
+                        rev,
+                        async_nats::jetstream::kv::Operation::Put,
+                        &bytes,
+                    )
+                })
                 .map_err(|e| e.to_string())
         }
         TableStatus::Deleting => {
@@ -118,7 +152,11 @@ pub async fn drive(m: &Memds, name: &str) {
         TableStatus::Active => return,
     };
     match result {
-        Ok(()) => tracing::info!(table = name, from = table.status().as_str(), "table state advanced"),
+        Ok(()) => tracing::info!(
+            table = name,
+            from = table.status().as_str(),
+            "table state advanced"
+        ),
         Err(e) => tracing::debug!(table = name, error = %e, "table state: compare-and-set lost"),
     }
 }
@@ -132,7 +170,8 @@ async fn create_replicas(m: &Memds, table: &TableInfo) -> Result<(), tern_bus::B
                 table_id: table.table_id.clone(),
                 partition: Some(p.clone()),
             };
-            bus.call::<_, Empty>(&subjects::storage_create_partition(&r.node_id), &req).await?;
+            bus.call::<_, Empty>(&subjects::storage_create_partition(&r.node_id), &req)
+                .await?;
         }
     }
     Ok(())
@@ -143,7 +182,8 @@ async fn drop_replicas(m: &Memds, table: &TableInfo) -> Result<(), tern_bus::Bus
     for p in &table.partitions {
         for r in &p.replicas {
             let req = DropPartitionRequest { partition_id: p.id };
-            bus.call::<_, Empty>(&subjects::storage_drop_partition(&r.node_id), &req).await?;
+            bus.call::<_, Empty>(&subjects::storage_drop_partition(&r.node_id), &req)
+                .await?;
         }
     }
     Ok(())
@@ -166,7 +206,10 @@ pub async fn reconcile_forever(m: Memds) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn in_use(msg: String) -> ApiError {

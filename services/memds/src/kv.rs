@@ -32,5 +32,7 @@ pub async fn open_bucket(client: &async_nats::Client, bucket: &str) -> anyhow::R
         }
         tracing::info!(bucket, "metadata bucket created");
     }
-    js.get_key_value(bucket).await.context("open metadata bucket")
+    js.get_key_value(bucket)
+        .await
+        .context("open metadata bucket")
 }

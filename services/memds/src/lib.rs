@@ -105,53 +105,89 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
         let reply = s.tables.get(&req.table_name);
         async move {
             match reply {
-                Some(t) => Ok(TableReply { table: Some((*t).clone()) }),
+                Some(t) => Ok(TableReply {
+                    table: Some((*t).clone()),
+                }),
                 None => Err(not_found().into()),
             }
         }
     })
     .await?;
     let s = m.clone();
-    bus.serve(subjects::MEMDS_CREATE_TABLE, q, move |req: CreateTableRequest| {
-        let s = s.clone();
-        async move { ddl::create_table(&s, req).await.map_err(Into::into) }
-    })
+    bus.serve(
+        subjects::MEMDS_CREATE_TABLE,
+        q,
+        move |req: CreateTableRequest| {
+            let s = s.clone();
+            async move { ddl::create_table(&s, req).await.map_err(Into::into) }
+        },
+    )
     .await?;
     let s = m.clone();
-    bus.serve(subjects::MEMDS_DESCRIBE_TABLE, q, move |req: TableNameRequest| {
-        let t = s.tables.get(&req.table_name);
-        async move {
-            match t {
-                Some(t) => Ok(TableReply { table: Some((*t).clone()) }),
-                None => Err(ApiError::new(
-                    ErrorCode::ResourceNotFound,
-                    format!("Requested resource not found: Table: {} not found", req.table_name),
-                )
-                .into()),
+    bus.serve(
+        subjects::MEMDS_DESCRIBE_TABLE,
+        q,
+        move |req: TableNameRequest| {
+            let t = s.tables.get(&req.table_name);
+            async move {
+                match t {
+                    Some(t) => Ok(TableReply {
+                        table: Some((*t).clone()),
+                    }),
+                    None => Err(ApiError::new(
+                        ErrorCode::ResourceNotFound,
+                        format!(
+                            "Requested resource not found: Table: {} not found",
+                            req.table_name
+                        ),
+                    )
+                    .into()),
+                }
             }
-        }
-    })
+        },
+    )
     .await?;
     let s = m.clone();
-    bus.serve(subjects::MEMDS_LIST_TABLES, q, move |req: ListTablesRequest| {
-        let (names, last) = s.tables.list(&req.exclusive_start, req.limit as usize);
-        async move { Ok(ListTablesResponse { names, last_evaluated: last.unwrap_or_default() }) }
-    })
+    bus.serve(
+        subjects::MEMDS_LIST_TABLES,
+        q,
+        move |req: ListTablesRequest| {
+            let (names, last) = s.tables.list(&req.exclusive_start, req.limit as usize);
+            async move {
+                Ok(ListTablesResponse {
+                    names,
+                    last_evaluated: last.unwrap_or_default(),
+                })
+            }
+        },
+    )
     .await?;
     let s = m.clone();
-    bus.serve(subjects::MEMDS_DELETE_TABLE, q, move |req: TableNameRequest| {
-        let s = s.clone();
-        async move { ddl::delete_table(&s, &req.table_name).await.map_err(Into::into) }
-    })
+    bus.serve(
+        subjects::MEMDS_DELETE_TABLE,
+        q,
+        move |req: TableNameRequest| {
+            let s = s.clone();
+            async move {
+                ddl::delete_table(&s, &req.table_name)
+                    .await
+                    .map_err(Into::into)
+            }
+        },
+    )
     .await?;
     let s = m.clone();
-    bus.serve(&subjects::memds_stats(&m.config.instance), None, move |_: tern_proto::Empty| {
-        let stats = MemdsStats {
-            lookups: s.lookups.load(Ordering::Relaxed),
-            tables: s.tables.len() as u64,
-        };
-        async move { Ok(stats) }
-    })
+    bus.serve(
+        &subjects::memds_stats(&m.config.instance),
+        None,
+        move |_: tern_proto::Empty| {
+            let stats = MemdsStats {
+                lookups: s.lookups.load(Ordering::Relaxed),
+                tables: s.tables.len() as u64,
+            };
+            async move { Ok(stats) }
+        },
+    )
     .await?;
     // Every instance hears every heartbeat (no queue group): each keeps the whole node view.
     let s = m.clone();

@@ -15,11 +15,16 @@ pub struct Nodes {
 
 impl Nodes {
     pub fn new(timeout: Duration) -> Self {
-        Self { inner: Arc::default(), timeout }
+        Self {
+            inner: Arc::default(),
+            timeout,
+        }
     }
 
     pub fn heard(&self, hb: NodeHeartbeat) {
-        self.inner.lock().insert(hb.node_id, (hb.az, Instant::now()));
+        self.inner
+            .lock()
+            .insert(hb.node_id, (hb.az, Instant::now()));
     }
 
     /// Live nodes as (node id, az), sorted by node id.

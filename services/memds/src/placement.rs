@@ -49,7 +49,10 @@ pub fn place(
         candidates.sort();
         let mut replicas: Vec<Replica> = candidates[..3]
             .iter()
-            .map(|(_, node, az)| Replica { node_id: node.to_string(), az: az.to_string() })
+            .map(|(_, node, az)| Replica {
+                node_id: node.to_string(),
+                az: az.to_string(),
+            })
             .collect();
         for r in &replicas {
             *load.entry(r.node_id.clone()).or_insert(0) += 1;
@@ -74,7 +77,9 @@ mod tests {
     use super::*;
 
     fn nodes(spec: &[(&str, &str)]) -> Vec<(String, String)> {
-        spec.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect()
+        spec.iter()
+            .map(|(n, a)| (n.to_string(), a.to_string()))
+            .collect()
     }
 
     #[test]
@@ -93,7 +98,12 @@ mod tests {
 
     #[test]
     fn replicas_land_in_three_zones_and_balance() {
-        let live = nodes(&[("a1", "az-a"), ("a2", "az-a"), ("b1", "az-b"), ("c1", "az-c")]);
+        let live = nodes(&[
+            ("a1", "az-a"),
+            ("a2", "az-a"),
+            ("b1", "az-b"),
+            ("c1", "az-c"),
+        ]);
         let mut load = HashMap::new();
         let mut id = 0;
         let parts = place(&live, 4, &mut load, || {
@@ -110,7 +120,8 @@ mod tests {
         }
         assert_eq!(load["a1"], 2);
         assert_eq!(load["a2"], 2);
-        let leaders: std::collections::HashSet<_> = parts.iter().map(|p| &p.replicas[0].az).collect();
+        let leaders: std::collections::HashSet<_> =
+            parts.iter().map(|p| &p.replicas[0].az).collect();
         assert_eq!(leaders.len(), 3, "leadership spreads over zones");
     }
 
@@ -118,6 +129,10 @@ mod tests {
     fn fewer_than_three_zones_is_an_error() {
         let live = nodes(&[("a1", "az-a"), ("b1", "az-b"), ("b2", "az-b")]);
         let err = place(&live, 1, &mut HashMap::new(), || 1).unwrap_err();
-        assert!(err.message.contains("3 availability zones"), "{}", err.message);
+        assert!(
+            err.message.contains("3 availability zones"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -120,7 +120,12 @@ mod tests {
     use super::*;
 
     fn table(name: &str, status: i32) -> Vec<u8> {
-        TableInfo { name: name.into(), status, ..Default::default() }.encode_to_vec()
+        TableInfo {
+            name: name.into(),
+            status,
+            ..Default::default()
+        }
+        .encode_to_vec()
     }
 
     #[test]
@@ -139,7 +144,10 @@ mod tests {
         for (i, n) in ["c", "a", "b", "d"].iter().enumerate() {
             t.apply(&key(n), i as u64 + 1, Operation::Put, &table(n, 1));
         }
-        assert_eq!(t.list("", 3), (vec!["a".into(), "b".into(), "c".into()], Some("c".into())));
+        assert_eq!(
+            t.list("", 3),
+            (vec!["a".into(), "b".into(), "c".into()], Some("c".into()))
+        );
         assert_eq!(t.list("c", 3), (vec!["d".into()], None));
         assert_eq!(t.list("", 0).0.len(), 4);
     }

@@ -51,7 +51,8 @@ async fn handle(State(r): State<Arc<Router>>, headers: HeaderMap, body: Bytes) -
     let (status, body) = match result {
         Ok(body) => (StatusCode::OK, body),
         Err(e) => {
-            let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let status =
+                StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
             if status.is_server_error() {
                 inc(&r.metrics.server_errors);
             } else {

@@ -34,7 +34,12 @@ pub struct RouteCache {
 
 impl RouteCache {
     pub fn new(bus: Bus, mode: CacheMode, metrics: Metrics) -> Self {
-        Self { entries: Arc::default(), bus, mode, metrics }
+        Self {
+            entries: Arc::default(),
+            bus,
+            mode,
+            metrics,
+        }
     }
 
     /// The routing metadata of `table`, from the cache when it holds it.
@@ -62,14 +67,23 @@ impl RouteCache {
     /// Asks MemDS and refreshes the cache with the answer.
     pub async fn lookup(&self, table: &str) -> Result<Arc<TableInfo>, ApiError> {
         inc(&self.metrics.memds_lookups);
-        let req = LookupRequest { table_name: table.to_string() };
-        match self.bus.call::<_, TableReply>(subjects::MEMDS_LOOKUP, &req).await {
+        let req = LookupRequest {
+            table_name: table.to_string(),
+        };
+        match self
+            .bus
+            .call::<_, TableReply>(subjects::MEMDS_LOOKUP, &req)
+            .await
+        {
             Ok(TableReply { table: Some(t) }) => {
                 let t = Arc::new(t);
                 self.entries.write().insert(table.to_string(), t.clone());
                 Ok(t)
             }
-            Ok(TableReply { table: None }) => Err(ApiError::new(ErrorCode::InternalServerError, "empty lookup reply")),
+            Ok(TableReply { table: None }) => Err(ApiError::new(
+                ErrorCode::InternalServerError,
+                "empty lookup reply",
+            )),
             Err(BusError::Api(e)) if e.code == ErrorCode::ResourceNotFound => {
                 self.entries.write().remove(table);
                 Err(e)

@@ -17,9 +17,16 @@ const ATTEMPTS: u32 = 4;
 
 /// The table's routing metadata; a table that is not ACTIVE does not exist for data requests.
 pub async fn active_table(r: &Router, name: &str, fresh: bool) -> Result<Arc<TableInfo>, ApiError> {
-    let t = if fresh { r.cache.lookup(name).await? } else { r.cache.get(name).await? };
+    let t = if fresh {
+        r.cache.lookup(name).await?
+    } else {
+        r.cache.get(name).await?
+    };
     if t.status() != TableStatus::Active {
-        return Err(ApiError::new(ErrorCode::ResourceNotFound, "Requested resource not found"));
+        return Err(ApiError::new(
+            ErrorCode::ResourceNotFound,
+            "Requested resource not found",
+        ));
     }
     Ok(t)
 }
@@ -40,34 +47,49 @@ fn partition(t: &TableInfo, hash: u64) -> Result<&PartitionInfo, ApiError> {
 }
 
 /// Retries `call` on a redirect (or when nothing listens on the node) with fresh metadata.
-async fn with_redirects<T, F, Fut>(r: &Router, table: &str, hash: u64, mut call: F) -> Result<T, ApiError>
+/// `t` is the table as the request found it; retries look it up afresh.
+async fn with_redirects<T, F, Fut>(
+    r: &Router,
+    t: Arc<TableInfo>,
+    hash: u64,
+    mut call: F,
+) -> Result<T, ApiError>
 where
     F: FnMut(String, &PartitionInfo) -> Fut,
     Fut: std::future::Future<Output = Result<T, BusError>>,
 {
     let mut last = None;
+    let table = t.name.clone();
+    let mut t = t;
     for attempt in 0..ATTEMPTS {
-        let t = active_table(r, table, attempt > 0).await?;
+        if attempt > 0 {
+            t = active_table(r, &table, true).await?;
+        }
         let p = partition(&t, hash)?;
         let node = serving_node(p)?.to_string();
         match call(node, p).await {
             Ok(v) => return Ok(v),
             Err(e @ (BusError::Redirect(_) | BusError::NoResponders(_))) => {
                 inc(&r.metrics.storage_redirects);
-                tracing::debug!(table, attempt, error = %e, "retrying with fresh routing metadata");
+                tracing::debug!(%table, attempt, error = %e, "retrying with fresh routing metadata");
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
             }
             Err(e) => return Err(e.into_api()),
         }
     }
-    Err(last.map(BusError::into_api).unwrap_or_else(|| {
-        ApiError::new(ErrorCode::InternalServerError, "Internal server error")
-    }))
+    Err(last
+        .map(BusError::into_api)
+        .unwrap_or_else(|| ApiError::new(ErrorCode::InternalServerError, "Internal server error")))
 }
 
-pub async fn write(r: &Router, table: &str, hash: u64, req: WriteRequest) -> Result<WriteResponse, ApiError> {
-    with_redirects(r, table, hash, |node, p| {
+pub async fn write(
+    r: &Router,
+    t: Arc<TableInfo>,
+    hash: u64,
+    req: WriteRequest,
+) -> Result<WriteResponse, ApiError> {
+    with_redirects(r, t, hash, |node, p| {
         let mut req = req.clone();
         req.partition_id = p.id;
         req.epoch = p.epoch;
@@ -77,8 +99,13 @@ pub async fn write(r: &Router, table: &str, hash: u64, req: WriteRequest) -> Res
     .await
 }
 
-pub async fn get(r: &Router, table: &str, hash: u64, req: GetRequest) -> Result<GetResponse, ApiError> {
-    with_redirects(r, table, hash, |node, p| {
+pub async fn get(
+    r: &Router,
+    t: Arc<TableInfo>,
+    hash: u64,
+    req: GetRequest,
+) -> Result<GetResponse, ApiError> {
+    with_redirects(r, t, hash, |node, p| {
         let mut req = req.clone();
         req.partition_id = p.id;
         req.epoch = p.epoch;

@@ -24,7 +24,9 @@ pub async fn put_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let return_old = return_values(req, "ReturnValues can only be ALL_OLD or NONE")?;
     let condition = condition(req)?;
     if tern_model::item_size(&item) > MAX_ITEM_SIZE {
-        return Err(ApiError::validation("Item size has exceeded the maximum allowed size"));
+        return Err(ApiError::validation(
+            "Item size has exceeded the maximum allowed size",
+        ));
     }
     let t = dispatch::active_table(r, table, false).await?;
     let key = key_schema(&t)?.key_of_item(&item)?;
@@ -36,7 +38,7 @@ pub async fn put_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         return_old,
         ..Default::default()
     };
-    let resp = dispatch::write(r, table, key.hash(), write).await?;
+    let resp = dispatch::write(r, t, key.hash(), write).await?;
     Ok(attributes_reply(resp.old_item))
 }
 
@@ -45,7 +47,7 @@ pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
     let key_json = req.get("Key").ok_or_else(|| null_member("key"))?;
     let return_old = return_values(req, "Return values set to invalid value")?;
     let condition = condition(req)?;
-    let key = parse_key(r, table, key_json).await?;
+    let (t, key) = parse_key(r, table, key_json).await?;
     let write = WriteRequest {
         key: key.storage_key(),
         kind: WriteKind::Delete as i32,
@@ -53,7 +55,7 @@ pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         return_old,
         ..Default::default()
     };
-    let resp = dispatch::write(r, table, key.hash(), write).await?;
+    let resp = dispatch::write(r, t, key.hash(), write).await?;
     Ok(attributes_reply(resp.old_item))
 }
 
@@ -62,21 +64,33 @@ pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let key_json = req.get("Key").ok_or_else(|| null_member("key"))?;
     let consistent = req.bool("ConsistentRead")?.unwrap_or(false);
     if req.get("ProjectionExpression").is_some() || req.get("AttributesToGet").is_some() {
-        return Err(ApiError::validation("Projections are not supported by Tern yet"));
+        return Err(ApiError::validation(
+            "Projections are not supported by Tern yet",
+        ));
     }
-    let key = parse_key(r, table, key_json).await?;
-    let get = GetRequest { key: key.storage_key(), consistent, ..Default::default() };
-    let resp = dispatch::get(r, table, key.hash(), get).await?;
+    let (t, key) = parse_key(r, table, key_json).await?;
+    let get = GetRequest {
+        key: key.storage_key(),
+        consistent,
+        ..Default::default()
+    };
+    let resp = dispatch::get(r, t, key.hash(), get).await?;
     Ok(match resp.item {
         Some(item) => splice("Item", &item),
         None => b"{}".to_vec(),
     })
 }
 
-async fn parse_key(r: &Router, table: &str, key_json: &serde_json::Value) -> Result<PrimaryKey, ApiError> {
+/// The table's routing metadata (one cache lookup per request) and the request's key.
+async fn parse_key(
+    r: &Router,
+    table: &str,
+    key_json: &serde_json::Value,
+) -> Result<(Arc<TableInfo>, PrimaryKey), ApiError> {
     let key_item = tern_model::parse_item(key_json)?;
     let t = dispatch::active_table(r, table, false).await?;
-    key_schema(&t)?.parse_key(&key_item)
+    let key = key_schema(&t)?.parse_key(&key_item)?;
+    Ok((t, key))
 }
 
 fn return_values(req: &Request, invalid: &str) -> Result<bool, ApiError> {
@@ -96,10 +110,14 @@ fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
     let values = req.expression_values()?;
     let Some(expr) = req.str("ConditionExpression")? else {
         if names.is_some() {
-            return Err(ApiError::validation("ExpressionAttributeNames can only be specified when using expressions"));
+            return Err(ApiError::validation(
+                "ExpressionAttributeNames can only be specified when using expressions",
+            ));
         }
         if values.is_some() {
-            return Err(ApiError::validation("ExpressionAttributeValues can only be specified when using expressions"));
+            return Err(ApiError::validation(
+                "ExpressionAttributeValues can only be specified when using expressions",
+            ));
         }
         return Ok(Vec::new());
     };
@@ -109,8 +127,12 @@ fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
         ));
     }
     let cond: Condition = tern_model::parse_condition(expr, names.as_ref(), values.as_ref())?;
-    serde_json::to_vec(&cond)
-        .map_err(|e| ApiError::new(ErrorCode::InternalServerError, format!("encode condition: {e}")))
+    serde_json::to_vec(&cond).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InternalServerError,
+            format!("encode condition: {e}"),
+        )
+    })
 }
 
 fn key_schema(t: &Arc<TableInfo>) -> Result<KeySchema, ApiError> {

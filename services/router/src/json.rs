@@ -24,7 +24,9 @@ impl Request {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(body)) => Ok(Self { body }),
-            Ok(_) => Err(serialization("Start of structure or map found where not expected")),
+            Ok(_) => Err(serialization(
+                "Start of structure or map found where not expected",
+            )),
             Err(e) => Err(serialization(format!("Malformed JSON: {e}"))),
         }
     }
@@ -37,7 +39,9 @@ impl Request {
         match self.get(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(serialization(format!("Unexpected value type for {name}: expected a string"))),
+            Some(_) => Err(serialization(format!(
+                "Unexpected value type for {name}: expected a string"
+            ))),
         }
     }
 
@@ -45,18 +49,21 @@ impl Request {
         match self.get(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(serialization(format!("Unexpected value type for {name}: expected a boolean"))),
+            Some(_) => Err(serialization(format!(
+                "Unexpected value type for {name}: expected a boolean"
+            ))),
         }
     }
 
     pub fn i64(&self, name: &str) -> Result<Option<i64>, ApiError> {
         match self.get(name) {
             None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| serialization(format!("Unexpected value for {name}: expected an integer"))),
-            Some(_) => Err(serialization(format!("Unexpected value type for {name}: expected a number"))),
+            Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
+                serialization(format!("Unexpected value for {name}: expected an integer"))
+            }),
+            Some(_) => Err(serialization(format!(
+                "Unexpected value type for {name}: expected a number"
+            ))),
         }
     }
 
@@ -64,7 +71,9 @@ impl Request {
         match self.get(name) {
             None => Ok(None),
             Some(Value::Array(a)) => Ok(Some(a)),
-            Some(_) => Err(serialization(format!("Unexpected value type for {name}: expected a list"))),
+            Some(_) => Err(serialization(format!(
+                "Unexpected value type for {name}: expected a list"
+            ))),
         }
     }
 
@@ -72,30 +81,40 @@ impl Request {
         match self.get(name) {
             None => Ok(None),
             Some(Value::Object(o)) => Ok(Some(o)),
-            Some(_) => Err(serialization(format!("Unexpected value type for {name}: expected a map"))),
+            Some(_) => Err(serialization(format!(
+                "Unexpected value type for {name}: expected a map"
+            ))),
         }
     }
 
     /// `TableName`, present and valid.
     pub fn table_name(&self) -> Result<&str, ApiError> {
-        let name = self.str("TableName")?.ok_or_else(|| null_member("tableName"))?;
+        let name = self
+            .str("TableName")?
+            .ok_or_else(|| null_member("tableName"))?;
         tern_model::validate_table_name(name, "tableName")?;
         Ok(name)
     }
 
     pub fn expression_names(&self) -> Result<Option<HashMap<String, String>>, ApiError> {
-        let Some(map) = self.object("ExpressionAttributeNames")? else { return Ok(None) };
+        let Some(map) = self.object("ExpressionAttributeNames")? else {
+            return Ok(None);
+        };
         map.iter()
             .map(|(k, v)| match v {
                 Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(serialization("Unexpected value type in ExpressionAttributeNames: expected a string")),
+                _ => Err(serialization(
+                    "Unexpected value type in ExpressionAttributeNames: expected a string",
+                )),
             })
             .collect::<Result<_, _>>()
             .map(Some)
     }
 
     pub fn expression_values(&self) -> Result<Option<HashMap<String, AttributeValue>>, ApiError> {
-        let Some(map) = self.object("ExpressionAttributeValues")? else { return Ok(None) };
+        let Some(map) = self.object("ExpressionAttributeValues")? else {
+            return Ok(None);
+        };
         map.iter()
             .map(|(k, v)| Ok((k.clone(), tern_model::parse_value(v)?)))
             .collect::<Result<_, ApiError>>()

@@ -58,15 +58,21 @@ pub(crate) struct Router {
     pub instance: String,
 }
 
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         subjects::is_valid_token(&config.instance),
         "invalid router configuration: instance {:?} must be letters, digits, '-' or '_'",
         config.instance
     );
-    let bus = Bus::connect(&config.nats_url, &format!("tern-router-{}", config.instance))
-        .await?
-        .with_timeout(Duration::from_millis(config.bus_timeout_ms));
+    let bus = Bus::connect(
+        &config.nats_url,
+        &format!("tern-router-{}", config.instance),
+    )
+    .await?
+    .with_timeout(Duration::from_millis(config.bus_timeout_ms));
     let metrics = metrics::Metrics::default();
     let router = Arc::new(Router {
         cache: cache::RouteCache::new(bus.clone(), config.cache_mode, metrics.clone()),

@@ -35,16 +35,48 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let rows: [(&str, &str, &AtomicU64); 7] = [
-            ("tern_router_requests_total", "DynamoDB API requests received", &self.requests),
-            ("tern_router_client_errors_total", "requests answered with a 4xx error", &self.client_errors),
-            ("tern_router_server_errors_total", "requests answered with a 5xx error", &self.server_errors),
-            ("tern_router_cache_hits_total", "routing cache hits", &self.cache_hits),
-            ("tern_router_cache_misses_total", "routing cache misses", &self.cache_misses),
-            ("tern_router_memds_lookups_total", "lookups sent to MemDS", &self.memds_lookups),
-            ("tern_router_storage_redirects_total", "storage redirects followed", &self.storage_redirects),
+            (
+                "tern_router_requests_total",
+                "DynamoDB API requests received",
+                &self.requests,
+            ),
+            (
+                "tern_router_client_errors_total",
+                "requests answered with a 4xx error",
+                &self.client_errors,
+            ),
+            (
+                "tern_router_server_errors_total",
+                "requests answered with a 5xx error",
+                &self.server_errors,
+            ),
+            (
+                "tern_router_cache_hits_total",
+                "routing cache hits",
+                &self.cache_hits,
+            ),
+            (
+                "tern_router_cache_misses_total",
+                "routing cache misses",
+                &self.cache_misses,
+            ),
+            (
+                "tern_router_memds_lookups_total",
+                "lookups sent to MemDS",
+                &self.memds_lookups,
+            ),
+            (
+                "tern_router_storage_redirects_total",
+                "storage redirects followed",
+                &self.storage_redirects,
+            ),
         ];
         for (name, help, v) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         out
     }

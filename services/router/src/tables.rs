@@ -12,7 +12,10 @@ use crate::json::{null_member, Request};
 use crate::Router;
 
 fn invalid(msg: impl Into<String>) -> ApiError {
-    ApiError::validation(format!("One or more parameter values were invalid: {}", msg.into()))
+    ApiError::validation(format!(
+        "One or more parameter values were invalid: {}",
+        msg.into()
+    ))
 }
 
 pub async fn create_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
@@ -20,21 +23,36 @@ pub async fn create_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError
     let name = table.name.clone();
     let reply: TableReply = r
         .bus
-        .call(subjects::MEMDS_CREATE_TABLE, &CreateTableRequest { table: Some(table) })
+        .call(
+            subjects::MEMDS_CREATE_TABLE,
+            &CreateTableRequest { table: Some(table) },
+        )
         .await
         .map_err(|e| e.into_api())?;
     r.cache.invalidate(&name);
     let t = reply.table.unwrap_or_default();
-    Ok(json!({ "TableDescription": describe(&t) }).to_string().into_bytes())
+    Ok(json!({ "TableDescription": describe(&t) })
+        .to_string()
+        .into_bytes())
 }
 
 fn parse_create_table(req: &Request) -> Result<TableInfo, ApiError> {
     let name = req.table_name()?;
-    let key_schema = req.array("KeySchema")?.ok_or_else(|| null_member("keySchema"))?;
-    let defs = req.array("AttributeDefinitions")?.ok_or_else(|| null_member("attributeDefinitions"))?;
-    for unsupported in ["GlobalSecondaryIndexes", "LocalSecondaryIndexes", "StreamSpecification"] {
+    let key_schema = req
+        .array("KeySchema")?
+        .ok_or_else(|| null_member("keySchema"))?;
+    let defs = req
+        .array("AttributeDefinitions")?
+        .ok_or_else(|| null_member("attributeDefinitions"))?;
+    for unsupported in [
+        "GlobalSecondaryIndexes",
+        "LocalSecondaryIndexes",
+        "StreamSpecification",
+    ] {
         if req.get(unsupported).is_some() {
-            return Err(ApiError::validation(format!("{unsupported} are not supported by Tern yet")));
+            return Err(ApiError::validation(format!(
+                "{unsupported} are not supported by Tern yet"
+            )));
         }
     }
     let defs = parse_attribute_definitions(defs)?;
@@ -59,7 +77,9 @@ fn field<'a>(v: &'a Value, name: &str, path: &str) -> Result<&'a str, ApiError> 
 
 fn lower_first(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_ascii_lowercase().to_string() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_ascii_lowercase().to_string() + c.as_str())
+        .unwrap_or_default()
 }
 
 fn parse_attribute_definitions(defs: &[Value]) -> Result<Vec<AttributeDefinition>, ApiError> {
@@ -79,7 +99,11 @@ fn parse_attribute_definitions(defs: &[Value]) -> Result<Vec<AttributeDefinition
 
 fn parse_key_schema(elems: &[Value], defs: &[AttributeDefinition]) -> Result<KeySchema, ApiError> {
     if elems.is_empty() || elems.len() > 2 {
-        let (cmp, n) = if elems.is_empty() { ("greater", 1) } else { ("less", 2) };
+        let (cmp, n) = if elems.is_empty() {
+            ("greater", 1)
+        } else {
+            ("less", 2)
+        };
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value '{}' at 'keySchema' failed to satisfy constraint: Member must have length {cmp} than or equal to {n}",
             Value::Array(elems.to_vec())
@@ -97,18 +121,32 @@ fn parse_key_schema(elems: &[Value], defs: &[AttributeDefinition]) -> Result<Key
         parts.push((name, kind));
     }
     if parts[0].1 != "HASH" {
-        return Err(ApiError::validation("Invalid KeySchema: The first KeySchemaElement is not a HASH key type"));
+        return Err(ApiError::validation(
+            "Invalid KeySchema: The first KeySchemaElement is not a HASH key type",
+        ));
     }
     if parts.len() == 2 {
         if parts[1].1 != "RANGE" {
-            return Err(ApiError::validation("Invalid KeySchema: The second KeySchemaElement is not a RANGE key type"));
+            return Err(ApiError::validation(
+                "Invalid KeySchema: The second KeySchemaElement is not a RANGE key type",
+            ));
         }
         if parts[0].0 == parts[1].0 {
-            return Err(ApiError::validation("Both the Hash Key and the Range Key element in the KeySchema have the same name"));
+            return Err(ApiError::validation(
+                "Both the Hash Key and the Range Key element in the KeySchema have the same name",
+            ));
         }
     }
-    let type_of = |name: &str| defs.iter().find(|d| d.name == name).map(|d| d.attr_type.clone());
-    let missing: Vec<&str> = parts.iter().map(|p| p.0).filter(|n| type_of(n).is_none()).collect();
+    let type_of = |name: &str| {
+        defs.iter()
+            .find(|d| d.name == name)
+            .map(|d| d.attr_type.clone())
+    };
+    let missing: Vec<&str> = parts
+        .iter()
+        .map(|p| p.0)
+        .filter(|n| type_of(n).is_none())
+        .collect();
     if !missing.is_empty() {
         let all: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
         return Err(invalid(format!(
@@ -172,7 +210,12 @@ pub async fn describe_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
     let name = req.table_name()?;
     let reply: TableReply = r
         .bus
-        .call(subjects::MEMDS_DESCRIBE_TABLE, &TableNameRequest { table_name: name.to_string() })
+        .call(
+            subjects::MEMDS_DESCRIBE_TABLE,
+            &TableNameRequest {
+                table_name: name.to_string(),
+            },
+        )
         .await
         .map_err(|e| e.into_api())?;
     let t = reply.table.unwrap_or_default();
@@ -183,18 +226,29 @@ pub async fn delete_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError
     let name = req.table_name()?;
     let reply: TableReply = r
         .bus
-        .call(subjects::MEMDS_DELETE_TABLE, &TableNameRequest { table_name: name.to_string() })
+        .call(
+            subjects::MEMDS_DELETE_TABLE,
+            &TableNameRequest {
+                table_name: name.to_string(),
+            },
+        )
         .await
         .map_err(|e| e.into_api())?;
     r.cache.invalidate(name);
     let t = reply.table.unwrap_or_default();
-    Ok(json!({ "TableDescription": describe(&t) }).to_string().into_bytes())
+    Ok(json!({ "TableDescription": describe(&t) })
+        .to_string()
+        .into_bytes())
 }
 
 pub async fn list_tables(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let limit = req.i64("Limit")?.unwrap_or(100);
     if !(1..=100).contains(&limit) {
-        let (cmp, n) = if limit < 1 { ("greater", 1) } else { ("less", 100) };
+        let (cmp, n) = if limit < 1 {
+            ("greater", 1)
+        } else {
+            ("less", 100)
+        };
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value {cmp} than or equal to {n}"
         )));
@@ -208,7 +262,13 @@ pub async fn list_tables(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
     };
     let reply: ListTablesResponse = r
         .bus
-        .call(subjects::MEMDS_LIST_TABLES, &ListTablesRequest { exclusive_start: start, limit: limit as u32 })
+        .call(
+            subjects::MEMDS_LIST_TABLES,
+            &ListTablesRequest {
+                exclusive_start: start,
+                limit: limit as u32,
+            },
+        )
         .await
         .map_err(|e| e.into_api())?;
     let mut out = json!({ "TableNames": reply.names });

@@ -28,7 +28,14 @@ struct Inner {
 
 impl Node {
     pub fn new(id: String, store: Store, partitions: Partitions, writer: Writer) -> Self {
-        Self { inner: Arc::new(Inner { id, store, partitions, writer }) }
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                store,
+                partitions,
+                writer,
+            }),
+        }
     }
 
     pub fn writer(&self) -> &Writer {
@@ -42,10 +49,14 @@ impl Node {
     pub async fn serve(&self, bus: &Bus) -> Result<(), BusError> {
         let id = &self.inner.id;
         let n = self.clone();
-        bus.serve(&subjects::storage_write(id), None, move |req: WriteRequest| {
-            let n = n.clone();
-            async move { n.write(req).await }
-        })
+        bus.serve(
+            &subjects::storage_write(id),
+            None,
+            move |req: WriteRequest| {
+                let n = n.clone();
+                async move { n.write(req).await }
+            },
+        )
         .await?;
         let n = self.clone();
         bus.serve(&subjects::storage_get(id), None, move |req: GetRequest| {
@@ -54,42 +65,62 @@ impl Node {
         })
         .await?;
         let n = self.clone();
-        bus.serve(&subjects::storage_create_partition(id), None, move |req: CreatePartitionRequest| {
-            let n = n.clone();
-            async move { n.admin(move |p| p.create(req)).await }
-        })
+        bus.serve(
+            &subjects::storage_create_partition(id),
+            None,
+            move |req: CreatePartitionRequest| {
+                let n = n.clone();
+                async move { n.admin(move |p| p.create(req)).await }
+            },
+        )
         .await?;
         let n = self.clone();
-        bus.serve(&subjects::storage_drop_partition(id), None, move |req: DropPartitionRequest| {
-            let n = n.clone();
-            async move { n.admin(move |p| p.drop(req.partition_id)).await }
-        })
+        bus.serve(
+            &subjects::storage_drop_partition(id),
+            None,
+            move |req: DropPartitionRequest| {
+                let n = n.clone();
+                async move { n.admin(move |p| p.drop(req.partition_id)).await }
+            },
+        )
         .await?;
         Ok(())
     }
 
     async fn write(&self, req: WriteRequest) -> Result<WriteResponse, BusError> {
         let inner = &self.inner;
-        inner.partitions.check(&inner.id, req.partition_id, req.epoch)?;
+        inner
+            .partitions
+            .check(&inner.id, req.partition_id, req.epoch)?;
         let condition = if req.condition.is_empty() {
             None
         } else {
-            Some(serde_json::from_slice::<Condition>(&req.condition).map_err(|e| {
-                ApiError::new(ErrorCode::InternalServerError, format!("undecodable condition: {e}"))
-            })?)
+            Some(
+                serde_json::from_slice::<Condition>(&req.condition).map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::InternalServerError,
+                        format!("undecodable condition: {e}"),
+                    )
+                })?,
+            )
         };
         Ok(inner.writer.submit(req, condition).await?)
     }
 
     async fn get(&self, req: GetRequest) -> Result<GetResponse, BusError> {
         let inner = &self.inner;
-        inner.partitions.check(&inner.id, req.partition_id, req.epoch)?;
+        inner
+            .partitions
+            .check(&inner.id, req.partition_id, req.epoch)?;
         let pending = inner.writer.pending();
         let full_key = item_key(req.partition_id, &req.key);
         loop {
             // NOTE: read first, then check: the writer marks a key pending before committing it
             // and clears the mark only after the fsync, so a value read while unmarked is durable.
-            let item = inner.store.get(req.partition_id, &req.key).map_err(internal)?;
+            let item = inner
+                .store
+                .get(req.partition_id, &req.key)
+                .map_err(internal)?;
             match pending.batch_of(&full_key) {
                 None => return Ok(GetResponse { item }),
                 Some(seq) => pending.wait_durable(seq).await,
@@ -112,5 +143,8 @@ impl Node {
 
 fn internal(e: impl std::fmt::Display) -> BusError {
     tracing::error!(error = %e, "storage request failed");
-    BusError::Api(ApiError::new(ErrorCode::InternalServerError, "Internal server error"))
+    BusError::Api(ApiError::new(
+        ErrorCode::InternalServerError,
+        "Internal server error",
+    ))
 }

@@ -61,7 +61,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let store = Store::open(&config.data_dir).context("open store")?;
     let partitions = partitions::Partitions::load(&store).context("load partitions")?;
     let writer = writer::Writer::start(store.clone(), config.group_commit, config.max_batch);
-    let bus = Bus::connect(&config.nats_url, &format!("tern-storage-{}", config.node_id)).await?;
+    let bus = Bus::connect(
+        &config.nats_url,
+        &format!("tern-storage-{}", config.node_id),
+    )
+    .await?;
     let node = handlers::Node::new(config.node_id.clone(), store.clone(), partitions, writer);
     node.serve(&bus).await?;
     let ready = Arc::new(AtomicBool::new(false));

@@ -28,7 +28,10 @@ impl Partitions {
             }
         }
         tracing::info!(replicas = map.len(), "partitions loaded");
-        Ok(Self { map: Arc::new(RwLock::new(map)), store: store.clone() })
+        Ok(Self {
+            map: Arc::new(RwLock::new(map)),
+            store: store.clone(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -37,9 +40,14 @@ impl Partitions {
 
     /// Records a replica durably; idempotent.
     pub fn create(&self, req: CreatePartitionRequest) -> anyhow::Result<()> {
-        let info = req.partition.as_ref().ok_or_else(|| anyhow::anyhow!("partition missing"))?;
+        let info = req
+            .partition
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("partition missing"))?;
         let id = info.id;
-        self.store.partitions().insert(id.to_be_bytes(), req.encode_to_vec())?;
+        self.store
+            .partitions()
+            .insert(id.to_be_bytes(), req.encode_to_vec())?;
         self.store.sync()?;
         tracing::info!(partition = id, table = %req.table_name, epoch = info.epoch, "partition replica created");
         self.map.write().insert(id, Arc::new(req));
@@ -68,7 +76,10 @@ impl Partitions {
         // NOTE: until the replication issue lands, the partition's leader (its first placed
         // replica) serves it alone.
         let leader = if info.leader.is_empty() {
-            info.replicas.first().map(|r| r.node_id.as_str()).unwrap_or("")
+            info.replicas
+                .first()
+                .map(|r| r.node_id.as_str())
+                .unwrap_or("")
         } else {
             info.leader.as_str()
         };

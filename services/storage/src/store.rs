@@ -31,7 +31,13 @@ impl Store {
         let db = Database::builder(dir).manual_journal_persist(true).open()?;
         let items = db.keyspace("items", KeyspaceCreateOptions::default)?;
         let partitions = db.keyspace("partitions", KeyspaceCreateOptions::default)?;
-        Ok(Self { inner: Arc::new(Inner { db, items, partitions }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                items,
+                partitions,
+            }),
+        })
     }
 
     pub fn get(&self, partition_id: u64, key: &[u8]) -> fjall::Result<Option<Bytes>> {

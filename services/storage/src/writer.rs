@@ -79,12 +79,22 @@ impl Writer {
         condition: Option<Condition>,
     ) -> Result<WriteResponse, ApiError> {
         let (reply, rx) = oneshot::channel();
-        let op = WriteOp { req, condition, reply };
+        let op = WriteOp {
+            req,
+            condition,
+            reply,
+        };
         if self.tx.send(Msg::Write(op)).is_err() {
-            return Err(ApiError::new(ErrorCode::ServiceUnavailable, "storage node is stopping"));
+            return Err(ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                "storage node is stopping",
+            ));
         }
         rx.await.unwrap_or_else(|_| {
-            Err(ApiError::new(ErrorCode::ServiceUnavailable, "storage node is stopping"))
+            Err(ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                "storage node is stopping",
+            ))
         })
     }
 
@@ -133,7 +143,10 @@ fn writer_loop(
     }
 }
 
-type Reply = (oneshot::Sender<Result<WriteResponse, ApiError>>, Result<WriteResponse, ApiError>);
+type Reply = (
+    oneshot::Sender<Result<WriteResponse, ApiError>>,
+    Result<WriteResponse, ApiError>,
+);
 
 fn commit_batch(store: &Store, pending: &Pending, seq: u64, ops: impl Iterator<Item = WriteOp>) {
     let mut batch = store.batch();
@@ -143,7 +156,11 @@ fn commit_batch(store: &Store, pending: &Pending, seq: u64, ops: impl Iterator<I
         let key = item_key(op.req.partition_id, &op.req.key);
         let old = match latest.get(&key) {
             Some(v) => v.clone(),
-            None => store.items().get(&key).map(|v| v.map(|v| Bytes::copy_from_slice(&v))).unwrap_or_else(|e| fatal("read item", e)),
+            None => store
+                .items()
+                .get(&key)
+                .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
+                .unwrap_or_else(|e| fatal("read item", e)),
         };
         if let Err(e) = check_condition(op.condition.as_ref(), old.as_ref()) {
             replies.push((op.reply, Err(e)));
@@ -170,7 +187,9 @@ fn commit_batch(store: &Store, pending: &Pending, seq: u64, ops: impl Iterator<I
                 keys.insert(k.clone(), seq);
             }
         }
-        batch.commit().unwrap_or_else(|e| fatal("commit write batch", e));
+        batch
+            .commit()
+            .unwrap_or_else(|e| fatal("commit write batch", e));
         store.sync().unwrap_or_else(|e| fatal("sync journal", e));
         {
             let mut keys = pending.keys.lock();
@@ -188,7 +207,9 @@ fn commit_batch(store: &Store, pending: &Pending, seq: u64, ops: impl Iterator<I
 }
 
 fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result<(), ApiError> {
-    let Some(condition) = condition else { return Ok(()) };
+    let Some(condition) = condition else {
+        return Ok(());
+    };
     let old_item = match old {
         Some(bytes) => Some(tern_model::parse_item_json(bytes)?),
         None => None,
@@ -196,7 +217,10 @@ fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result
     if condition.evaluate(old_item.as_ref()) {
         Ok(())
     } else {
-        Err(ApiError::new(ErrorCode::ConditionalCheckFailed, "The conditional request failed"))
+        Err(ApiError::new(
+            ErrorCode::ConditionalCheckFailed,
+            "The conditional request failed",
+        ))
     }
 }
 

@@ -16,7 +16,11 @@ use tern_cluster::{Cluster, ClusterSpec};
 /// The directory holding the service binaries (`target/<profile>`), next to the test's `deps/`.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
     assert!(
         dir.join("tern-router").is_file(),
         "service binaries are missing in {}: run `cargo build --workspace --bins` first (scripts/test does)",
@@ -24,7 +28,6 @@ pub fn bin_dir() -> PathBuf {
     );
     dir
 }
-
 
 pub struct TestCluster {
     pub cluster: Cluster,
@@ -35,7 +38,10 @@ pub struct TestCluster {
 pub async fn start_cluster(env: &[(&str, &str)]) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut spec = ClusterSpec::new(dir.path(), bin_dir());
-    spec.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    spec.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let cluster = Cluster::start(spec).await.expect("start cluster");
     TestCluster { cluster, dir }
 }
@@ -58,7 +64,13 @@ pub async fn create_table(c: &Client, name: &str, sk: Option<ScalarAttributeType
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
         .attribute_definitions(
             AttributeDefinition::builder()
                 .attribute_name("pk")
@@ -68,29 +80,57 @@ pub async fn create_table(c: &Client, name: &str, sk: Option<ScalarAttributeType
         );
     if let Some(t) = sk {
         req = req
-            .key_schema(KeySchemaElement::builder().attribute_name("sk").key_type(KeyType::Range).build().unwrap())
-            .attribute_definitions(AttributeDefinition::builder().attribute_name("sk").attribute_type(t).build().unwrap());
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("sk")
+                    .key_type(KeyType::Range)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("sk")
+                    .attribute_type(t)
+                    .build()
+                    .unwrap(),
+            );
     }
     let out = req.send().await.expect("create table");
-    assert_eq!(out.table_description().unwrap().table_status(), Some(&TableStatus::Creating));
+    assert_eq!(
+        out.table_description().unwrap().table_status(),
+        Some(&TableStatus::Creating)
+    );
     wait_active(c, name).await;
 }
 
 pub async fn wait_active(c: &Client, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let d = c.describe_table().table_name(name).send().await.expect("describe");
+        let d = c
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .expect("describe");
         if d.table().unwrap().table_status() == Some(&TableStatus::Active) {
             return;
         }
-        assert!(Instant::now() < deadline, "table {name} did not become ACTIVE");
+        assert!(
+            Instant::now() < deadline,
+            "table {name} did not become ACTIVE"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// (error code, message) of a failed SDK call.
-pub fn error_of<E: ProvideErrorMetadata, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> (String, String) {
-    (e.code().unwrap_or("").to_string(), e.message().unwrap_or("").to_string())
+pub fn error_of<E: ProvideErrorMetadata, R>(
+    e: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> (String, String) {
+    (
+        e.code().unwrap_or("").to_string(),
+        e.message().unwrap_or("").to_string(),
+    )
 }
 
 /// Asserts a call failed with `code` and a message containing `msg_part`.
@@ -102,27 +142,43 @@ macro_rules! assert_api_error {
             Err(e) => {
                 let (code, msg) = $crate::common::error_of(&e);
                 assert_eq!(code, $code, "wrong error code (message: {msg})");
-                assert!(msg.contains($msg_part), "message {msg:?} should contain {:?}", $msg_part);
+                assert!(
+                    msg.contains($msg_part),
+                    "message {msg:?} should contain {:?}",
+                    $msg_part
+                );
             }
         }
     }};
 }
 
 /// A raw HTTP POST to the endpoint, for inputs no SDK would send.
-pub async fn raw_post(endpoint: &str, target: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+pub async fn raw_post(
+    endpoint: &str,
+    target: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let addr = endpoint.trim_start_matches("http://");
-    let mut req = format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.0\r\n");
+    let mut req =
+        format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.0\r\n");
     if let Some(t) = target {
         req.push_str(&format!("X-Amz-Target: {t}\r\n"));
     }
-    req.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()));
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).to_string();
-    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     // The body may be chunked; take the JSON object inside.
     let start = body.find('{').unwrap_or(0);
