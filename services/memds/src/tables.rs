@@ -19,9 +19,12 @@ fn name_of(key: &str) -> Option<&str> {
     key.strip_prefix("table.")
 }
 
+/// A table's metadata with the bucket revision it came from.
+type Versioned = (u64, Arc<TableInfo>);
+
 #[derive(Clone, Default)]
 pub struct Tables {
-    map: Arc<RwLock<HashMap<String, (u64, Arc<TableInfo>)>>>,
+    map: Arc<RwLock<HashMap<String, Versioned>>>,
 }
 
 impl Tables {
@@ -76,6 +79,10 @@ impl Tables {
 
     pub fn len(&self) -> usize {
         self.map.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.read().is_empty()
     }
 
     /// Every table, for the reconciler.
