@@ -91,6 +91,24 @@ async fn every_attribute_type_round_trips(c: &Client) {
         assert_eq!(ns, vec!["1", "2.5"]);
         assert_eq!(got["bs"].as_bs().unwrap().len(), 2);
     }
+    let projected = c
+        .get_item()
+        .table_name("items")
+        .set_key(Some(key("all-types", "1")))
+        .projection_expression("#s, m.inner, l[1]")
+        .expression_attribute_names("#s", "s")
+        .send()
+        .await
+        .expect("projected get");
+    let projected = projected.item().unwrap();
+    assert_eq!(projected.len(), 3, "{projected:?}");
+    assert_eq!(projected["s"], s("héllo"));
+    assert_eq!(
+        projected["m"],
+        V::M(HashMap::from([("inner".to_string(), s("x"))]))
+    );
+    assert_eq!(projected["l"], V::L(vec![n("2")]));
+
     let missing = c
         .get_item()
         .table_name("items")

@@ -84,14 +84,14 @@ impl Tok {
     }
 }
 
-fn syntax_error(tok: &Tok, near: &str) -> ApiError {
+fn syntax_error(kind: &str, tok: &Tok, near: &str) -> ApiError {
     ApiError::validation(format!(
-        "Invalid ConditionExpression: Syntax error; token: \"{}\", near: \"{near}\"",
+        "Invalid {kind}: Syntax error; token: \"{}\", near: \"{near}\"",
         tok.text()
     ))
 }
 
-fn tokenize(s: &str) -> Result<Vec<(Tok, usize)>> {
+fn tokenize(kind: &str, s: &str) -> Result<Vec<(Tok, usize)>> {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -170,14 +170,14 @@ fn tokenize(s: &str) -> Result<Vec<(Tok, usize)>> {
                 let w = word(&mut i);
                 Tok::Int(
                     w.parse()
-                        .map_err(|_| syntax_error(&Tok::Ident(w.clone()), &s[start..]))?,
+                        .map_err(|_| syntax_error(kind, &Tok::Ident(w.clone()), &s[start..]))?,
                 )
             }
             c if c.is_ascii_alphabetic() || c == b'_' => Tok::Ident(word(&mut i)),
             _ => {
                 let ch = s[i..].chars().next().unwrap_or(' ');
                 return Err(ApiError::validation(format!(
-                    "Invalid ConditionExpression: Invalid token: \"{ch}\", near: \"{}\"",
+                    "Invalid {kind}: Invalid token: \"{ch}\", near: \"{}\"",
                     &s[start..]
                 )));
             }
@@ -189,6 +189,7 @@ fn tokenize(s: &str) -> Result<Vec<(Tok, usize)>> {
 }
 
 struct Parser<'a> {
+    kind: &'static str,
     src: &'a str,
     toks: Vec<(Tok, usize)>,
     pos: usize,
@@ -210,21 +211,102 @@ pub fn parse_condition(
             "Invalid ConditionExpression: The expression can not be empty;",
         ));
     }
-    let mut p = Parser {
-        src: expr,
-        toks: tokenize(expr)?,
-        pos: 0,
-        names,
-        values,
-        used_names: BTreeSet::new(),
-        used_values: BTreeSet::new(),
-    };
+    let mut p = Parser::new("ConditionExpression", expr, names, values)?;
     let cond = p.or()?;
     if p.peek() != &Tok::Eof {
         return Err(p.error());
     }
     p.check_unused()?;
     Ok(cond)
+}
+
+/// Parses a ProjectionExpression: comma-separated document paths.
+pub fn parse_projection(
+    expr: &str,
+    names: Option<&HashMap<String, String>>,
+) -> Result<Vec<Vec<PathElem>>> {
+    if expr.trim().is_empty() {
+        return Err(ApiError::validation(
+            "Invalid ProjectionExpression: The expression can not be empty;",
+        ));
+    }
+    let mut p = Parser::new("ProjectionExpression", expr, names, None)?;
+    let mut paths = vec![p.path()?];
+    while p.peek() == &Tok::Comma {
+        p.next();
+        paths.push(p.path()?);
+    }
+    if p.peek() != &Tok::Eof {
+        return Err(p.error());
+    }
+    p.check_unused()?;
+    Ok(paths)
+}
+
+/// The parts of `item` the paths name, in the item's shape (projected list elements keep their
+/// order, compacted).
+pub fn project(item: &Item, paths: &[Vec<PathElem>]) -> Item {
+    let mut out = Item::new();
+    for path in paths {
+        let Some(value) = resolve(item, path) else {
+            continue;
+        };
+        let (PathElem::Name(first), rest) = path.split_first().expect("paths are never empty")
+        else {
+            continue;
+        };
+        let slot = out
+            .entry(first.clone())
+            .or_insert_with(|| skeleton(rest.first()));
+        insert_at(slot, rest, value.clone());
+    }
+    out
+}
+
+fn skeleton(next: Option<&PathElem>) -> AttributeValue {
+    match next {
+        Some(PathElem::Index(_)) => AttributeValue::L(Vec::new()),
+        _ => AttributeValue::M(Item::new()),
+    }
+}
+
+fn insert_at(slot: &mut AttributeValue, rest: &[PathElem], value: AttributeValue) {
+    let Some((head, tail)) = rest.split_first() else {
+        *slot = value;
+        return;
+    };
+    match (head, slot) {
+        (PathElem::Name(n), AttributeValue::M(m)) => {
+            let child = m.entry(n.clone()).or_insert_with(|| skeleton(tail.first()));
+            insert_at(child, tail, value);
+        }
+        (PathElem::Index(_), AttributeValue::L(l)) => {
+            l.push(skeleton(tail.first()));
+            let child = l.last_mut().expect("just pushed");
+            insert_at(child, tail, value);
+        }
+        _ => {}
+    }
+}
+
+impl<'a> Parser<'a> {
+    fn new(
+        kind: &'static str,
+        src: &'a str,
+        names: Option<&'a HashMap<String, String>>,
+        values: Option<&'a HashMap<String, AttributeValue>>,
+    ) -> Result<Self> {
+        Ok(Parser {
+            kind,
+            src,
+            toks: tokenize(kind, src)?,
+            pos: 0,
+            names,
+            values,
+            used_names: BTreeSet::new(),
+            used_values: BTreeSet::new(),
+        })
+    }
 }
 
 impl Parser<'_> {
@@ -242,7 +324,7 @@ impl Parser<'_> {
 
     fn error(&self) -> ApiError {
         let (tok, at) = &self.toks[self.pos];
-        syntax_error(tok, &self.src[(*at).min(self.src.len())..])
+        syntax_error(self.kind, tok, &self.src[(*at).min(self.src.len())..])
     }
 
     fn keyword(&self, k: &str) -> bool {
@@ -311,7 +393,8 @@ impl Parser<'_> {
             "attribute_not_exists" => Condition::NotExists,
             _ => {
                 return Err(ApiError::validation(format!(
-                    "Invalid ConditionExpression: Invalid function name; function: {name}"
+                    "Invalid {}: Invalid function name; function: {name}",
+                    self.kind
                 )))
             }
         };
@@ -538,6 +621,24 @@ mod tests {
             "different types are unequal"
         );
         assert!(!eval("missing = :v", &[], &[(":v", n("1"))]).unwrap());
+    }
+
+    #[test]
+    fn projections() {
+        let names: HashMap<String, String> = [("#k".to_string(), "pk".to_string())].into();
+        let paths = parse_projection("#k, m.x[0], nope", Some(&names)).unwrap();
+        let out = project(&item(), &paths);
+        let expected =
+            parse_item(&json!({"pk": {"S": "a"}, "m": {"M": {"x": {"L": [{"S": "y"}]}}}})).unwrap();
+        assert_eq!(out, expected);
+        assert!(parse_projection("a,", None)
+            .unwrap_err()
+            .message
+            .starts_with("Invalid ProjectionExpression: Syntax error"));
+        assert!(parse_projection("a", Some(&names))
+            .unwrap_err()
+            .message
+            .contains("unused in expressions"));
     }
 
     #[test]

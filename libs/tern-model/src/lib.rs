@@ -10,7 +10,7 @@ mod number;
 mod value;
 
 pub use error::{ApiError, ErrorCode, Result, ValidationErrors};
-pub use expr::{parse_condition, CmpOp, Condition, Operand, PathElem};
+pub use expr::{parse_condition, parse_projection, project, CmpOp, Condition, Operand, PathElem};
 pub use key::{KeySchema, KeyType, PrimaryKey, ScalarType};
 pub use names::validate_table_name;
 pub use number::Number;

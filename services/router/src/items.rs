@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tern_model::{ApiError, Condition, ErrorCode, KeySchema, PrimaryKey, ScalarType};
+use tern_model::{ApiError, Condition, ErrorCode, KeySchema, PathElem, PrimaryKey, ScalarType};
 use tern_proto::memds::TableInfo;
 use tern_proto::storage::{GetRequest, WriteKind, WriteRequest};
 
@@ -63,11 +63,7 @@ pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let table = req.table_name()?;
     let key_json = req.get("Key").ok_or_else(|| null_member("key"))?;
     let consistent = req.bool("ConsistentRead")?.unwrap_or(false);
-    if req.get("ProjectionExpression").is_some() || req.get("AttributesToGet").is_some() {
-        return Err(ApiError::validation(
-            "Projections are not supported by Tern yet",
-        ));
-    }
+    let projection = projection(req)?;
     let (t, key) = parse_key(r, table, key_json).await?;
     let get = GetRequest {
         key: key.storage_key(),
@@ -75,9 +71,13 @@ pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         ..Default::default()
     };
     let resp = dispatch::get(r, t, key.hash(), get).await?;
-    Ok(match resp.item {
-        Some(item) => splice("Item", &item),
-        None => b"{}".to_vec(),
+    Ok(match (resp.item, projection) {
+        (Some(item), None) => splice("Item", &item),
+        (Some(item), Some(paths)) => {
+            let projected = tern_model::project(&tern_model::parse_item_json(&item)?, &paths);
+            splice("Item", &tern_model::item_to_json(&projected))
+        }
+        (None, _) => b"{}".to_vec(),
     })
 }
 
@@ -133,6 +133,34 @@ fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
             format!("encode condition: {e}"),
         )
     })
+}
+
+/// The document paths a read returns, from ProjectionExpression (or legacy AttributesToGet).
+fn projection(req: &Request) -> Result<Option<Vec<Vec<PathElem>>>, ApiError> {
+    let names = req.expression_names()?;
+    let legacy = req.array("AttributesToGet")?;
+    match (req.str("ProjectionExpression")?, legacy) {
+        (Some(_), Some(_)) => Err(ApiError::validation(
+            "Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {AttributesToGet} Expression parameters: {ProjectionExpression}",
+        )),
+        (Some(expr), None) => Ok(Some(tern_model::parse_projection(expr, names.as_ref())?)),
+        (None, legacy) => {
+            if names.is_some() {
+                return Err(ApiError::validation(
+                    "ExpressionAttributeNames can only be specified when using expressions",
+                ));
+            }
+            let Some(attrs) = legacy else { return Ok(None) };
+            attrs
+                .iter()
+                .map(|a| match a.as_str() {
+                    Some(name) => Ok(vec![PathElem::Name(name.to_string())]),
+                    None => Err(ApiError::new(ErrorCode::Serialization, "AttributesToGet must hold strings")),
+                })
+                .collect::<Result<_, _>>()
+                .map(Some)
+        }
+    }
 }
 
 fn key_schema(t: &Arc<TableInfo>) -> Result<KeySchema, ApiError> {
