@@ -1,0 +1,739 @@
+//! The replication engine of one partition's group: a deterministic state machine.
+//!
+//! Raft-style Multi-Paxos: terms, randomized election timeouts (from a seeded generator the
+//! engine owns), pre-votes, log matching with conflict truncation, commit only of entries of the
+//! current term by a durable quorum (the leader counts itself only once its own write is on disk),
+//! leader leases for reads, log replicas, and single-member membership changes through the log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::types::*;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: NodeId,
+    /// Election timeout, in ticks, drawn uniformly from `[election_min, election_max)`.
+    pub election_min: u64,
+    pub election_max: u64,
+    pub heartbeat_interval: u64,
+    /// How long a quorum's acknowledgement lets the leader serve reads alone. Must not exceed
+    /// `election_min`: followers refuse to vote that long after hearing from the leader.
+    pub lease: u64,
+    /// Most entries in one append message.
+    pub max_batch: usize,
+    pub seed: u64,
+}
+
+impl Config {
+    pub fn new(id: NodeId, seed: u64) -> Self {
+        Self {
+            id,
+            election_min: 10,
+            election_max: 20,
+            heartbeat_interval: 2,
+            lease: 8,
+            max_batch: 64,
+            seed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    next: Index,
+    matched: Index,
+    /// `sent_at` of the newest acknowledged append.
+    acked_at: Option<u64>,
+}
+
+pub struct Engine {
+    cfg: Config,
+    hs: HardState,
+    /// `log[i]` holds index `i + 1`.
+    log: Vec<Entry>,
+    initial: Membership,
+    membership: Membership,
+    commit: Index,
+    applied: Index,
+    /// The own log is durable up to here.
+    persisted: Index,
+    role: Role,
+    leader: Option<NodeId>,
+    now: u64,
+    election_deadline: u64,
+    heard_leader_at: Option<u64>,
+    pre_candidate: bool,
+    votes: BTreeSet<NodeId>,
+    progress: BTreeMap<NodeId, Progress>,
+    heartbeat_due: u64,
+    pending_reads: Vec<(RequestId, Index)>,
+    /// Follower: (leader, index, sent_at) to acknowledge once the log is durable up to index.
+    pending_ack: Option<(NodeId, Index, u64)>,
+    rng: u64,
+    out: Vec<Command>,
+}
+
+impl Engine {
+    /// `log` is the recovered (durable) log, `applied` what the state machine already holds.
+    pub fn new(
+        cfg: Config,
+        hs: HardState,
+        log: Vec<Entry>,
+        initial: Membership,
+        applied: Index,
+    ) -> Self {
+        let membership = latest_membership(&log, &initial);
+        let persisted = log.len() as Index;
+        let rng = cfg.seed ^ cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut e = Engine {
+            hs,
+            log,
+            initial,
+            membership,
+            commit: applied,
+            applied,
+            persisted,
+            role: Role::Follower,
+            leader: None,
+            now: 0,
+            election_deadline: 0,
+            // NOTE: after a restart we may have acknowledged a leader moments ago and forgotten;
+            // refusing votes for one election timeout keeps that leader's lease safe.
+            heard_leader_at: Some(0),
+            pre_candidate: false,
+            votes: BTreeSet::new(),
+            progress: BTreeMap::new(),
+            heartbeat_due: 0,
+            pending_reads: Vec::new(),
+            pending_ack: None,
+            rng,
+            out: Vec::new(),
+            cfg,
+        };
+        e.reset_election_deadline();
+        e
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn term(&self) -> Term {
+        self.hs.term
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> Index {
+        self.commit
+    }
+    pub fn last_index(&self) -> Index {
+        self.log.len() as Index
+    }
+    pub fn log(&self) -> &[Entry] {
+        &self.log
+    }
+    /// Logical time: ticks seen since start.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Feeds one event; returns the commands to carry out, in order.
+    pub fn step(&mut self, event: Event) -> Vec<Command> {
+        match event {
+            Event::Tick => self.tick(),
+            Event::Message { from, msg } => self.receive(from, msg),
+            Event::Propose { id, payload } => self.propose(id, payload),
+            Event::Read { id } => self.read(id),
+            Event::Persisted { index, term } => self.persisted(index, term),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn last_term(&self) -> Term {
+        self.log.last().map_or(0, |e| e.term)
+    }
+
+    fn term_at(&self, index: Index) -> Option<Term> {
+        if index == 0 {
+            return Some(0);
+        }
+        self.log.get(index as usize - 1).map(|e| e.term)
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn reset_election_deadline(&mut self) {
+        let span = self
+            .cfg
+            .election_max
+            .saturating_sub(self.cfg.election_min)
+            .max(1);
+        self.election_deadline = self.now + self.cfg.election_min + self.next_random() % span;
+    }
+
+    fn send(&mut self, to: NodeId, msg: Message) {
+        self.out.push(Command::Send { to, msg });
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.membership
+            .members
+            .keys()
+            .copied()
+            .filter(|m| *m != self.cfg.id)
+            .collect()
+    }
+
+    fn persist_hard_state(&mut self) {
+        self.out.push(Command::PersistHardState(self.hs));
+    }
+
+    fn set_role(&mut self, role: Role, leader: Option<NodeId>) {
+        if self.role != role || self.leader != leader {
+            self.role = role;
+            self.leader = leader;
+            self.out.push(Command::RoleChanged {
+                role,
+                term: self.hs.term,
+                leader,
+            });
+        }
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.hs.term {
+            self.hs = HardState {
+                term,
+                voted_for: None,
+            };
+            self.persist_hard_state();
+        }
+        self.pre_candidate = false;
+        self.progress.clear();
+        self.reject_pending_reads(leader);
+        self.set_role(Role::Follower, leader);
+    }
+
+    fn reject_pending_reads(&mut self, leader: Option<NodeId>) {
+        for (id, _) in std::mem::take(&mut self.pending_reads) {
+            self.out.push(Command::ReadRejected { id, leader });
+        }
+    }
+
+    // ---- time ----
+
+    fn tick(&mut self) {
+        self.now += 1;
+        if self.role == Role::Leader {
+            // A leader in touch with a quorum counts as a live leader for its own vote decisions.
+            if self.lease_valid() {
+                self.heard_leader_at = Some(self.now);
+            }
+            if self.now >= self.heartbeat_due {
+                self.broadcast_append();
+            }
+        } else if self.now >= self.election_deadline {
+            self.start_pre_vote();
+        }
+    }
+
+    fn start_pre_vote(&mut self) {
+        self.reset_election_deadline();
+        if !self.membership.can_lead(self.cfg.id) {
+            return;
+        }
+        self.pre_candidate = true;
+        self.votes = BTreeSet::from([self.cfg.id]);
+        if self.votes.len() >= self.membership.quorum() {
+            return self.start_election();
+        }
+        let msg = Message::Vote {
+            term: self.hs.term + 1,
+            last_index: self.last_index(),
+            last_term: self.last_term(),
+            pre: true,
+        };
+        for p in self.peers() {
+            self.send(p, msg.clone());
+        }
+    }
+
+    fn start_election(&mut self) {
+        self.pre_candidate = false;
+        self.hs = HardState {
+            term: self.hs.term + 1,
+            voted_for: Some(self.cfg.id),
+        };
+        self.persist_hard_state();
+        self.set_role(Role::Candidate, None);
+        self.reset_election_deadline();
+        self.votes = BTreeSet::from([self.cfg.id]);
+        if self.votes.len() >= self.membership.quorum() {
+            return self.become_leader();
+        }
+        let msg = Message::Vote {
+            term: self.hs.term,
+            last_index: self.last_index(),
+            last_term: self.last_term(),
+            pre: false,
+        };
+        for p in self.peers() {
+            self.send(p, msg.clone());
+        }
+    }
+
+    fn become_leader(&mut self) {
+        self.set_role(Role::Leader, Some(self.cfg.id));
+        self.heard_leader_at = Some(self.now);
+        let next = self.last_index() + 1;
+        self.progress = self
+            .peers()
+            .into_iter()
+            .map(|p| {
+                (
+                    p,
+                    Progress {
+                        next,
+                        matched: 0,
+                        acked_at: None,
+                    },
+                )
+            })
+            .collect();
+        self.append_own(Payload::Noop);
+        self.broadcast_append();
+    }
+
+    // ---- messages ----
+
+    fn receive(&mut self, from: NodeId, msg: Message) {
+        let term = msg.term();
+        let recently_heard = self
+            .heard_leader_at
+            .is_some_and(|t| self.now < t + self.cfg.election_min);
+        match &msg {
+            // A vote request while a leader is alive is ignored outright, its term included.
+            Message::Vote { pre: false, .. } if term > self.hs.term && recently_heard => return,
+            Message::Vote { pre: true, .. } | Message::VoteResponse { pre: true, .. } => {}
+            _ if term > self.hs.term => {
+                let leader = matches!(msg, Message::Append { .. }).then_some(from);
+                self.become_follower(term, leader);
+            }
+            _ => {}
+        }
+        match msg {
+            Message::Vote {
+                term,
+                last_index,
+                last_term,
+                pre,
+            } => self.on_vote(from, term, last_index, last_term, pre, recently_heard),
+            Message::VoteResponse { term, granted, pre } => {
+                self.on_vote_response(from, term, granted, pre)
+            }
+            Message::Append {
+                term,
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+                sent_at,
+            } => self.on_append(from, term, prev_index, prev_term, entries, commit, sent_at),
+            Message::AppendResponse {
+                term,
+                success,
+                index,
+                sent_at,
+            } => self.on_append_response(from, term, success, index, sent_at),
+        }
+    }
+
+    fn log_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        (last_term, last_index) >= (self.last_term(), self.last_index())
+    }
+
+    fn on_vote(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        last_index: Index,
+        last_term: Term,
+        pre: bool,
+        recently_heard: bool,
+    ) {
+        let log_ok = self.log_up_to_date(last_index, last_term);
+        let granted = if pre {
+            term > self.hs.term && log_ok && !recently_heard && self.role != Role::Leader
+        } else {
+            term == self.hs.term
+                && self.hs.voted_for.is_none_or(|v| v == from)
+                && log_ok
+                && self.role != Role::Leader
+        };
+        if granted && !pre {
+            self.hs.voted_for = Some(from);
+            self.persist_hard_state();
+            self.reset_election_deadline();
+        }
+        let reply_term = if pre && granted { term } else { self.hs.term };
+        self.send(
+            from,
+            Message::VoteResponse {
+                term: reply_term,
+                granted,
+                pre,
+            },
+        );
+    }
+
+    fn on_vote_response(&mut self, from: NodeId, term: Term, granted: bool, pre: bool) {
+        if !granted || !self.membership.contains(from) {
+            return;
+        }
+        if pre && self.pre_candidate && term == self.hs.term + 1 {
+            self.votes.insert(from);
+            if self.votes.len() >= self.membership.quorum() {
+                self.start_election();
+            }
+        } else if !pre && self.role == Role::Candidate && term == self.hs.term {
+            self.votes.insert(from);
+            if self.votes.len() >= self.membership.quorum() {
+                self.become_leader();
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+        sent_at: u64,
+    ) {
+        if term < self.hs.term {
+            let msg = Message::AppendResponse {
+                term: self.hs.term,
+                success: false,
+                index: 0,
+                sent_at,
+            };
+            return self.send(from, msg);
+        }
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.heard_leader_at = Some(self.now);
+        self.reset_election_deadline();
+        match self.term_at(prev_index) {
+            None => {
+                let hint = self.last_index() + 1;
+                return self.send(
+                    from,
+                    Message::AppendResponse {
+                        term,
+                        success: false,
+                        index: hint,
+                        sent_at,
+                    },
+                );
+            }
+            Some(t) if t != prev_term => {
+                let hint = self.first_index_of_term(prev_index, t);
+                return self.send(
+                    from,
+                    Message::AppendResponse {
+                        term,
+                        success: false,
+                        index: hint,
+                        sent_at,
+                    },
+                );
+            }
+            Some(_) => {}
+        }
+        let upto = prev_index + entries.len() as Index;
+        self.append_from_leader(entries);
+        let new_commit = commit.min(upto).max(self.commit);
+        if new_commit > self.commit {
+            self.commit = new_commit;
+            self.apply();
+        }
+        let (_, acked, _) = self.pending_ack.unwrap_or((from, 0, 0));
+        self.pending_ack = Some((from, acked.max(upto), sent_at));
+        self.ack_if_durable();
+    }
+
+    fn first_index_of_term(&self, from: Index, term: Term) -> Index {
+        let mut i = from;
+        while i > 1 && self.term_at(i - 1) == Some(term) {
+            i -= 1;
+        }
+        i.max(1)
+    }
+
+    fn append_from_leader(&mut self, entries: Vec<Entry>) {
+        let mut new = Vec::new();
+        for e in entries {
+            match self.term_at(e.index) {
+                Some(t) if t == e.term && new.is_empty() => continue,
+                Some(_) => {
+                    assert!(e.index > self.commit, "a committed entry never conflicts");
+                    self.log.truncate(e.index as usize - 1);
+                    self.persisted = self.persisted.min(e.index - 1);
+                    new.push(e);
+                }
+                None => new.push(e),
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        self.log.extend(new.iter().cloned());
+        self.membership = latest_membership(&self.log, &self.initial);
+        self.out.push(Command::AppendLog(new));
+    }
+
+    fn ack_if_durable(&mut self) {
+        if let Some((leader, upto, sent_at)) = self.pending_ack {
+            if self.persisted >= upto {
+                self.pending_ack = None;
+                let msg = Message::AppendResponse {
+                    term: self.hs.term,
+                    success: true,
+                    index: upto,
+                    sent_at,
+                };
+                self.send(leader, msg);
+            }
+        }
+    }
+
+    fn on_append_response(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        success: bool,
+        index: Index,
+        sent_at: u64,
+    ) {
+        if self.role != Role::Leader || term != self.hs.term {
+            return;
+        }
+        let last = self.last_index();
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.acked_at = Some(p.acked_at.map_or(sent_at, |a| a.max(sent_at)));
+        if success {
+            p.matched = p.matched.max(index);
+            p.next = p.next.max(index + 1);
+            let behind = p.next <= last;
+            self.maybe_commit();
+            if behind {
+                self.send_append(from);
+            }
+        } else if index > 0 {
+            p.next = index.min(p.next.saturating_sub(1)).max(1);
+            self.send_append(from);
+        }
+    }
+
+    // ---- leader ----
+
+    fn append_own(&mut self, payload: Payload) -> Index {
+        let index = self.last_index() + 1;
+        let entry = Entry {
+            term: self.hs.term,
+            index,
+            payload,
+        };
+        if let Payload::Membership(m) = &entry.payload {
+            self.membership = m.clone();
+            let next = index;
+            for id in m.members.keys() {
+                if *id != self.cfg.id {
+                    self.progress.entry(*id).or_insert(Progress {
+                        next,
+                        matched: 0,
+                        acked_at: None,
+                    });
+                }
+            }
+            self.progress.retain(|id, _| m.contains(*id));
+        }
+        self.log.push(entry.clone());
+        self.out.push(Command::AppendLog(vec![entry]));
+        index
+    }
+
+    fn broadcast_append(&mut self) {
+        self.heartbeat_due = self.now + self.cfg.heartbeat_interval;
+        for p in self.peers() {
+            self.send_append(p);
+        }
+    }
+
+    fn send_append(&mut self, to: NodeId) {
+        let Some(p) = self.progress.get(&to) else {
+            return;
+        };
+        let prev_index = p.next - 1;
+        let prev_term = self.term_at(prev_index).expect("next is within the log");
+        let end = (prev_index as usize + self.cfg.max_batch).min(self.log.len());
+        let entries = self.log[prev_index as usize..end].to_vec();
+        let msg = Message::Append {
+            term: self.hs.term,
+            prev_index,
+            prev_term,
+            entries,
+            commit: self.commit,
+            sent_at: self.now,
+        };
+        self.send(to, msg);
+    }
+
+    fn maybe_commit(&mut self) {
+        let mut matched: Vec<Index> = self
+            .membership
+            .members
+            .keys()
+            .map(|id| {
+                if *id == self.cfg.id {
+                    self.persisted
+                } else {
+                    self.progress.get(id).map_or(0, |p| p.matched)
+                }
+            })
+            .collect();
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let n = matched[self.membership.quorum() - 1];
+        // NOTE: only an entry of the current term commits by counting replicas (Raft's figure 8).
+        if n > self.commit && self.term_at(n) == Some(self.hs.term) {
+            self.commit = n;
+            self.apply();
+        }
+    }
+
+    fn apply(&mut self) {
+        if self.commit > self.applied {
+            let entries = self.log[self.applied as usize..self.commit as usize].to_vec();
+            self.applied = self.commit;
+            self.out.push(Command::Apply(entries));
+        }
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_reads)
+            .into_iter()
+            .partition(|(_, at)| *at <= applied);
+        self.pending_reads = waiting;
+        for (id, _) in ready {
+            self.out.push(Command::ReadReady { id });
+        }
+    }
+
+    fn lease_valid(&self) -> bool {
+        let fresh = |at: Option<u64>| at.is_some_and(|a| self.now < a + self.cfg.lease);
+        let acks = self
+            .membership
+            .members
+            .keys()
+            .filter(|id| {
+                **id == self.cfg.id || fresh(self.progress.get(id).and_then(|p| p.acked_at))
+            })
+            .count();
+        acks >= self.membership.quorum()
+    }
+
+    fn propose(&mut self, id: RequestId, payload: Payload) {
+        if self.role != Role::Leader {
+            let leader = self.leader;
+            return self.out.push(Command::Proposed {
+                id,
+                result: Err(ProposeError::NotLeader { leader }),
+            });
+        }
+        if let Payload::Membership(m) = &payload {
+            if let Err(e) = self.check_membership_change(m) {
+                return self.out.push(Command::Proposed { id, result: Err(e) });
+            }
+        }
+        let index = self.append_own(payload);
+        self.out.push(Command::Proposed {
+            id,
+            result: Ok(index),
+        });
+        for p in self.peers() {
+            self.send_append(p);
+        }
+        if self.membership.quorum() == 1 {
+            self.maybe_commit();
+        }
+    }
+
+    fn check_membership_change(&self, m: &Membership) -> Result<(), ProposeError> {
+        let pending = self.log[self.commit as usize..]
+            .iter()
+            .any(|e| matches!(e.payload, Payload::Membership(_)));
+        if pending {
+            return Err(ProposeError::MembershipChangePending);
+        }
+        let old = &self.membership.members;
+        let changed = old
+            .keys()
+            .chain(m.members.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|id| old.get(id) != m.members.get(id))
+            .count();
+        if changed > 1 || !m.can_lead(self.cfg.id) {
+            return Err(ProposeError::InvalidMembership);
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, id: RequestId) {
+        let committed_in_term = self.term_at(self.commit) == Some(self.hs.term);
+        if self.role != Role::Leader || !committed_in_term || !self.lease_valid() {
+            let leader = self.leader;
+            return self.out.push(Command::ReadRejected { id, leader });
+        }
+        self.pending_reads.push((id, self.commit));
+        self.apply();
+    }
+
+    fn persisted(&mut self, index: Index, term: Term) {
+        if self.term_at(index) != Some(term) || index <= self.persisted {
+            return;
+        }
+        self.persisted = index;
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        } else {
+            self.ack_if_durable();
+        }
+    }
+}
+
+fn latest_membership(log: &[Entry], initial: &Membership) -> Membership {
+    log.iter()
+        .rev()
+        .find_map(|e| match &e.payload {
+            Payload::Membership(m) => Some(m.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| initial.clone())
+}

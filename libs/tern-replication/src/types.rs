@@ -1,0 +1,184 @@
+//! The vocabulary of the engine: log entries, membership, messages, events in and commands out.
+
+use std::collections::BTreeMap;
+
+pub type NodeId = u64;
+pub type Term = u64;
+pub type Index = u64;
+
+/// A member of a replication group: a full replica applies entries to its items; a log replica
+/// keeps the log only. Both vote and count towards the write quorum; only full replicas lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberKind {
+    Full,
+    Log,
+}
+
+/// The voters of a group, each with its kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Membership {
+    pub members: BTreeMap<NodeId, MemberKind>,
+}
+
+impl Membership {
+    pub fn new(members: impl IntoIterator<Item = (NodeId, MemberKind)>) -> Self {
+        Self {
+            members: members.into_iter().collect(),
+        }
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.members.contains_key(&id)
+    }
+
+    pub fn can_lead(&self, id: NodeId) -> bool {
+        self.members.get(&id) == Some(&MemberKind::Full)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// Appended by each new leader, so it can commit entries of earlier terms.
+    Noop,
+    Command(Vec<u8>),
+    /// A membership change; it takes effect as soon as it is in the log.
+    Membership(Membership),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub term: Term,
+    pub index: Index,
+    pub payload: Payload,
+}
+
+/// What must survive a crash besides the log: the current term and the vote cast in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HardState {
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// `pre`: a pre-vote, which changes no term; it keeps a node that was cut off from raising
+    /// terms and deposing a healthy leader when it comes back.
+    Vote {
+        term: Term,
+        last_index: Index,
+        last_term: Term,
+        pre: bool,
+    },
+    VoteResponse {
+        term: Term,
+        granted: bool,
+        pre: bool,
+    },
+    /// `sent_at`: the leader's tick when sending, echoed back, for the lease.
+    Append {
+        term: Term,
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+        sent_at: u64,
+    },
+    /// On success `index` is the follower's durable match; on failure, where to retry from.
+    AppendResponse {
+        term: Term,
+        success: bool,
+        index: Index,
+        sent_at: u64,
+    },
+}
+
+impl Message {
+    pub fn term(&self) -> Term {
+        match self {
+            Message::Vote { term, .. }
+            | Message::VoteResponse { term, .. }
+            | Message::Append { term, .. }
+            | Message::AppendResponse { term, .. } => *term,
+        }
+    }
+}
+
+pub type RequestId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// One unit of logical time.
+    Tick,
+    Message {
+        from: NodeId,
+        msg: Message,
+    },
+    /// A client command (or membership change) to replicate.
+    Propose {
+        id: RequestId,
+        payload: Payload,
+    },
+    /// A linearizable read: answered with ReadReady once the state machine reflects every write
+    /// committed before the read arrived, if this node is a leader holding a valid lease.
+    Read {
+        id: RequestId,
+    },
+    /// The log up to `index` (whose entry has `term`) is durable on disk.
+    Persisted {
+        index: Index,
+        term: Term,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    /// A membership change is already in flight.
+    MembershipChangePending,
+    /// The change would not leave a full replica able to lead.
+    InvalidMembership,
+}
+
+/// Commands the runtime carries out in order. `PersistHardState` must be durable before any
+/// later `Send` goes out; `AppendLog` may complete later, reported by `Event::Persisted`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Send {
+        to: NodeId,
+        msg: Message,
+    },
+    PersistHardState(HardState),
+    /// Write these entries to the log, first dropping any entry at or after `entries[0].index`.
+    AppendLog(Vec<Entry>),
+    /// Committed entries, in order, to apply to the state machine.
+    Apply(Vec<Entry>),
+    Proposed {
+        id: RequestId,
+        result: Result<Index, ProposeError>,
+    },
+    ReadReady {
+        id: RequestId,
+    },
+    ReadRejected {
+        id: RequestId,
+        leader: Option<NodeId>,
+    },
+    RoleChanged {
+        role: Role,
+        term: Term,
+        leader: Option<NodeId>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}

@@ -1,0 +1,384 @@
+//! The engine's rules, one at a time, driven by hand.
+
+use tern_replication::*;
+
+fn full3() -> Membership {
+    Membership::new([
+        (1, MemberKind::Full),
+        (2, MemberKind::Full),
+        (3, MemberKind::Full),
+    ])
+}
+
+fn engine(id: NodeId, m: Membership) -> Engine {
+    Engine::new(Config::new(id, 7), HardState::default(), Vec::new(), m, 0)
+}
+
+fn sends(cmds: &[Command]) -> Vec<(NodeId, Message)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Send { to, msg } => Some((*to, msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn tick_until_sends(e: &mut Engine) -> Vec<(NodeId, Message)> {
+    for _ in 0..100 {
+        let out = sends(&e.step(Event::Tick));
+        if !out.is_empty() {
+            return out;
+        }
+    }
+    panic!("node {} sent nothing in 100 ticks", e.id());
+}
+
+/// Drives node 1 to leadership of term 1 with votes from 2 and 3.
+fn elect_one() -> Engine {
+    let mut e = engine(1, full3());
+    let pre = tick_until_sends(&mut e);
+    assert!(
+        pre.iter().all(|(_, m)| matches!(
+            m,
+            Message::Vote {
+                pre: true,
+                term: 1,
+                ..
+            }
+        )),
+        "{pre:?}"
+    );
+    e.step(Event::Message {
+        from: 2,
+        msg: Message::VoteResponse {
+            term: 1,
+            granted: true,
+            pre: true,
+        },
+    });
+    assert_eq!(e.role(), Role::Candidate);
+    assert_eq!(e.term(), 1);
+    e.step(Event::Message {
+        from: 2,
+        msg: Message::VoteResponse {
+            term: 1,
+            granted: true,
+            pre: false,
+        },
+    });
+    assert_eq!(e.role(), Role::Leader);
+    e
+}
+
+#[test]
+fn a_leader_commits_only_what_a_durable_quorum_holds() {
+    let mut e = elect_one();
+    assert_eq!(e.last_index(), 1, "a new leader appends a no-op");
+    let out = e.step(Event::Message {
+        from: 2,
+        msg: Message::AppendResponse {
+            term: 1,
+            success: true,
+            index: 1,
+            sent_at: 0,
+        },
+    });
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Apply(_))),
+        "the leader's own copy is not durable yet"
+    );
+    assert_eq!(e.commit_index(), 0);
+    let out = e.step(Event::Persisted { index: 1, term: 1 });
+    assert!(out
+        .iter()
+        .any(|c| matches!(c, Command::Apply(v) if v.len() == 1)));
+    assert_eq!(e.commit_index(), 1);
+}
+
+#[test]
+fn votes_go_to_up_to_date_logs_once_per_term() {
+    let mut e = engine(2, full3());
+    // Let the restart grace (one election timeout) pass.
+    for _ in 0..10 {
+        e.step(Event::Tick);
+    }
+    let log = vec![Entry {
+        term: 1,
+        index: 1,
+        payload: Payload::Noop,
+    }];
+    let out = e.step(Event::Message {
+        from: 1,
+        msg: Message::Append {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries: log,
+            commit: 0,
+            sent_at: 0,
+        },
+    });
+    assert!(sends(&out).is_empty(), "no ack before the entry is durable");
+    let out = e.step(Event::Persisted { index: 1, term: 1 });
+    assert!(matches!(
+        &sends(&out)[..],
+        [(
+            1,
+            Message::AppendResponse {
+                success: true,
+                index: 1,
+                ..
+            }
+        )]
+    ));
+
+    for _ in 0..10 {
+        e.step(Event::Tick);
+    }
+    let stale = Message::Vote {
+        term: 2,
+        last_index: 0,
+        last_term: 0,
+        pre: false,
+    };
+    let out = sends(&e.step(Event::Message {
+        from: 3,
+        msg: stale,
+    }));
+    assert!(
+        matches!(
+            &out[..],
+            [(3, Message::VoteResponse { granted: false, .. })]
+        ),
+        "stale log: {out:?}"
+    );
+    let fresh = Message::Vote {
+        term: 2,
+        last_index: 1,
+        last_term: 1,
+        pre: false,
+    };
+    let out = sends(&e.step(Event::Message {
+        from: 3,
+        msg: fresh.clone(),
+    }));
+    assert!(matches!(
+        &out[..],
+        [(3, Message::VoteResponse { granted: true, .. })]
+    ));
+    let out = sends(&e.step(Event::Message {
+        from: 1,
+        msg: Message::Vote {
+            term: 2,
+            last_index: 1,
+            last_term: 1,
+            pre: false,
+        },
+    }));
+    assert!(
+        matches!(
+            &out[..],
+            [(1, Message::VoteResponse { granted: false, .. })]
+        ),
+        "one vote per term"
+    );
+}
+
+#[test]
+fn vote_requests_are_ignored_while_the_leader_is_alive() {
+    let mut e = engine(2, full3());
+    for _ in 0..10 {
+        e.step(Event::Tick);
+    }
+    e.step(Event::Message {
+        from: 1,
+        msg: Message::Append {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![],
+            commit: 0,
+            sent_at: 0,
+        },
+    });
+    let out = e.step(Event::Message {
+        from: 3,
+        msg: Message::Vote {
+            term: 5,
+            last_index: 9,
+            last_term: 4,
+            pre: false,
+        },
+    });
+    assert!(sends(&out).is_empty());
+    assert_eq!(e.term(), 1, "the disruptive term is not adopted");
+}
+
+#[test]
+fn conflicting_entries_are_truncated() {
+    let mut e = engine(2, full3());
+    let old = vec![
+        Entry {
+            term: 1,
+            index: 1,
+            payload: Payload::Noop,
+        },
+        Entry {
+            term: 1,
+            index: 2,
+            payload: Payload::Command(b"lost".to_vec()),
+        },
+    ];
+    e.step(Event::Message {
+        from: 1,
+        msg: Message::Append {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries: old,
+            commit: 0,
+            sent_at: 0,
+        },
+    });
+    let new = vec![Entry {
+        term: 2,
+        index: 2,
+        payload: Payload::Command(b"kept".to_vec()),
+    }];
+    let out = e.step(Event::Message {
+        from: 3,
+        msg: Message::Append {
+            term: 2,
+            prev_index: 1,
+            prev_term: 1,
+            entries: new.clone(),
+            commit: 0,
+            sent_at: 0,
+        },
+    });
+    assert!(out.contains(&Command::AppendLog(new)), "{out:?}");
+    assert_eq!(e.log()[1].payload, Payload::Command(b"kept".to_vec()));
+    assert_eq!(e.leader(), Some(3));
+}
+
+#[test]
+fn a_log_replica_never_stands_for_election() {
+    let m = Membership::new([
+        (1, MemberKind::Full),
+        (2, MemberKind::Full),
+        (4, MemberKind::Log),
+    ]);
+    let mut e = engine(4, m);
+    for _ in 0..200 {
+        let out = e.step(Event::Tick);
+        assert!(sends(&out).is_empty(), "a log replica sent {out:?}");
+    }
+    assert_eq!(e.role(), Role::Follower);
+}
+
+#[test]
+fn reads_need_a_lease_and_a_deposed_leader_has_none() {
+    let mut e = elect_one();
+    e.step(Event::Persisted { index: 1, term: 1 });
+    e.step(Event::Message {
+        from: 2,
+        msg: Message::AppendResponse {
+            term: 1,
+            success: true,
+            index: 1,
+            sent_at: e.now(),
+        },
+    });
+    let out = e.step(Event::Read { id: 9 });
+    assert!(out.contains(&Command::ReadReady { id: 9 }), "{out:?}");
+    // Cut off from the others: once the lease runs out, reads are refused.
+    for _ in 0..10 {
+        e.step(Event::Tick);
+    }
+    let out = e.step(Event::Read { id: 10 });
+    assert!(
+        matches!(out[..], [Command::ReadRejected { id: 10, .. }]),
+        "{out:?}"
+    );
+    // A higher term deposes it.
+    e.step(Event::Message {
+        from: 3,
+        msg: Message::Append {
+            term: 2,
+            prev_index: 1,
+            prev_term: 1,
+            entries: vec![],
+            commit: 1,
+            sent_at: 0,
+        },
+    });
+    assert_eq!(e.role(), Role::Follower);
+    let out = e.step(Event::Read { id: 11 });
+    assert!(
+        matches!(
+            out[..],
+            [Command::ReadRejected {
+                id: 11,
+                leader: Some(3)
+            }]
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn one_membership_change_at_a_time() {
+    let mut e = elect_one();
+    let add = Membership::new([
+        (1, MemberKind::Full),
+        (2, MemberKind::Full),
+        (3, MemberKind::Full),
+        (4, MemberKind::Log),
+    ]);
+    let out = e.step(Event::Propose {
+        id: 1,
+        payload: Payload::Membership(add),
+    });
+    assert!(
+        out.iter().any(|c| matches!(
+            c,
+            Command::Proposed {
+                id: 1,
+                result: Ok(2)
+            }
+        )),
+        "{out:?}"
+    );
+    assert_eq!(
+        e.membership().members.len(),
+        4,
+        "a change takes effect once in the log"
+    );
+    let remove = Membership::new([
+        (1, MemberKind::Full),
+        (2, MemberKind::Full),
+        (4, MemberKind::Log),
+    ]);
+    let out = e.step(Event::Propose {
+        id: 2,
+        payload: Payload::Membership(remove),
+    });
+    assert!(out.contains(&Command::Proposed {
+        id: 2,
+        result: Err(ProposeError::MembershipChangePending)
+    }));
+    let two_at_once = Membership::new([
+        (1, MemberKind::Full),
+        (5, MemberKind::Full),
+        (6, MemberKind::Full),
+    ]);
+    let mut e = elect_one();
+    let out = e.step(Event::Propose {
+        id: 3,
+        payload: Payload::Membership(two_at_once),
+    });
+    assert!(out.contains(&Command::Proposed {
+        id: 3,
+        result: Err(ProposeError::InvalidMembership)
+    }));
+}
