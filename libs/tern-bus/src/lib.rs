@@ -137,6 +137,12 @@ impl Bus {
             None => self.client.subscribe(subject.to_string()).await,
         }
         .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
+        // NOTE: the subscription reaches the server asynchronously; flushing makes sure it is
+        // registered before we report the subject served (callers announce readiness after this).
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
         let client = self.client.clone();
         let handler = std::sync::Arc::new(handler);
         let subject = subject.to_string();
