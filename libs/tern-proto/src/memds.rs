@@ -114,6 +114,24 @@ pub struct LookupRequest {
     pub table_name: String,
 }
 
+/// Lookups coalesced by a router: one entry per client request (names repeat), so MemDS still
+/// does one lookup per request while the bus carries one message per batch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LookupBatchRequest {
+    #[prost(string, repeated, tag = "1")]
+    pub table_names: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LookupBatchResponse {
+    /// Each table found, once.
+    #[prost(message, repeated, tag = "1")]
+    pub tables: Vec<TableInfo>,
+    /// Names that matched no table, once each.
+    #[prost(string, repeated, tag = "2")]
+    pub missing: Vec<String>,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TableReply {
     #[prost(message, optional, tag = "1")]

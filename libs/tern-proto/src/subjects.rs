@@ -12,6 +12,8 @@ pub mod queue {
 
 /// Routing lookup of one table, sent by routers for every request (constant work).
 pub const MEMDS_LOOKUP: &str = "tern.memds.lookup";
+/// The background lookups of cache hits, coalesced ([`crate::memds::LookupBatchRequest`]).
+pub const MEMDS_LOOKUP_BATCH: &str = "tern.memds.lookup_batch";
 pub const MEMDS_CREATE_TABLE: &str = "tern.memds.ddl.create_table";
 pub const MEMDS_DESCRIBE_TABLE: &str = "tern.memds.ddl.describe_table";
 pub const MEMDS_LIST_TABLES: &str = "tern.memds.ddl.list_tables";

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tern_bus::{Bus, BusError};
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::{
-    CreateTableRequest, ListTablesRequest, ListTablesResponse, LookupRequest, MemdsStats,
-    TableNameRequest, TableReply,
+    CreateTableRequest, ListTablesRequest, ListTablesResponse, LookupBatchRequest, LookupRequest,
+    MemdsStats, TableNameRequest, TableReply,
 };
 use tern_proto::node::NodeHeartbeat;
 use tern_proto::subjects::{self, queue};
@@ -112,6 +112,18 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
             }
         }
     })
+    .await?;
+    let s = m.clone();
+    bus.serve(
+        subjects::MEMDS_LOOKUP_BATCH,
+        q,
+        move |req: LookupBatchRequest| {
+            s.lookups
+                .fetch_add(req.table_names.len() as u64, Ordering::Relaxed);
+            let reply = s.tables.lookup_batch(req.table_names);
+            async move { Ok(reply) }
+        },
+    )
     .await?;
     let s = m.clone();
     bus.serve(

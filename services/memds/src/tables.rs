@@ -8,7 +8,7 @@ use async_nats::jetstream::kv::{Operation, Store};
 use futures::StreamExt;
 use parking_lot::RwLock;
 use prost::Message;
-use tern_proto::memds::TableInfo;
+use tern_proto::memds::{LookupBatchResponse, TableInfo};
 
 /// Bucket key of a table.
 pub fn key(name: &str) -> String {
@@ -77,6 +77,23 @@ impl Tables {
         self.map.read().get(name).map(|(_, t)| t.clone())
     }
 
+    /// One lookup per name (names repeat: one per client request), each table answered once.
+    pub fn lookup_batch(&self, names: Vec<String>) -> LookupBatchResponse {
+        let map = self.map.read();
+        let mut seen = std::collections::HashSet::with_capacity(4);
+        let mut reply = LookupBatchResponse::default();
+        for name in names {
+            let found = map.get(&name).map(|(_, t)| t.clone());
+            if seen.insert(name.clone()) {
+                match found {
+                    Some(t) => reply.tables.push((*t).clone()),
+                    None => reply.missing.push(name),
+                }
+            }
+        }
+        reply
+    }
+
     pub fn len(&self) -> usize {
         self.map.read().len()
     }
@@ -143,6 +160,17 @@ mod tests {
         assert_eq!(t.get("a").unwrap().status, 1);
         t.apply("table.a", 6, Operation::Delete, &[]);
         assert!(t.get("a").is_none());
+    }
+
+    #[test]
+    fn batch_lookups_answer_each_table_once() {
+        let t = Tables::default();
+        t.apply("table.a", 1, Operation::Put, &table("a", 1));
+        let names = ["a", "a", "b", "a"].map(String::from).to_vec();
+        let reply = t.lookup_batch(names);
+        assert_eq!(reply.tables.len(), 1);
+        assert_eq!(reply.tables[0].name, "a");
+        assert_eq!(reply.missing, vec!["b".to_string()]);
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! served from the cache at once and the lookup's answer refreshes the entry in the background.
 //! MemDS therefore sees load proportional to client traffic whatever the hit rate, and a cache
 //! flush changes nothing for it. `classic` mode looks up on a miss only, for contrast.
+//!
+//! The background lookups of hits are coalesced: one bus message carries every lookup queued
+//! while the previous batches were in flight (one name per request, so MemDS still does one
+//! lookup per request); this keeps the bus cost of constant work small.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +16,11 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tern_bus::{Bus, BusError};
 use tern_model::{ApiError, ErrorCode};
-use tern_proto::memds::{LookupRequest, TableInfo, TableReply};
+use tern_proto::memds::{
+    LookupBatchRequest, LookupBatchResponse, LookupRequest, TableInfo, TableReply,
+};
 use tern_proto::subjects;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::metrics::{inc, Metrics};
 
@@ -24,21 +31,38 @@ pub enum CacheMode {
     Classic,
 }
 
+type Entries = Arc<RwLock<HashMap<String, Arc<TableInfo>>>>;
+
+/// Batches of background lookups in flight at once; more lookups wait and join the next batch.
+const BATCHES_IN_FLIGHT: usize = 2;
+const MAX_BATCH: usize = 1024;
+
 #[derive(Clone)]
 pub struct RouteCache {
-    entries: Arc<RwLock<HashMap<String, Arc<TableInfo>>>>,
+    entries: Entries,
     bus: Bus,
     mode: CacheMode,
     metrics: Metrics,
+    refresh: mpsc::UnboundedSender<String>,
 }
 
 impl RouteCache {
+    /// Must be called inside a tokio runtime: it starts the background lookup task.
     pub fn new(bus: Bus, mode: CacheMode, metrics: Metrics) -> Self {
+        let entries = Entries::default();
+        let (refresh, rx) = mpsc::unbounded_channel();
+        tokio::spawn(refresh_in_batches(
+            entries.clone(),
+            bus.clone(),
+            metrics.clone(),
+            rx,
+        ));
         Self {
-            entries: Arc::default(),
+            entries,
             bus,
             mode,
             metrics,
+            refresh,
         }
     }
 
@@ -49,11 +73,7 @@ impl RouteCache {
             Some(t) => {
                 inc(&self.metrics.cache_hits);
                 if self.mode == CacheMode::Constant {
-                    let this = self.clone();
-                    let name = table.to_string();
-                    tokio::spawn(async move {
-                        let _ = this.lookup(&name).await;
-                    });
+                    let _ = self.refresh.send(table.to_string());
                 }
                 Ok(t)
             }
@@ -94,5 +114,50 @@ impl RouteCache {
 
     pub fn invalidate(&self, table: &str) {
         self.entries.write().remove(table);
+    }
+}
+
+/// Sends queued background lookups to MemDS in batches and applies the answers to the cache.
+async fn refresh_in_batches(
+    entries: Entries,
+    bus: Bus,
+    metrics: Metrics,
+    mut rx: mpsc::UnboundedReceiver<String>,
+) {
+    let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut names = vec![first];
+        while names.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(n) => names.push(n),
+                Err(_) => break,
+            }
+        }
+        metrics
+            .memds_lookups
+            .fetch_add(names.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let (entries, bus) = (entries.clone(), bus.clone());
+        tokio::spawn(async move {
+            let req = LookupBatchRequest { table_names: names };
+            match bus
+                .call::<_, LookupBatchResponse>(subjects::MEMDS_LOOKUP_BATCH, &req)
+                .await
+            {
+                Ok(reply) => {
+                    let mut map = entries.write();
+                    for t in reply.tables {
+                        map.insert(t.name.clone(), Arc::new(t));
+                    }
+                    for name in reply.missing {
+                        map.remove(&name);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "background routing lookup"),
+            }
+            drop(permit);
+        });
     }
 }
