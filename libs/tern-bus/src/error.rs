@@ -22,6 +22,9 @@ pub enum BusError {
     Transport(String),
     #[error("undecodable message: {0}")]
     Decode(String),
+    /// A name that cannot be part of a subject.
+    #[error("{0}")]
+    InvalidName(String),
 }
 
 impl BusError {
@@ -31,7 +34,7 @@ impl BusError {
             BusError::Api(e) => e.code.retryable(),
             BusError::Redirect(_) | BusError::Timeout { .. } | BusError::NoResponders(_) => true,
             BusError::Transport(_) => true,
-            BusError::Decode(_) => false,
+            BusError::Decode(_) | BusError::InvalidName(_) => false,
         }
     }
 

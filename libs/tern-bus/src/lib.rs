@@ -48,6 +48,21 @@ impl Bus {
         })
     }
 
+    /// Connects on behalf of one instance of a service, whose id must be usable as a subject
+    /// token (it names the instance's subjects).
+    pub async fn connect_instance(
+        url: &str,
+        service: &str,
+        instance: &str,
+    ) -> Result<Self, BusError> {
+        if !tern_proto::subjects::is_valid_token(instance) {
+            return Err(BusError::InvalidName(format!(
+                "invalid {service} configuration: instance id {instance:?} must be letters, digits, '-' or '_'"
+            )));
+        }
+        Self::connect(url, &format!("tern-{service}-{instance}")).await
+    }
+
     pub fn from_client(client: async_nats::Client) -> Self {
         Self {
             client,

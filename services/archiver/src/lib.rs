@@ -27,16 +27,7 @@ impl Default for Config {
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        subjects::is_valid_token(&config.instance),
-        "invalid archiver configuration: instance {:?} must be letters, digits, '-' or '_'",
-        config.instance
-    );
-    let bus = Bus::connect(
-        &config.nats_url,
-        &format!("tern-archiver-{}", config.instance),
-    )
-    .await?;
+    let bus = Bus::connect_instance(&config.nats_url, "archiver", &config.instance).await?;
     let ready = Arc::new(AtomicBool::new(true));
     tern_bus::serve_health(&bus, "archiver", &config.instance, ready).await?;
     tracing::info!(instance = %config.instance, queue = subjects::queue::ARCHIVER, "archiver ready");

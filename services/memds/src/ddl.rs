@@ -6,12 +6,12 @@
 //! nothing stuck.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
 use tern_model::{ApiError, ErrorCode};
-use tern_proto::memds::{CreateTableRequest, TableInfo, TableReply, TableStatus};
+use tern_proto::memds::{CreateTableRequest, PartitionInfo, TableInfo, TableReply, TableStatus};
 use tern_proto::storage::{CreatePartitionRequest, DropPartitionRequest};
 use tern_proto::{subjects, Empty};
 
@@ -27,13 +27,7 @@ pub async fn create_table(m: &Memds, req: CreateTableRequest) -> Result<TableRep
     if m.tables.get(&table.name).is_some() {
         return Err(in_use(format!("Table already exists: {}", table.name)));
     }
-    let mut load = m.tables.load_per_node();
-    table.partitions = placement::place(
-        &m.nodes.live(),
-        m.config.partitions_per_table.max(1),
-        &mut load,
-        rand::random::<u64>,
-    )?;
+    table.partitions = place_partitions(m).await?;
     table.table_id = format!("{:032x}", rand::random::<u128>());
     table.status = TableStatus::Creating as i32;
     table.creation_time_ms = now_ms();
@@ -59,6 +53,28 @@ pub async fn create_table(m: &Memds, req: CreateTableRequest) -> Result<TableRep
     let name = table.name.clone();
     tokio::spawn(async move { drive(&s, &name).await });
     Ok(TableReply { table: Some(table) })
+}
+
+/// Places a new table's partitions. Right after start-up this MemDS may not have heard every
+/// storage node yet (they announce themselves every second), so a shortage of zones is given one
+/// node timeout to resolve before it is an error.
+async fn place_partitions(m: &Memds) -> Result<Vec<PartitionInfo>, ApiError> {
+    let deadline = Instant::now() + Duration::from_millis(m.config.node_timeout_ms);
+    loop {
+        let mut load = m.tables.load_per_node();
+        let placed = placement::place(
+            &m.nodes.live(),
+            m.config.partitions_per_table.max(1),
+            &mut load,
+            rand::random::<u64>,
+        );
+        match placed {
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => return other,
+        }
+    }
 }
 
 pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError> {

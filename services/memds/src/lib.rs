@@ -67,12 +67,7 @@ pub(crate) struct Memds {
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        subjects::is_valid_token(&config.instance),
-        "invalid memds configuration: instance {:?} must be letters, digits, '-' or '_'",
-        config.instance
-    );
-    let bus = Bus::connect(&config.nats_url, &format!("tern-memds-{}", config.instance)).await?;
+    let bus = Bus::connect_instance(&config.nats_url, "memds", &config.instance).await?;
     let kv = kv::open_bucket(bus.client(), &config.bucket).await?;
     let tables = Tables::load_and_watch(kv.clone()).await?;
     let memds = Memds {

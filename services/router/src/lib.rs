@@ -18,7 +18,6 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tern_bus::Bus;
-use tern_proto::subjects;
 
 pub use cache::CacheMode;
 
@@ -62,17 +61,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        subjects::is_valid_token(&config.instance),
-        "invalid router configuration: instance {:?} must be letters, digits, '-' or '_'",
-        config.instance
-    );
-    let bus = Bus::connect(
-        &config.nats_url,
-        &format!("tern-router-{}", config.instance),
-    )
-    .await?
-    .with_timeout(Duration::from_millis(config.bus_timeout_ms));
+    let bus = Bus::connect_instance(&config.nats_url, "router", &config.instance)
+        .await?
+        .with_timeout(Duration::from_millis(config.bus_timeout_ms));
     let metrics = metrics::Metrics::default();
     let router = Arc::new(Router {
         cache: cache::RouteCache::new(bus.clone(), config.cache_mode, metrics.clone()),

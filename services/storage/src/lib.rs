@@ -53,19 +53,10 @@ impl Default for Config {
 
 /// Runs the storage node until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        subjects::is_valid_token(&config.node_id),
-        "invalid storage configuration: node_id {:?} must be letters, digits, '-' or '_'",
-        config.node_id
-    );
+    let bus = Bus::connect_instance(&config.nats_url, "storage", &config.node_id).await?;
     let store = Store::open(&config.data_dir).context("open store")?;
     let partitions = partitions::Partitions::load(&store).context("load partitions")?;
     let writer = writer::Writer::start(store.clone(), config.group_commit, config.max_batch);
-    let bus = Bus::connect(
-        &config.nats_url,
-        &format!("tern-storage-{}", config.node_id),
-    )
-    .await?;
     let node = handlers::Node::new(config.node_id.clone(), store.clone(), partitions, writer);
     node.serve(&bus).await?;
     let ready = Arc::new(AtomicBool::new(false));
