@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::types::*;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Config {
     pub id: NodeId,
     /// Election timeout, in ticks, drawn uniformly from `[election_min, election_max)`.
@@ -38,7 +38,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 struct Progress {
     next: Index,
     matched: Index,
@@ -46,6 +46,8 @@ struct Progress {
     acked_at: Option<u64>,
 }
 
+/// Cloneable and hashable, so a model checker can hold engines in its states.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Engine {
     cfg: Config,
     hs: HardState,

@@ -8,14 +8,14 @@ pub type Index = u64;
 
 /// A member of a replication group: a full replica applies entries to its items; a log replica
 /// keeps the log only. Both vote and count towards the write quorum; only full replicas lead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MemberKind {
     Full,
     Log,
 }
 
 /// The voters of a group, each with its kind.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Membership {
     pub members: BTreeMap<NodeId, MemberKind>,
 }
@@ -40,7 +40,7 @@ impl Membership {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Payload {
     /// Appended by each new leader, so it can commit entries of earlier terms.
     Noop,
@@ -49,7 +49,7 @@ pub enum Payload {
     Membership(Membership),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Entry {
     pub term: Term,
     pub index: Index,
@@ -57,13 +57,13 @@ pub struct Entry {
 }
 
 /// What must survive a crash besides the log: the current term and the vote cast in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct HardState {
     pub term: Term,
     pub voted_for: Option<NodeId>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Message {
     /// `pre`: a pre-vote, which changes no term; it keeps a node that was cut off from raising
     /// terms and deposing a healthy leader when it comes back.
@@ -109,7 +109,7 @@ impl Message {
 
 pub type RequestId = u64;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Event {
     /// One unit of logical time.
     Tick,
@@ -134,7 +134,7 @@ pub enum Event {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ProposeError {
     NotLeader {
         leader: Option<NodeId>,
@@ -147,7 +147,7 @@ pub enum ProposeError {
 
 /// Commands the runtime carries out in order. `PersistHardState` must be durable before any
 /// later `Send` goes out; `AppendLog` may complete later, reported by `Event::Persisted`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Command {
     Send {
         to: NodeId,
@@ -176,7 +176,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Follower,
     Candidate,
