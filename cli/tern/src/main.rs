@@ -38,16 +38,18 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
     let _telemetry = tern_telemetry::init("tern");
-    match Cli::parse().command {
+    let result = match cli.command {
         Command::Up {
             data_dir,
             port,
             cache_mode,
         } => up(data_dir, port, cache_mode).await,
         Command::Bench(args) => bench::run(args).await,
-    }
+    };
+    tern_telemetry::exit_code(result)
 }
 
 /// Directory of the service binaries: the one holding this executable.
