@@ -28,6 +28,7 @@ async fn dynamodb_api_through_the_stack() {
 
     create_table(&c, "items", Some(ScalarAttributeType::N)).await;
     every_attribute_type_round_trips(&c).await;
+    consumed_capacity(&c).await;
     conditional_writes_and_return_values(&c).await;
     delete_item(&c).await;
     validation_errors(&c).await;
@@ -117,6 +118,58 @@ async fn every_attribute_type_round_trips(c: &Client) {
         .await
         .unwrap();
     assert!(missing.item().is_none(), "absent item gives no Item");
+}
+
+async fn consumed_capacity(c: &Client) {
+    use aws_sdk_dynamodb::types::ReturnConsumedCapacity as Rcc;
+    let mut item = key("cap", "1");
+    item.insert("big".into(), s(&"x".repeat(1500)));
+    let out = c
+        .put_item()
+        .table_name("items")
+        .set_item(Some(item))
+        .return_consumed_capacity(Rcc::Total)
+        .send()
+        .await
+        .unwrap();
+    let cc = out.consumed_capacity().expect("consumed capacity");
+    assert_eq!(cc.table_name(), Some("items"));
+    assert_eq!(cc.capacity_units(), Some(2.0), "1.5 KB is two write units");
+    let get = |consistent| {
+        c.get_item()
+            .table_name("items")
+            .set_key(Some(key("cap", "1")))
+            .consistent_read(consistent)
+            .return_consumed_capacity(Rcc::Total)
+            .send()
+    };
+    assert_eq!(
+        get(true)
+            .await
+            .unwrap()
+            .consumed_capacity()
+            .unwrap()
+            .capacity_units(),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(false)
+            .await
+            .unwrap()
+            .consumed_capacity()
+            .unwrap()
+            .capacity_units(),
+        Some(0.5)
+    );
+    let plain = c
+        .get_item()
+        .table_name("items")
+        .set_key(Some(key("cap", "1")))
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.consumed_capacity().is_none(), "only when asked");
+    assert!(plain.item().is_some());
 }
 
 async fn conditional_writes_and_return_values(c: &Client) {

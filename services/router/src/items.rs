@@ -23,7 +23,9 @@ pub async fn put_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let item = tern_model::parse_item(item_json)?;
     let return_old = return_values(req, "ReturnValues can only be ALL_OLD or NONE")?;
     let condition = condition(req)?;
-    if tern_model::item_size(&item) > MAX_ITEM_SIZE {
+    let capacity = wants_capacity(req)?;
+    let size = tern_model::item_size(&item);
+    if size > MAX_ITEM_SIZE {
         return Err(ApiError::validation(
             "Item size has exceeded the maximum allowed size",
         ));
@@ -39,7 +41,8 @@ pub async fn put_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         ..Default::default()
     };
     let resp = dispatch::write(r, t, key.hash(), write).await?;
-    Ok(attributes_reply(resp.old_item))
+    let units = capacity.then(|| write_units(size));
+    Ok(reply("Attributes", resp.old_item.as_deref(), table, units))
 }
 
 pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
@@ -47,6 +50,7 @@ pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
     let key_json = req.get("Key").ok_or_else(|| null_member("key"))?;
     let return_old = return_values(req, "Return values set to invalid value")?;
     let condition = condition(req)?;
+    let capacity = wants_capacity(req)?;
     let (t, key) = parse_key(r, table, key_json).await?;
     let write = WriteRequest {
         key: key.storage_key(),
@@ -56,7 +60,13 @@ pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         ..Default::default()
     };
     let resp = dispatch::write(r, t, key.hash(), write).await?;
-    Ok(attributes_reply(resp.old_item))
+    // NOTE: DynamoDB charges a delete by the deleted item's size; it is known here only when the
+    // old item comes back, otherwise one unit is reported.
+    let units = capacity.then(|| match &resp.old_item {
+        Some(old) => write_units(stored_size(old)),
+        None => 1.0,
+    });
+    Ok(reply("Attributes", resp.old_item.as_deref(), table, units))
 }
 
 pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
@@ -64,6 +74,7 @@ pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let key_json = req.get("Key").ok_or_else(|| null_member("key"))?;
     let consistent = req.bool("ConsistentRead")?.unwrap_or(false);
     let projection = projection(req)?;
+    let capacity = wants_capacity(req)?;
     let (t, key) = parse_key(r, table, key_json).await?;
     let get = GetRequest {
         key: key.storage_key(),
@@ -71,13 +82,26 @@ pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         ..Default::default()
     };
     let resp = dispatch::get(r, t, key.hash(), get).await?;
+    let units = capacity.then(|| {
+        let size = resp.item.as_deref().map_or(0, stored_size);
+        let units = size.div_ceil(4096).max(1) as f64;
+        if consistent {
+            units
+        } else {
+            units / 2.0
+        }
+    });
     Ok(match (resp.item, projection) {
-        (Some(item), None) => splice("Item", &item),
         (Some(item), Some(paths)) => {
             let projected = tern_model::project(&tern_model::parse_item_json(&item)?, &paths);
-            splice("Item", &tern_model::item_to_json(&projected))
+            reply(
+                "Item",
+                Some(&tern_model::item_to_json(&projected)),
+                table,
+                units,
+            )
         }
-        (None, _) => b"{}".to_vec(),
+        (item, _) => reply("Item", item.as_deref(), table, units),
     })
 }
 
@@ -179,20 +203,46 @@ fn key_schema(t: &Arc<TableInfo>) -> Result<KeySchema, ApiError> {
     })
 }
 
-fn attributes_reply(old: Option<Bytes>) -> Vec<u8> {
-    match old {
-        Some(item) => splice("Attributes", &item),
-        None => b"{}".to_vec(),
+/// ReturnConsumedCapacity: TOTAL and INDEXES (the same here: no indexes yet) report capacity.
+fn wants_capacity(req: &Request) -> Result<bool, ApiError> {
+    match req.str("ReturnConsumedCapacity")? {
+        None | Some("NONE") => Ok(false),
+        Some("TOTAL" | "INDEXES") => Ok(true),
+        Some(other) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'returnConsumedCapacity' failed to satisfy constraint: Member must satisfy enum value set: [INDEXES, TOTAL, NONE]"
+        ))),
     }
 }
 
-/// `{"<field>":<item json>}` without re-encoding the item.
-fn splice(field: &str, item: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(item.len() + field.len() + 5);
-    out.extend_from_slice(b"{\"");
-    out.extend_from_slice(field.as_bytes());
-    out.extend_from_slice(b"\":");
-    out.extend_from_slice(item);
+/// Write capacity units: one per started KB.
+fn write_units(size: usize) -> f64 {
+    size.div_ceil(1024).max(1) as f64
+}
+
+/// DynamoDB's size of a stored item (0 if it cannot be read back, which never happens for items
+/// this router wrote).
+fn stored_size(bytes: &[u8]) -> usize {
+    tern_model::parse_item_json(bytes).map_or(0, |i| tern_model::item_size(&i))
+}
+
+/// `{"<field>": <item>, "ConsumedCapacity": …}`, splicing the stored item's bytes as they are.
+fn reply(field: &str, item: Option<&[u8]>, table: &str, units: Option<f64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(item.map_or(0, <[u8]>::len) + 64);
+    out.push(b'{');
+    if let Some(item) = item {
+        out.push(b'"');
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(item);
+    }
+    if let Some(units) = units {
+        if item.is_some() {
+            out.push(b',');
+        }
+        let cc = serde_json::json!({ "TableName": table, "CapacityUnits": units });
+        out.extend_from_slice(b"\"ConsumedCapacity\":");
+        out.extend_from_slice(cc.to_string().as_bytes());
+    }
     out.push(b'}');
     out
 }
