@@ -8,6 +8,7 @@
 
 pub mod memds;
 pub mod node;
+pub mod raft;
 pub mod storage;
 pub mod subjects;
 

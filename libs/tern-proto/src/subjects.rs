@@ -51,3 +51,8 @@ pub fn is_valid_token(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
+
+/// Replication traffic to one storage node (published, no reply).
+pub fn storage_raft(node: &str) -> String {
+    format!("tern.storage.{node}.raft")
+}

@@ -13,7 +13,7 @@ use crate::metrics::inc;
 use crate::Router;
 
 /// Attempts of one request across redirects (stale routes, moved leaders).
-const ATTEMPTS: u32 = 4;
+const ATTEMPTS: u32 = 8;
 
 /// The table's routing metadata; a table that is not ACTIVE does not exist for data requests.
 pub async fn active_table(r: &Router, name: &str, fresh: bool) -> Result<Arc<TableInfo>, ApiError> {
@@ -66,14 +66,15 @@ where
             t = active_table(r, &table, true).await?;
         }
         let p = partition(&t, hash)?;
-        let node = serving_node(p)?.to_string();
-        match call(node, p).await {
+        let node = r.leaders.target(p).unwrap_or(serving_node(p)?).to_string();
+        match call(node.clone(), p).await {
             Ok(v) => return Ok(v),
             Err(e @ (BusError::Redirect(_) | BusError::NoResponders(_))) => {
                 inc(&r.metrics.storage_redirects);
+                r.leaders.learn(p, &node, &e);
                 tracing::debug!(%table, attempt, error = %e, "retrying with fresh routing metadata");
                 last = Some(e);
-                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                tokio::time::sleep(Duration::from_millis((20u64 << attempt).min(250))).await;
             }
             Err(e) => return Err(e.into_api()),
         }

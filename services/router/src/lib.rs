@@ -6,6 +6,7 @@ mod cache;
 mod dispatch;
 mod items;
 mod json;
+mod leaders;
 mod metrics;
 mod tables;
 
@@ -44,7 +45,7 @@ impl Default for Config {
             listen: "127.0.0.1:8000".parse().expect("valid address"),
             az: "az-a".into(),
             cache_mode: CacheMode::Constant,
-            bus_timeout_ms: 5000,
+            bus_timeout_ms: 2000,
         }
     }
 }
@@ -54,6 +55,7 @@ pub(crate) struct Router {
     pub bus: Bus,
     pub cache: cache::RouteCache,
     pub metrics: metrics::Metrics,
+    pub leaders: leaders::Leaders,
     pub instance: String,
 }
 
@@ -69,6 +71,7 @@ pub async fn run(
         cache: cache::RouteCache::new(bus.clone(), config.cache_mode, metrics.clone()),
         bus: bus.clone(),
         metrics,
+        leaders: leaders::Leaders::default(),
         instance: config.instance.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)

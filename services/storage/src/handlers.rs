@@ -11,6 +11,7 @@ use tern_proto::storage::{
 use tern_proto::{subjects, Empty};
 
 use crate::partitions::Partitions;
+use crate::replication::Replication;
 use crate::store::{item_key, Store};
 use crate::writer::Writer;
 
@@ -24,16 +25,24 @@ struct Inner {
     store: Store,
     partitions: Partitions,
     writer: Writer,
+    replication: Option<Replication>,
 }
 
 impl Node {
-    pub fn new(id: String, store: Store, partitions: Partitions, writer: Writer) -> Self {
+    pub fn new(
+        id: String,
+        store: Store,
+        partitions: Partitions,
+        writer: Writer,
+        replication: Option<Replication>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 id,
                 store,
                 partitions,
                 writer,
+                replication,
             }),
         }
     }
@@ -70,7 +79,16 @@ impl Node {
             None,
             move |req: CreatePartitionRequest| {
                 let n = n.clone();
-                async move { n.admin(move |p| p.create(req)).await }
+                async move {
+                    let r = n.inner.replication.clone();
+                    n.admin(move |p| {
+                        if let Some(r) = r {
+                            r.open_group(&req)?;
+                        }
+                        p.create(req)
+                    })
+                    .await
+                }
             },
         )
         .await?;
@@ -80,7 +98,16 @@ impl Node {
             None,
             move |req: DropPartitionRequest| {
                 let n = n.clone();
-                async move { n.admin(move |p| p.drop(req.partition_id)).await }
+                async move {
+                    let r = n.inner.replication.clone();
+                    n.admin(move |p| {
+                        if let Some(r) = r {
+                            r.close_group(req.partition_id)?;
+                        }
+                        p.drop(req.partition_id)
+                    })
+                    .await
+                }
             },
         )
         .await?;
@@ -89,6 +116,10 @@ impl Node {
 
     async fn write(&self, req: WriteRequest) -> Result<WriteResponse, BusError> {
         let inner = &self.inner;
+        if let Some(r) = &inner.replication {
+            inner.partitions.check_epoch(req.partition_id, req.epoch)?;
+            return r.write(req).await;
+        }
         inner
             .partitions
             .check(&inner.id, req.partition_id, req.epoch)?;
@@ -109,6 +140,19 @@ impl Node {
 
     async fn get(&self, req: GetRequest) -> Result<GetResponse, BusError> {
         let inner = &self.inner;
+        if let Some(r) = &inner.replication {
+            inner.partitions.check_epoch(req.partition_id, req.epoch)?;
+            // Strong reads wait for the leader's lease and its applied state; eventual reads are
+            // served by any replica from what it has applied.
+            if req.consistent {
+                r.read_barrier(req.partition_id).await?;
+            }
+            let item = inner
+                .store
+                .get(req.partition_id, &req.key)
+                .map_err(internal)?;
+            return Ok(GetResponse { item });
+        }
         inner
             .partitions
             .check(&inner.id, req.partition_id, req.epoch)?;

@@ -3,8 +3,10 @@
 //! Writes go through the group-commit writer ([`writer`]): many concurrent writes from many
 //! partitions share one journal fsync, and none is acknowledged before that fsync returns.
 
+mod codec;
 mod handlers;
 mod partitions;
+mod replication;
 mod store;
 mod writer;
 
@@ -35,6 +37,9 @@ pub struct Config {
     /// Most writes one group commit takes.
     pub max_batch: usize,
     pub heartbeat_ms: u64,
+    /// Serve each partition by its three-replica group (leader, quorum writes, elections)
+    /// instead of by its first replica alone.
+    pub replication: bool,
 }
 
 impl Default for Config {
@@ -47,6 +52,7 @@ impl Default for Config {
             group_commit: true,
             max_batch: 1024,
             heartbeat_ms: 1000,
+            replication: false,
         }
     }
 }
@@ -57,7 +63,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let store = Store::open(&config.data_dir).context("open store")?;
     let partitions = partitions::Partitions::load(&store).context("load partitions")?;
     let writer = writer::Writer::start(store.clone(), config.group_commit, config.max_batch);
-    let node = handlers::Node::new(config.node_id.clone(), store.clone(), partitions, writer);
+    let replication = if config.replication {
+        let r = replication::Replication::start(
+            config.node_id.clone(),
+            store.clone(),
+            writer.clone(),
+            bus.clone(),
+        );
+        for p in partitions.all() {
+            r.open_group(&p).context("recover replica")?;
+        }
+        r.serve(&bus).await?;
+        Some(r)
+    } else {
+        None
+    };
+    let node = handlers::Node::new(
+        config.node_id.clone(),
+        store.clone(),
+        partitions,
+        writer,
+        replication,
+    );
     node.serve(&bus).await?;
     let ready = Arc::new(AtomicBool::new(false));
     tern_bus::serve_health(&bus, "storage", &config.node_id, ready.clone()).await?;

@@ -63,6 +63,19 @@ impl Partitions {
         Ok(())
     }
 
+    pub fn all(&self) -> Vec<Arc<CreatePartitionRequest>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    /// Checks that this node holds a replica of `id` at `epoch`: a redirect otherwise.
+    pub fn check_epoch(&self, id: u64, epoch: u64) -> Result<(), BusError> {
+        match self.map.read().get(&id).and_then(|p| p.partition.as_ref()) {
+            Some(info) if info.epoch == epoch => Ok(()),
+            Some(info) => Err(BusError::Redirect(info.leader.clone())),
+            None => Err(BusError::Redirect(String::new())),
+        }
+    }
+
     /// Checks that this node serves `id` at `epoch`: a redirect otherwise.
     pub fn check(&self, node_id: &str, id: u64, epoch: u64) -> Result<(), BusError> {
         let map = self.map.read();

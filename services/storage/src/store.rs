@@ -16,6 +16,16 @@ struct Inner {
     db: Database,
     items: Keyspace,
     partitions: Keyspace,
+    raft_log: Keyspace,
+    raft_state: Keyspace,
+}
+
+/// Key of a replication log entry: partition id then index, both big-endian.
+pub fn log_key(partition_id: u64, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&partition_id.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
 }
 
 pub fn item_key(partition_id: u64, key: &[u8]) -> Vec<u8> {
@@ -31,11 +41,15 @@ impl Store {
         let db = Database::builder(dir).manual_journal_persist(true).open()?;
         let items = db.keyspace("items", KeyspaceCreateOptions::default)?;
         let partitions = db.keyspace("partitions", KeyspaceCreateOptions::default)?;
+        let raft_log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
+        let raft_state = db.keyspace("raft_state", KeyspaceCreateOptions::default)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 items,
                 partitions,
+                raft_log,
+                raft_state,
             }),
         })
     }
@@ -55,6 +69,16 @@ impl Store {
 
     pub fn partitions(&self) -> &Keyspace {
         &self.inner.partitions
+    }
+
+    /// Replication log entries of every group: `log_key(partition, index)` → `RaftEntry`.
+    pub fn raft_log(&self) -> &Keyspace {
+        &self.inner.raft_log
+    }
+
+    /// Per group: `partition id` → hard state, `partition id ++ "a"` → applied index.
+    pub fn raft_state(&self) -> &Keyspace {
+        &self.inner.raft_state
     }
 
     /// Makes everything committed so far durable (fsync of the journal).

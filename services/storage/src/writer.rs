@@ -30,7 +30,17 @@ pub struct WriteOp {
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Write(WriteOp),
+    Log(LogOp),
     Stop(oneshot::Sender<()>),
+}
+
+/// Replication log entries of one group to make durable, sharing the group commit's fsync with
+/// every other group's entries and the unreplicated writes. `done` runs after the fsync.
+pub struct LogOp {
+    pub partition_id: u64,
+    /// (index, encoded entry); the log is first cut at the first index.
+    pub entries: Vec<(u64, Vec<u8>)>,
+    pub done: Box<dyn FnOnce() + Send>,
 }
 
 #[derive(Clone)]
@@ -100,6 +110,13 @@ impl Writer {
         })
     }
 
+    /// Queues replication log entries; `op.done` runs once they are durable.
+    pub fn append_log(&self, op: LogOp) {
+        if self.tx.send(Msg::Log(op)).is_err() {
+            tracing::debug!("log append after the writer stopped");
+        }
+    }
+
     pub fn pending(&self) -> &Pending {
         &self.pending
     }
@@ -121,22 +138,23 @@ fn writer_loop(
 ) {
     let mut seq = 0u64;
     let mut ops = Vec::with_capacity(max_batch);
+    let mut logs = Vec::new();
     while let Some(msg) = rx.blocking_recv() {
+        let mut next = Some(msg);
         let mut stop = None;
-        match msg {
-            Msg::Write(op) => ops.push(op),
-            Msg::Stop(done) => stop = Some(done),
-        }
-        while stop.is_none() && ops.len() < max_batch {
-            match rx.try_recv() {
-                Ok(Msg::Write(op)) => ops.push(op),
-                Ok(Msg::Stop(done)) => stop = Some(done),
-                Err(_) => break,
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Write(op) => ops.push(op),
+                Msg::Log(op) => logs.push(op),
+                Msg::Stop(done) => stop = Some(done),
+            }
+            if stop.is_none() && ops.len() + logs.len() < max_batch {
+                next = rx.try_recv().ok();
             }
         }
-        if !ops.is_empty() {
+        if !ops.is_empty() || !logs.is_empty() {
             seq += 1;
-            commit_batch(&store, &pending, seq, ops.drain(..));
+            commit_batch(&store, &pending, seq, ops.drain(..), logs.drain(..));
         }
         if let Some(done) = stop {
             let _ = done.send(());
@@ -150,8 +168,19 @@ type Reply = (
     Result<WriteResponse, ApiError>,
 );
 
-fn commit_batch(store: &Store, pending: &Pending, seq: u64, ops: impl Iterator<Item = WriteOp>) {
+fn commit_batch(
+    store: &Store,
+    pending: &Pending,
+    seq: u64,
+    ops: impl Iterator<Item = WriteOp>,
+    logs: impl Iterator<Item = LogOp>,
+) {
     let mut batch = store.batch();
+    let mut log_done = Vec::new();
+    for log in logs {
+        stage_log(store, &mut batch, &log).unwrap_or_else(|e| fatal("stage log entries", e));
+        log_done.push(log.done);
+    }
     let mut latest: HashMap<Vec<u8>, Option<Bytes>> = HashMap::new();
     let mut replies: Vec<Reply> = Vec::new();
     for op in ops {
@@ -182,7 +211,7 @@ fn commit_batch(store: &Store, pending: &Pending, seq: u64, ops: impl Iterator<I
         let old_item = if op.req.return_old { old } else { None };
         replies.push((op.reply, Ok(WriteResponse { old_item })));
     }
-    if !latest.is_empty() {
+    if !latest.is_empty() || !log_done.is_empty() {
         {
             let mut keys = pending.keys.lock();
             for k in latest.keys() {
@@ -206,6 +235,29 @@ fn commit_batch(store: &Store, pending: &Pending, seq: u64, ops: impl Iterator<I
     for (reply, result) in replies {
         let _ = reply.send(result);
     }
+    for done in log_done {
+        done();
+    }
+}
+
+/// Adds a group's log entries to the batch, removing any entries at or after the first one.
+fn stage_log(store: &Store, batch: &mut fjall::OwnedWriteBatch, log: &LogOp) -> fjall::Result<()> {
+    let Some((first, _)) = log.entries.first() else {
+        return Ok(());
+    };
+    let from = crate::store::log_key(log.partition_id, *first);
+    let to = crate::store::log_key(log.partition_id, u64::MAX);
+    for kv in store.raft_log().range(from..=to) {
+        batch.remove(store.raft_log(), kv.key()?);
+    }
+    for (index, bytes) in &log.entries {
+        batch.insert(
+            store.raft_log(),
+            crate::store::log_key(log.partition_id, *index),
+            bytes.as_slice(),
+        );
+    }
+    Ok(())
 }
 
 fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result<(), ApiError> {

@@ -1,0 +1,84 @@
+//! Where each partition's leader is, as last learned from storage redirects.
+//!
+//! A redirect naming a replica points the next attempt there; a redirect without a name, or a
+//! replica that does not answer, moves the next attempt to the following replica, so a client's
+//! request finds a newly elected leader within its retries.
+
+use std::collections::HashMap;
+
+use parking_lot::RwLock;
+use tern_bus::BusError;
+use tern_proto::memds::PartitionInfo;
+
+#[derive(Default)]
+pub struct Leaders {
+    hints: RwLock<HashMap<u64, String>>,
+}
+
+impl Leaders {
+    /// The replica to try for `p`, if one was learned and still belongs to it.
+    pub fn target<'a>(&self, p: &'a PartitionInfo) -> Option<&'a str> {
+        let hints = self.hints.read();
+        let hint = hints.get(&p.id)?;
+        p.replicas
+            .iter()
+            .map(|r| r.node_id.as_str())
+            .find(|n| n == hint)
+    }
+
+    /// Learns from a failed attempt at `tried`.
+    pub fn learn(&self, p: &PartitionInfo, tried: &str, e: &BusError) {
+        let named = match e {
+            BusError::Redirect(hint) if p.replicas.iter().any(|r| r.node_id == *hint) => {
+                Some(hint.clone())
+            }
+            _ => None,
+        };
+        let next = named.unwrap_or_else(|| {
+            let pos = p
+                .replicas
+                .iter()
+                .position(|r| r.node_id == tried)
+                .unwrap_or(0);
+            p.replicas[(pos + 1) % p.replicas.len().max(1)]
+                .node_id
+                .clone()
+        });
+        self.hints.write().insert(p.id, next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::memds::Replica;
+
+    fn partition() -> PartitionInfo {
+        let replicas = ["a", "b", "c"]
+            .iter()
+            .map(|n| Replica {
+                node_id: n.to_string(),
+                az: String::new(),
+            })
+            .collect();
+        PartitionInfo {
+            id: 1,
+            replicas,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn follows_named_leaders_and_rotates_otherwise() {
+        let (l, p) = (Leaders::default(), partition());
+        assert_eq!(l.target(&p), None);
+        l.learn(&p, "a", &BusError::Redirect("c".into()));
+        assert_eq!(l.target(&p), Some("c"));
+        l.learn(&p, "c", &BusError::NoResponders("x".into()));
+        assert_eq!(l.target(&p), Some("a"));
+        l.learn(&p, "a", &BusError::Redirect(String::new()));
+        assert_eq!(l.target(&p), Some("b"));
+        l.learn(&p, "b", &BusError::Redirect("not-a-replica".into()));
+        assert_eq!(l.target(&p), Some("c"));
+    }
+}

@@ -1,0 +1,522 @@
+//! The replication runtime of a storage node: one engine per partition replica, driven by ticks,
+//! messages from other nodes, client writes and reads, and log fsyncs.
+//!
+//! - Messages of all groups bound for one node leave as one `RaftBatch` per processing round, so
+//!   the heartbeats of every group two nodes share travel together.
+//! - Log entries of all groups go through the node's group commit (one fsync for all).
+//! - Committed writes are applied in log order on every replica, conditions included, so every
+//!   replica reaches the same items; the replica that took the client's write answers it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use prost::Message as _;
+use tern_bus::{Bus, BusError};
+use tern_model::{ApiError, Condition, ErrorCode};
+use tern_proto::raft::{RaftBatch, RaftEntry, RaftEnvelope, RaftHardState, ReplicatedWrite};
+use tern_proto::storage::{CreatePartitionRequest, WriteKind, WriteRequest, WriteResponse};
+use tern_proto::subjects;
+use tern_replication::{
+    Command, Config as EngineConfig, Engine, Event, HardState, Index, MemberKind, Membership,
+    NodeId, Payload, ProposeError, Role,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec;
+use crate::store::{item_key, log_key, Store};
+use crate::writer::{LogOp, Writer};
+
+/// Logical tick of the engines.
+pub const TICK: Duration = Duration::from_millis(10);
+/// How long a write (or read barrier) waits for its group before the client is told to retry;
+/// below the router's bus timeout, so the router hears an answer rather than a timeout.
+const COMMIT_TIMEOUT: Duration = Duration::from_millis(1500);
+
+type WriteWaiter = oneshot::Sender<Result<WriteResponse, ApiError>>;
+type ReadWaiter = oneshot::Sender<Result<(), BusError>>;
+
+struct Group {
+    pid: u64,
+    /// Node id of member `i + 1`.
+    members: Vec<String>,
+    engine: Engine,
+    writes: HashMap<u64, WriteWaiter>,
+    reads: HashMap<u64, ReadWaiter>,
+}
+
+/// Messages to send, per destination node.
+type Outbox = HashMap<String, Vec<RaftEnvelope>>;
+
+#[derive(Clone)]
+pub struct Replication {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: String,
+    store: Store,
+    writer: Writer,
+    bus: Bus,
+    groups: RwLock<HashMap<u64, Arc<Mutex<Group>>>>,
+    next_request: AtomicU64,
+    persisted: mpsc::UnboundedSender<(u64, Index, u64)>,
+}
+
+impl Replication {
+    pub fn start(node: String, store: Store, writer: Writer, bus: Bus) -> Self {
+        let (persisted, persisted_rx) = mpsc::unbounded_channel();
+        let r = Replication {
+            inner: Arc::new(Inner {
+                node,
+                store,
+                writer,
+                bus,
+                groups: RwLock::default(),
+                next_request: AtomicU64::new(1),
+                persisted,
+            }),
+        };
+        tokio::spawn(r.clone().tick_forever());
+        tokio::spawn(r.clone().persisted_forever(persisted_rx));
+        r
+    }
+
+    /// Serves the node's replication subject.
+    pub async fn serve(&self, bus: &Bus) -> Result<(), BusError> {
+        let r = self.clone();
+        bus.serve(
+            &subjects::storage_raft(&self.inner.node),
+            None,
+            move |batch: RaftBatch| {
+                r.receive(batch);
+                async { Ok(tern_proto::Empty {}) }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Starts (or recovers) the engine of one replica.
+    pub fn open_group(&self, p: &CreatePartitionRequest) -> anyhow::Result<()> {
+        let info = p
+            .partition
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("partition missing"))?;
+        if self.inner.groups.read().contains_key(&info.id) {
+            return Ok(());
+        }
+        let members: Vec<String> = info.replicas.iter().map(|r| r.node_id.clone()).collect();
+        let Some(pos) = members.iter().position(|m| *m == self.inner.node) else {
+            return Ok(());
+        };
+        let me = pos as NodeId + 1;
+        let (hs, log, applied) = self.load(info.id)?;
+        let membership =
+            Membership::new((1..=members.len() as NodeId).map(|i| (i, MemberKind::Full)));
+        let mut cfg = EngineConfig::new(me, info.id ^ rand_seed());
+        (
+            cfg.election_min,
+            cfg.election_max,
+            cfg.heartbeat_interval,
+            cfg.lease,
+        ) = (30, 60, 5, 25);
+        let engine = Engine::new(cfg, hs, log, membership, applied);
+        let group = Group {
+            pid: info.id,
+            members,
+            engine,
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+        };
+        self.inner
+            .groups
+            .write()
+            .insert(info.id, Arc::new(Mutex::new(group)));
+        tracing::info!(
+            partition = info.id,
+            member = me,
+            applied,
+            "replica engine started"
+        );
+        Ok(())
+    }
+
+    pub fn close_group(&self, pid: u64) -> anyhow::Result<()> {
+        self.inner.groups.write().remove(&pid);
+        let store = &self.inner.store;
+        for kv in store
+            .raft_log()
+            .range(log_key(pid, 0)..=log_key(pid, u64::MAX))
+        {
+            store.raft_log().remove(kv.key()?)?;
+        }
+        store.raft_state().remove(pid.to_be_bytes())?;
+        store.raft_state().remove(applied_key(pid))?;
+        Ok(())
+    }
+
+    fn load(&self, pid: u64) -> anyhow::Result<(HardState, Vec<tern_replication::Entry>, Index)> {
+        let store = &self.inner.store;
+        let hs = match store.raft_state().get(pid.to_be_bytes())? {
+            Some(v) => {
+                let h = RaftHardState::decode(v.as_ref())?;
+                HardState {
+                    term: h.term,
+                    voted_for: (h.voted_for != 0).then_some(h.voted_for),
+                }
+            }
+            None => HardState::default(),
+        };
+        let mut log = Vec::new();
+        for kv in store
+            .raft_log()
+            .range(log_key(pid, 0)..=log_key(pid, u64::MAX))
+        {
+            let (_, v) = kv.into_inner()?;
+            log.push(codec::entry_from_wire(RaftEntry::decode(v.as_ref())?));
+        }
+        let applied = match store.raft_state().get(applied_key(pid))? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into()?),
+            None => 0,
+        };
+        let applied = applied.min(log.len() as Index);
+        Ok((hs, log, applied))
+    }
+
+    fn group(&self, pid: u64) -> Option<Arc<Mutex<Group>>> {
+        self.inner.groups.read().get(&pid).cloned()
+    }
+
+    /// Replicates a write; answers once it is committed and applied here.
+    pub async fn write(&self, req: WriteRequest) -> Result<WriteResponse, BusError> {
+        let group = self
+            .group(req.partition_id)
+            .ok_or_else(|| BusError::Redirect(String::new()))?;
+        let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let entry = ReplicatedWrite {
+            origin_node: self.inner.node.clone(),
+            request_id: id,
+            write: Some(req),
+        };
+        let mut out = Outbox::new();
+        {
+            let mut g = group.lock();
+            if g.engine.role() != Role::Leader {
+                return Err(BusError::Redirect(g.leader_name()));
+            }
+            g.writes.insert(id, tx);
+            let cmds = g.engine.step(Event::Propose {
+                id,
+                payload: Payload::Command(entry.encode_to_vec()),
+            });
+            self.execute(&mut g, cmds, &mut out);
+        }
+        self.flush(out);
+        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result.map_err(BusError::Api),
+            Ok(Err(_)) => Err(BusError::Redirect(String::new())),
+            Err(_) => Err(BusError::Api(ApiError::new(
+                ErrorCode::InternalServerError,
+                "write not committed in time",
+            ))),
+        }
+    }
+
+    /// Waits until this replica may serve a linearizable read (it leads under a lease).
+    pub async fn read_barrier(&self, pid: u64) -> Result<(), BusError> {
+        let group = self
+            .group(pid)
+            .ok_or_else(|| BusError::Redirect(String::new()))?;
+        let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let mut out = Outbox::new();
+        {
+            let mut g = group.lock();
+            g.reads.insert(id, tx);
+            let cmds = g.engine.step(Event::Read { id });
+            self.execute(&mut g, cmds, &mut out);
+        }
+        self.flush(out);
+        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(BusError::Redirect(String::new())),
+        }
+    }
+
+    fn receive(&self, batch: RaftBatch) {
+        let mut out = Outbox::new();
+        for env in batch.messages {
+            let (Some(group), Some(msg)) = (self.group(env.partition_id), env.msg) else {
+                continue;
+            };
+            let Some(msg) = codec::message_from_wire(msg) else {
+                continue;
+            };
+            let mut g = group.lock();
+            let cmds = g.engine.step(Event::Message {
+                from: env.from,
+                msg,
+            });
+            self.execute(&mut g, cmds, &mut out);
+        }
+        self.flush(out);
+    }
+
+    async fn tick_forever(self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let groups: Vec<_> = self.inner.groups.read().values().cloned().collect();
+            let mut out = Outbox::new();
+            for group in groups {
+                let mut g = group.lock();
+                let cmds = g.engine.step(Event::Tick);
+                self.execute(&mut g, cmds, &mut out);
+            }
+            self.flush(out);
+        }
+    }
+
+    async fn persisted_forever(self, mut rx: mpsc::UnboundedReceiver<(u64, Index, u64)>) {
+        while let Some((pid, index, term)) = rx.recv().await {
+            let Some(group) = self.group(pid) else {
+                continue;
+            };
+            let mut out = Outbox::new();
+            {
+                let mut g = group.lock();
+                let cmds = g.engine.step(Event::Persisted { index, term });
+                self.execute(&mut g, cmds, &mut out);
+            }
+            self.flush(out);
+        }
+    }
+
+    fn flush(&self, out: Outbox) {
+        for (node, messages) in out {
+            let batch = RaftBatch {
+                from_node: self.inner.node.clone(),
+                messages,
+            };
+            let bus = self.inner.bus.clone();
+            tokio::spawn(async move {
+                if let Err(e) = bus.publish(&subjects::storage_raft(&node), &batch).await {
+                    tracing::debug!(error = %e, to = %node, "send replication batch");
+                }
+            });
+        }
+    }
+
+    fn execute(&self, g: &mut Group, cmds: Vec<Command>, out: &mut Outbox) {
+        for c in cmds {
+            match c {
+                Command::Send { to, msg } => {
+                    let Some(node) = g.members.get(to as usize - 1) else {
+                        continue;
+                    };
+                    let env = RaftEnvelope {
+                        partition_id: g.pid,
+                        from: g.engine.id(),
+                        to,
+                        msg: Some(codec::message_to_wire(&msg)),
+                    };
+                    out.entry(node.clone()).or_default().push(env);
+                }
+                Command::PersistHardState(hs) => self.persist_hard_state(g.pid, hs),
+                Command::AppendLog(entries) => self.append_log(g.pid, entries),
+                Command::Apply(entries) => self.apply(g, entries),
+                Command::Proposed { id, result: Err(e) } => {
+                    if let Some(w) = g.writes.remove(&id) {
+                        let err = match e {
+                            ProposeError::NotLeader { .. } => {
+                                ApiError::new(ErrorCode::InternalServerError, "leadership changed")
+                            }
+                            other => {
+                                ApiError::new(ErrorCode::InternalServerError, format!("{other:?}"))
+                            }
+                        };
+                        let _ = w.send(Err(err));
+                    }
+                }
+                Command::Proposed { .. } => {}
+                Command::ReadReady { id } => {
+                    if let Some(r) = g.reads.remove(&id) {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                Command::ReadRejected { id, leader } => {
+                    if let Some(r) = g.reads.remove(&id) {
+                        let name = leader
+                            .and_then(|l| g.members.get(l as usize - 1))
+                            .cloned()
+                            .unwrap_or_default();
+                        let _ = r.send(Err(BusError::Redirect(name)));
+                    }
+                }
+                Command::RoleChanged { role, term, leader } => {
+                    tracing::info!(partition = g.pid, ?role, term, leader = ?leader, "replica role changed");
+                    if role != Role::Leader {
+                        // Writes waiting here may never commit through us: let clients retry.
+                        for (_, w) in g.writes.drain() {
+                            let _ = w.send(Err(ApiError::new(
+                                ErrorCode::InternalServerError,
+                                "leadership changed",
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The vote must be durable before any message that depends on it leaves.
+    fn persist_hard_state(&self, pid: u64, hs: HardState) {
+        let store = &self.inner.store;
+        let v = RaftHardState {
+            term: hs.term,
+            voted_for: hs.voted_for.unwrap_or(0),
+        };
+        if let Err(e) = store
+            .raft_state()
+            .insert(pid.to_be_bytes(), v.encode_to_vec())
+            .and_then(|_| store.sync())
+        {
+            tracing::error!(error = %e, "persist hard state failed; stopping the node");
+            std::process::exit(70);
+        }
+    }
+
+    fn append_log(&self, pid: u64, entries: Vec<tern_replication::Entry>) {
+        let Some(last) = entries.last() else { return };
+        let (index, term) = (last.index, last.term);
+        let encoded = entries
+            .iter()
+            .map(|e| (e.index, codec::entry_to_wire(e).encode_to_vec()))
+            .collect();
+        let persisted = self.inner.persisted.clone();
+        self.inner.writer.append_log(LogOp {
+            partition_id: pid,
+            entries: encoded,
+            done: Box::new(move || {
+                let _ = persisted.send((pid, index, term));
+            }),
+        });
+    }
+
+    /// Applies committed entries to the items, in log order, with the applied index in the same
+    /// batch (so a restart resumes exactly after the last applied entry).
+    fn apply(&self, g: &mut Group, entries: Vec<tern_replication::Entry>) {
+        let store = &self.inner.store;
+        let mut batch = store.batch();
+        let mut latest: HashMap<Vec<u8>, Option<Bytes>> = HashMap::new();
+        let mut replies = Vec::new();
+        let mut last = 0;
+        for e in entries {
+            last = e.index;
+            let Payload::Command(bytes) = &e.payload else {
+                continue;
+            };
+            let Ok(rw) = ReplicatedWrite::decode(bytes.as_slice()) else {
+                continue;
+            };
+            let Some(req) = rw.write else { continue };
+            let result = apply_write(store, &mut batch, &mut latest, &req);
+            if rw.origin_node == self.inner.node {
+                if let Some(w) = g.writes.remove(&rw.request_id) {
+                    replies.push((w, result));
+                }
+            }
+        }
+        batch.insert(
+            store.raft_state(),
+            applied_key(g.pid),
+            last.to_be_bytes().to_vec(),
+        );
+        if let Err(e) = batch.commit() {
+            tracing::error!(error = %e, "apply failed; stopping the node");
+            std::process::exit(70);
+        }
+        for (w, r) in replies {
+            let _ = w.send(r);
+        }
+    }
+}
+
+impl Group {
+    fn leader_name(&self) -> String {
+        self.engine
+            .leader()
+            .and_then(|l| self.members.get(l as usize - 1))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn applied_key(pid: u64) -> Vec<u8> {
+    let mut k = pid.to_be_bytes().to_vec();
+    k.push(b'a');
+    k
+}
+
+fn rand_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ std::process::id() as u64
+}
+
+/// One write against the latest item (earlier writes of the same apply batch included).
+fn apply_write(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    latest: &mut HashMap<Vec<u8>, Option<Bytes>>,
+    req: &WriteRequest,
+) -> Result<WriteResponse, ApiError> {
+    let key = item_key(req.partition_id, &req.key);
+    let old = match latest.get(&key) {
+        Some(v) => v.clone(),
+        None => store
+            .items()
+            .get(&key)
+            .map_err(|e| ApiError::new(ErrorCode::InternalServerError, e.to_string()))?
+            .map(|v| Bytes::copy_from_slice(&v)),
+    };
+    if !req.condition.is_empty() {
+        let cond: Condition = serde_json::from_slice(&req.condition).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InternalServerError,
+                format!("undecodable condition: {e}"),
+            )
+        })?;
+        let old_item = old
+            .as_deref()
+            .map(tern_model::parse_item_json)
+            .transpose()?;
+        if !cond.evaluate(old_item.as_ref()) {
+            return Err(ApiError::new(
+                ErrorCode::ConditionalCheckFailed,
+                "The conditional request failed",
+            ));
+        }
+    }
+    let new = match WriteKind::try_from(req.kind) {
+        Ok(WriteKind::Delete) => {
+            batch.remove(store.items(), key.clone());
+            None
+        }
+        _ => {
+            batch.insert(store.items(), key.clone(), req.item.as_ref());
+            Some(req.item.clone())
+        }
+    };
+    latest.insert(key, new);
+    Ok(WriteResponse {
+        old_item: if req.return_old { old } else { None },
+    })
+}
