@@ -36,6 +36,9 @@ pub struct Args {
     /// Storage nodes sync each write on its own (only with a fresh local cluster).
     #[arg(long)]
     no_group_commit: bool,
+    /// Each partition served by one replica, without replication (only with a fresh cluster).
+    #[arg(long)]
+    no_replication: bool,
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -60,11 +63,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let table = format!("bench-{}", std::process::id());
     create_table(&client, &endpoint, &table).await?;
     println!(
-        "endpoint {endpoint}, {} connections, {}-byte items, {} keys, group commit {}",
+        "endpoint {endpoint}, {} connections, {}-byte items, {} keys, group commit {}, replication {}",
         args.concurrency,
         args.item_size,
         args.keys,
-        if args.no_group_commit { "off" } else { "on" }
+        if args.no_group_commit { "off" } else { "on" },
+        if args.no_replication { "off" } else { "on" }
     );
     for op in &args.ops {
         let report = phase(&client, &endpoint, &table, op, &args).await?;

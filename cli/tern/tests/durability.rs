@@ -1,5 +1,7 @@
-//! Power-off of storage nodes under write load: every acknowledged write survives kill -9 and
-//! restart.
+//! Power-off of storage nodes under write load, without replication (each partition served by
+//! one replica, the comparison mode): every acknowledged write survives kill -9 and restart, which
+//! exercises the group commit's fsync-before-acknowledge alone. `replication.rs` does the same
+//! with three-way replication.
 
 mod common;
 
@@ -15,7 +17,7 @@ const WRITERS: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_and_restart() {
-    let mut tc = start_cluster(&[]).await;
+    let mut tc = start_cluster(&[("TERN_STORAGE_REPLICATION", "false")]).await;
     let c = client(&tc.cluster.endpoint());
     create_table(&c, "durable", None).await;
 

@@ -1,5 +1,5 @@
-//! Three-way replication (`TERN_STORAGE_REPLICATION=true`): writes are acknowledged by a quorum
-//! and survive kill -9 of any storage node, including partition leaders, under load.
+//! Three-way replication (the default): writes are acknowledged by a quorum and survive kill -9
+//! of any storage node, including partition leaders, under load.
 
 mod common;
 
@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::AttributeValue as V;
 use common::*;
 use tokio::sync::watch;
 
-const REPLICATED: &[(&str, &str)] = &[("TERN_STORAGE_REPLICATION", "true")];
+const REPLICATED: &[(&str, &str)] = &[];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_writes_survive_leader_kills() {

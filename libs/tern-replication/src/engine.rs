@@ -598,6 +598,11 @@ impl Engine {
         let prev_term = self.term_at(prev_index).expect("next is within the log");
         let end = (prev_index as usize + self.cfg.max_batch).min(self.log.len());
         let entries = self.log[prev_index as usize..end].to_vec();
+        // Pipelining: the next append continues after these entries instead of resending them;
+        // a lost message shows up as a rejection, which rewinds `next`.
+        if let Some(p) = self.progress.get_mut(&to) {
+            p.next = end as Index + 1;
+        }
         let msg = Message::Append {
             term: self.hs.term,
             prev_index,
@@ -678,8 +683,16 @@ impl Engine {
             id,
             result: Ok(index),
         });
+        // One append in flight per follower: entries proposed meanwhile go out together when it
+        // is acknowledged (or with the next heartbeat), which batches them under load.
         for p in self.peers() {
-            self.send_append(p);
+            if self
+                .progress
+                .get(&p)
+                .is_some_and(|pr| pr.next <= pr.matched + 1)
+            {
+                self.send_append(p);
+            }
         }
         if self.membership.quorum() == 1 {
             self.maybe_commit();

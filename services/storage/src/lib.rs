@@ -52,7 +52,7 @@ impl Default for Config {
             group_commit: true,
             max_batch: 1024,
             heartbeat_ms: 1000,
-            replication: false,
+            replication: true,
         }
     }
 }
