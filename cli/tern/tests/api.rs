@@ -66,14 +66,22 @@ async fn every_attribute_type_round_trips(c: &Client) {
         .expect("put");
 
     for consistent in [true, false] {
-        let got = c
-            .get_item()
-            .table_name("items")
-            .set_key(Some(key("all-types", "1")))
-            .consistent_read(consistent)
-            .send()
-            .await
-            .expect("get");
+        // An eventually consistent read may reach a replica that has not applied the write yet.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let got = loop {
+            let got = c
+                .get_item()
+                .table_name("items")
+                .set_key(Some(key("all-types", "1")))
+                .consistent_read(consistent)
+                .send()
+                .await
+                .expect("get");
+            if got.item().is_some() || consistent || std::time::Instant::now() > deadline {
+                break got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         let got = got.item().expect("item present");
         assert_eq!(got["s"], s("héllo"));
         assert_eq!(got["n"], n("-12.5"), "numbers come back in canonical form");
@@ -97,6 +105,7 @@ async fn every_attribute_type_round_trips(c: &Client) {
         .table_name("items")
         .set_key(Some(key("all-types", "1")))
         .projection_expression("#s, m.inner, l[1]")
+        .consistent_read(true)
         .expression_attribute_names("#s", "s")
         .send()
         .await
@@ -165,6 +174,7 @@ async fn consumed_capacity(c: &Client) {
         .get_item()
         .table_name("items")
         .set_key(Some(key("cap", "1")))
+        .consistent_read(true)
         .send()
         .await
         .unwrap();

@@ -13,8 +13,108 @@ use tokio::sync::watch;
 
 const REPLICATED: &[(&str, &str)] = &[];
 
+/// Seconds of kill -9 cycles: `TERN_POWER_OFF_SECS` (CI runs the short default; soak with 60+).
+fn power_off_secs() -> u64 {
+    std::env::var("TERN_POWER_OFF_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
+}
+
+#[derive(Default)]
+struct Tally {
+    acked: Vec<(String, String)>,
+    /// Conditional increments of the shared counter: acknowledged, and attempted in all.
+    increments_acked: u64,
+    increments_tried: u64,
+    failed: u64,
+    longest_gap: Duration,
+}
+
+/// Unique puts, and read-then-conditionally-increment of one counter, until told to stop.
+async fn load(
+    c: aws_sdk_dynamodb::Client,
+    w: usize,
+    tally: Arc<Mutex<Tally>>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut last_ok = Instant::now();
+    for i in 0u64.. {
+        if *stop.borrow() {
+            break;
+        }
+        let ok = if w == 0 {
+            increment(&c, &tally).await
+        } else {
+            let (pk, value) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
+            let item = HashMap::from([
+                ("pk".to_string(), V::S(pk.clone())),
+                ("v".to_string(), V::S(value.clone())),
+            ]);
+            let r = c
+                .put_item()
+                .table_name("replicated")
+                .set_item(Some(item))
+                .send()
+                .await;
+            if r.is_ok() {
+                tally.lock().unwrap().acked.push((pk, value));
+            }
+            r.is_ok()
+        };
+        let mut t = tally.lock().unwrap();
+        if ok {
+            t.longest_gap = t.longest_gap.max(last_ok.elapsed());
+            last_ok = Instant::now();
+        } else {
+            t.failed += 1;
+        }
+    }
+}
+
+async fn counter(c: &aws_sdk_dynamodb::Client) -> Option<u64> {
+    let got = c
+        .get_item()
+        .table_name("replicated")
+        .key("pk", V::S("counter".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .ok()?;
+    match got.item().and_then(|i| i.get("n")) {
+        Some(V::N(n)) => n.parse().ok(),
+        _ => Some(0),
+    }
+}
+
+/// One conditional increment; true when it was acknowledged (a lost race counts as done too).
+async fn increment(c: &aws_sdk_dynamodb::Client, tally: &Mutex<Tally>) -> bool {
+    let Some(n) = counter(c).await else {
+        return false;
+    };
+    tally.lock().unwrap().increments_tried += 1;
+    let item = HashMap::from([
+        ("pk".to_string(), V::S("counter".into())),
+        ("n".to_string(), V::N((n + 1).to_string())),
+    ]);
+    let mut put = c.put_item().table_name("replicated").set_item(Some(item));
+    put = if n == 0 {
+        put.condition_expression("attribute_not_exists(n)")
+    } else {
+        put.condition_expression("n = :old")
+            .expression_attribute_values(":old", V::N(n.to_string()))
+    };
+    match put.send().await {
+        Ok(_) => {
+            tally.lock().unwrap().increments_acked += 1;
+            true
+        }
+        Err(e) => error_of(&e).0 == "ConditionalCheckFailedException",
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicated_writes_survive_leader_kills() {
+async fn replicated_writes_survive_power_off() {
     let mut tc = start_cluster(REPLICATED).await;
     let c = client(&tc.cluster.endpoint());
     create_table(&c, "replicated", None).await;
@@ -40,72 +140,53 @@ async fn replicated_writes_survive_leader_kills() {
         .unwrap();
     assert_eq!(got.item().unwrap()["v"], V::N("1".into()));
 
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let longest_gap = Arc::new(Mutex::new(Duration::ZERO));
+    let tally: Arc<Mutex<Tally>> = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut writers = Vec::new();
-    for w in 0..6 {
-        let (c, acked, stop, gap) = (
-            c.clone(),
-            acked.clone(),
-            stop_rx.clone(),
-            longest_gap.clone(),
-        );
-        writers.push(tokio::spawn(async move {
-            let mut failed = 0u64;
-            let mut last_ok = Instant::now();
-            for i in 0u64.. {
-                if *stop.borrow() {
-                    break;
-                }
-                let (pk, value) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
-                let item = HashMap::from([
-                    ("pk".to_string(), V::S(pk.clone())),
-                    ("v".to_string(), V::S(value.clone())),
-                ]);
-                match c
-                    .put_item()
-                    .table_name("replicated")
-                    .set_item(Some(item))
-                    .send()
-                    .await
-                {
-                    Ok(_) => {
-                        let mut g = gap.lock().unwrap();
-                        *g = (*g).max(last_ok.elapsed());
-                        last_ok = Instant::now();
-                        acked.lock().unwrap().push((pk, value));
-                    }
-                    Err(_) => failed += 1,
-                }
-            }
-            failed
-        }));
-    }
-    for node in ["storage-a", "storage-b", "storage-c", "storage-a"] {
+    let writers: Vec<_> = (0..6)
+        .map(|w| tokio::spawn(load(c.clone(), w, tally.clone(), stop_rx.clone())))
+        .collect();
+
+    tracing::info!("--- kill -9 a storage node every few seconds, restart it");
+    let nodes = ["storage-a", "storage-b", "storage-c"];
+    let (deadline, mut kills) = (Instant::now() + Duration::from_secs(power_off_secs()), 0);
+    while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        tracing::info!("--- kill -9 {node} under load; the others elect leaders and go on");
+        let node = nodes[(kills * 7 + power_off_secs() as usize) % 3];
         tc.cluster.kill(node).unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         tc.cluster.restart(node).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop_tx.send(true).unwrap();
-    let mut failed = 0;
     for w in writers {
-        failed += w.await.unwrap();
+        w.await.unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
-    let gap = *longest_gap.lock().unwrap();
-    println!("replicated: {} writes acknowledged, {failed} failed, longest gap between acknowledgements {gap:?}", acked.len());
-    assert!(
-        acked.len() > 100,
-        "the load should have written something: {} acked",
-        acked.len()
-    );
 
+    let t = std::mem::take(&mut *tally.lock().unwrap());
+    let final_count = counter(&c).await.expect("read the counter");
+    println!(
+        "power-off: {kills} kills, {} puts and {} increments acknowledged ({} tried), {} failed calls, \
+         longest gap between acknowledgements {:?}, counter {final_count}",
+        t.acked.len(),
+        t.increments_acked,
+        t.increments_tried,
+        t.failed,
+        t.longest_gap
+    );
+    assert!(
+        t.acked.len() > 100,
+        "the load should have written something: {} acked",
+        t.acked.len()
+    );
+    assert!(
+        t.increments_acked <= final_count && final_count <= t.increments_tried,
+        "counter {final_count} must count every acknowledged increment ({}) and no more than were tried ({})",
+        t.increments_acked,
+        t.increments_tried
+    );
     let mut missing = Vec::new();
-    for (pk, value) in &acked {
+    for (pk, value) in &t.acked {
         let got = c
             .get_item()
             .table_name("replicated")

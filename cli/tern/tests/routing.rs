@@ -42,6 +42,7 @@ async fn lookups_for_warm_requests(mode: &str) -> u64 {
             .get_item()
             .table_name("cwork")
             .set_key(Some(key.clone()))
+            .consistent_read(true)
             .send()
             .await
             .unwrap();

@@ -106,6 +106,13 @@ pub async fn get(
     hash: u64,
     req: GetRequest,
 ) -> Result<GetResponse, ApiError> {
+    // An eventually consistent read goes to the replica in this router's zone first: any replica
+    // may answer it, and staying in the zone is what keeps its latency and cost low.
+    if !req.consistent {
+        if let Some(resp) = get_in_zone(r, &t, hash, &req).await {
+            return Ok(resp);
+        }
+    }
     with_redirects(r, t, hash, |node, p| {
         let mut req = req.clone();
         req.partition_id = p.id;
@@ -114,4 +121,24 @@ pub async fn get(
         async move { bus.call(&subjects::storage_get(&node), &req).await }
     })
     .await
+}
+
+/// One attempt at the replica in the router's zone; `None` if there is none or it cannot answer.
+async fn get_in_zone(
+    r: &Router,
+    t: &TableInfo,
+    hash: u64,
+    req: &GetRequest,
+) -> Option<GetResponse> {
+    let p = t.partition_for(hash)?;
+    let local = p.replicas.iter().find(|rep| rep.az == r.az)?;
+    let req = GetRequest {
+        partition_id: p.id,
+        epoch: p.epoch,
+        ..req.clone()
+    };
+    r.bus
+        .call(&subjects::storage_get(&local.node_id), &req)
+        .await
+        .ok()
 }

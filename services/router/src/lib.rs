@@ -57,6 +57,8 @@ pub(crate) struct Router {
     pub metrics: metrics::Metrics,
     pub leaders: leaders::Leaders,
     pub instance: String,
+    /// This router's availability zone.
+    pub az: String,
 }
 
 pub async fn run(
@@ -73,6 +75,7 @@ pub async fn run(
         metrics,
         leaders: leaders::Leaders::default(),
         instance: config.instance.clone(),
+        az: config.az.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
