@@ -49,10 +49,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => {
             let dir = tempfile::tempdir().context("create a data dir")?;
             let mut spec = ClusterSpec::new(dir.path(), crate::bin_dir()?);
-            if args.no_group_commit {
-                spec.env
-                    .push(("TERN_STORAGE_GROUP_COMMIT".into(), "false".into()));
-            }
+            let flag = |on: bool| if on { "false" } else { "true" }.to_string();
+            spec.env.push((
+                "TERN_STORAGE_GROUP_COMMIT".into(),
+                flag(args.no_group_commit),
+            ));
+            spec.env
+                .push(("TERN_STORAGE_REPLICATION".into(), flag(args.no_replication)));
             let cluster = Cluster::start(spec).await?;
             (cluster.endpoint(), Some(cluster), Some(dir))
         }
