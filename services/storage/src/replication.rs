@@ -76,7 +76,9 @@ impl Replication {
                 writer,
                 bus,
                 groups: RwLock::default(),
-                next_request: AtomicU64::new(1),
+                // NOTE: entries proposed before a restart may still apply after it; starting the
+                // ids from the clock keeps a new request from matching an old entry's id.
+                next_request: AtomicU64::new(rand_seed() | 1),
                 persisted,
             }),
         };
