@@ -72,21 +72,7 @@ async fn acknowledged_writes_survive_kill_and_restart() {
         "the load should have written something: {} acked",
         acked.len()
     );
-    let mut missing = Vec::new();
-    for (pk, value) in &acked {
-        let got = c
-            .get_item()
-            .table_name("durable")
-            .key("pk", V::S(pk.clone()))
-            .consistent_read(true)
-            .send()
-            .await
-            .expect("read back");
-        match got.item().and_then(|i| i.get("v")) {
-            Some(V::S(v)) if v == value => {}
-            other => missing.push((pk.clone(), other.cloned())),
-        }
-    }
+    let missing = missing_writes(&c, "durable", &acked).await;
     println!(
         "acknowledged {} writes, {failed} failed while nodes were down",
         acked.len()

@@ -185,21 +185,7 @@ async fn replicated_writes_survive_power_off() {
         t.increments_acked,
         t.increments_tried
     );
-    let mut missing = Vec::new();
-    for (pk, value) in &t.acked {
-        let got = c
-            .get_item()
-            .table_name("replicated")
-            .key("pk", V::S(pk.clone()))
-            .consistent_read(true)
-            .send()
-            .await
-            .expect("read back");
-        match got.item().and_then(|i| i.get("v")) {
-            Some(V::S(v)) if v == value => {}
-            other => missing.push((pk.clone(), other.cloned())),
-        }
-    }
+    let missing = missing_writes(&c, "replicated", &t.acked).await;
     assert!(
         missing.is_empty(),
         "acknowledged writes lost: {:?}",

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use tern_bus::{Bus, BusError};
-use tern_model::{ApiError, Condition, ErrorCode};
+use tern_model::{ApiError, ErrorCode};
 use tern_proto::storage::{
     CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, WriteRequest,
     WriteResponse,
 };
 use tern_proto::{subjects, Empty};
 
+use crate::apply::condition_of;
 use crate::partitions::Partitions;
 use crate::replication::Replication;
 use crate::store::{item_key, Store};
@@ -123,18 +124,7 @@ impl Node {
         inner
             .partitions
             .check(&inner.id, req.partition_id, req.epoch)?;
-        let condition = if req.condition.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::from_slice::<Condition>(&req.condition).map_err(|e| {
-                    ApiError::new(
-                        ErrorCode::InternalServerError,
-                        format!("undecodable condition: {e}"),
-                    )
-                })?,
-            )
-        };
+        let condition = condition_of(&req)?;
         Ok(inner.writer.submit(req, condition).await?)
     }
 

@@ -3,6 +3,7 @@
 //! Writes go through the group-commit writer ([`writer`]): many concurrent writes from many
 //! partitions share one journal fsync, and none is acknowledged before that fsync returns.
 
+mod apply;
 mod codec;
 mod handlers;
 mod partitions;

@@ -12,13 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
 use tern_bus::{Bus, BusError};
-use tern_model::{ApiError, Condition, ErrorCode};
+use tern_model::{ApiError, ErrorCode};
 use tern_proto::raft::{RaftBatch, RaftEntry, RaftEnvelope, RaftHardState, ReplicatedWrite};
-use tern_proto::storage::{CreatePartitionRequest, WriteKind, WriteRequest, WriteResponse};
+use tern_proto::storage::{CreatePartitionRequest, WriteRequest, WriteResponse};
 use tern_proto::subjects;
 use tern_replication::{
     Command, Config as EngineConfig, Engine, Event, HardState, Index, MemberKind, Membership,
@@ -26,8 +25,9 @@ use tern_replication::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::apply::{apply_write, condition_of, fatal, Staged};
 use crate::codec;
-use crate::store::{item_key, log_key, Store};
+use crate::store::{log_key, Store};
 use crate::writer::{LogOp, Writer};
 
 /// Logical tick of the engines.
@@ -389,8 +389,7 @@ impl Replication {
             .insert(pid.to_be_bytes(), v.encode_to_vec())
             .and_then(|_| store.sync())
         {
-            tracing::error!(error = %e, "persist hard state failed; stopping the node");
-            std::process::exit(70);
+            fatal("persist hard state", e);
         }
     }
 
@@ -416,7 +415,7 @@ impl Replication {
     fn apply(&self, g: &mut Group, entries: Vec<tern_replication::Entry>) {
         let store = &self.inner.store;
         let mut batch = store.batch();
-        let mut latest: HashMap<Vec<u8>, Option<Bytes>> = HashMap::new();
+        let mut latest = Staged::new();
         let mut replies = Vec::new();
         let mut last = 0;
         for e in entries {
@@ -428,7 +427,8 @@ impl Replication {
                 continue;
             };
             let Some(req) = rw.write else { continue };
-            let result = apply_write(store, &mut batch, &mut latest, &req);
+            let result = condition_of(&req)
+                .and_then(|c| apply_write(store, &mut batch, &mut latest, &req, c.as_ref()));
             if rw.origin_node == self.inner.node {
                 if let Some(w) = g.writes.remove(&rw.request_id) {
                     replies.push((w, result));
@@ -441,8 +441,7 @@ impl Replication {
             last.to_be_bytes().to_vec(),
         );
         if let Err(e) = batch.commit() {
-            tracing::error!(error = %e, "apply failed; stopping the node");
-            std::process::exit(70);
+            fatal("apply committed entries", e);
         }
         for (w, r) in replies {
             let _ = w.send(r);
@@ -471,54 +470,4 @@ fn rand_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     t.as_nanos() as u64 ^ std::process::id() as u64
-}
-
-/// One write against the latest item (earlier writes of the same apply batch included).
-fn apply_write(
-    store: &Store,
-    batch: &mut fjall::OwnedWriteBatch,
-    latest: &mut HashMap<Vec<u8>, Option<Bytes>>,
-    req: &WriteRequest,
-) -> Result<WriteResponse, ApiError> {
-    let key = item_key(req.partition_id, &req.key);
-    let old = match latest.get(&key) {
-        Some(v) => v.clone(),
-        None => store
-            .items()
-            .get(&key)
-            .map_err(|e| ApiError::new(ErrorCode::InternalServerError, e.to_string()))?
-            .map(|v| Bytes::copy_from_slice(&v)),
-    };
-    if !req.condition.is_empty() {
-        let cond: Condition = serde_json::from_slice(&req.condition).map_err(|e| {
-            ApiError::new(
-                ErrorCode::InternalServerError,
-                format!("undecodable condition: {e}"),
-            )
-        })?;
-        let old_item = old
-            .as_deref()
-            .map(tern_model::parse_item_json)
-            .transpose()?;
-        if !cond.evaluate(old_item.as_ref()) {
-            return Err(ApiError::new(
-                ErrorCode::ConditionalCheckFailed,
-                "The conditional request failed",
-            ));
-        }
-    }
-    let new = match WriteKind::try_from(req.kind) {
-        Ok(WriteKind::Delete) => {
-            batch.remove(store.items(), key.clone());
-            None
-        }
-        _ => {
-            batch.insert(store.items(), key.clone(), req.item.as_ref());
-            Some(req.item.clone())
-        }
-    };
-    latest.insert(key, new);
-    Ok(WriteResponse {
-        old_item: if req.return_old { old } else { None },
-    })
 }

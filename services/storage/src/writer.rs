@@ -12,13 +12,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tern_model::{ApiError, Condition, ErrorCode};
-use tern_proto::storage::{WriteKind, WriteRequest, WriteResponse};
+use tern_proto::storage::{WriteRequest, WriteResponse};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::store::{item_key, Store};
+use crate::apply::{apply_write, fatal, Staged};
+use crate::store::Store;
 
 pub struct WriteOp {
     pub req: WriteRequest,
@@ -181,35 +181,17 @@ fn commit_batch(
         stage_log(store, &mut batch, &log).unwrap_or_else(|e| fatal("stage log entries", e));
         log_done.push(log.done);
     }
-    let mut latest: HashMap<Vec<u8>, Option<Bytes>> = HashMap::new();
+    let mut latest = Staged::new();
     let mut replies: Vec<Reply> = Vec::new();
     for op in ops {
-        let key = item_key(op.req.partition_id, &op.req.key);
-        let old = match latest.get(&key) {
-            Some(v) => v.clone(),
-            None => store
-                .items()
-                .get(&key)
-                .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
-                .unwrap_or_else(|e| fatal("read item", e)),
-        };
-        if let Err(e) = check_condition(op.condition.as_ref(), old.as_ref()) {
-            replies.push((op.reply, Err(e)));
-            continue;
-        }
-        let new = match WriteKind::try_from(op.req.kind) {
-            Ok(WriteKind::Delete) => {
-                batch.remove(store.items(), key.clone());
-                None
-            }
-            _ => {
-                batch.insert(store.items(), key.clone(), op.req.item.as_ref());
-                Some(op.req.item.clone())
-            }
-        };
-        latest.insert(key, new);
-        let old_item = if op.req.return_old { old } else { None };
-        replies.push((op.reply, Ok(WriteResponse { old_item })));
+        let result = apply_write(
+            store,
+            &mut batch,
+            &mut latest,
+            &op.req,
+            op.condition.as_ref(),
+        );
+        replies.push((op.reply, result));
     }
     if !latest.is_empty() || !log_done.is_empty() {
         {
@@ -258,29 +240,4 @@ fn stage_log(store: &Store, batch: &mut fjall::OwnedWriteBatch, log: &LogOp) -> 
         );
     }
     Ok(())
-}
-
-fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result<(), ApiError> {
-    let Some(condition) = condition else {
-        return Ok(());
-    };
-    let old_item = match old {
-        Some(bytes) => Some(tern_model::parse_item_json(bytes)?),
-        None => None,
-    };
-    if condition.evaluate(old_item.as_ref()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::ConditionalCheckFailed,
-            "The conditional request failed",
-        ))
-    }
-}
-
-/// A store that failed a write or a sync must not take more writes: what it acknowledged next
-/// could be lost. Crash, and recover from the journal on restart.
-fn fatal(what: &str, e: fjall::Error) -> ! {
-    tracing::error!(error = %e, "{what} failed; stopping the node to recover from its journal");
-    std::process::exit(70)
 }

@@ -207,3 +207,28 @@ pub async fn raw_get(endpoint: &str, path: &str) -> (u16, String) {
         text.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
     )
 }
+
+/// The acknowledged (key, value) writes a strongly consistent read does not find as written.
+pub async fn missing_writes(
+    c: &Client,
+    table: &str,
+    acked: &[(String, String)],
+) -> Vec<(String, Option<aws_sdk_dynamodb::types::AttributeValue>)> {
+    use aws_sdk_dynamodb::types::AttributeValue as V;
+    let mut missing = Vec::new();
+    for (pk, value) in acked {
+        let got = c
+            .get_item()
+            .table_name(table)
+            .key("pk", V::S(pk.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("read back");
+        match got.item().and_then(|i| i.get("v")) {
+            Some(V::S(v)) if v == value => {}
+            other => missing.push((pk.clone(), other.cloned())),
+        }
+    }
+    missing
+}

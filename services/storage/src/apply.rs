@@ -1,0 +1,85 @@
+//! Applying one write to the items, by the same rules whether it comes through the group commit
+//! (no replication) or from a committed log entry (replication): the condition is decided against
+//! the latest value of the item, earlier writes of the same batch included.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use tern_model::{ApiError, Condition, ErrorCode};
+use tern_proto::storage::{WriteKind, WriteRequest, WriteResponse};
+
+use crate::store::{item_key, Store};
+
+/// Keys a batch has written so far, with their new value (`None`: deleted).
+pub type Staged = HashMap<Vec<u8>, Option<Bytes>>;
+
+/// The condition carried by a write request (JSON of a `tern_model::Condition`), if any.
+pub fn condition_of(req: &WriteRequest) -> Result<Option<Condition>, ApiError> {
+    if req.condition.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&req.condition)
+        .map(Some)
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::InternalServerError,
+                format!("undecodable condition: {e}"),
+            )
+        })
+}
+
+/// Stages `req` in `batch` unless its condition fails; answers as the client will see it.
+pub fn apply_write(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    staged: &mut Staged,
+    req: &WriteRequest,
+    condition: Option<&Condition>,
+) -> Result<WriteResponse, ApiError> {
+    let key = item_key(req.partition_id, &req.key);
+    let old = match staged.get(&key) {
+        Some(v) => v.clone(),
+        None => store
+            .items()
+            .get(&key)
+            .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
+            .unwrap_or_else(|e| fatal("read item", e)),
+    };
+    check_condition(condition, old.as_ref())?;
+    let new = match WriteKind::try_from(req.kind) {
+        Ok(WriteKind::Delete) => {
+            batch.remove(store.items(), key.clone());
+            None
+        }
+        _ => {
+            batch.insert(store.items(), key.clone(), req.item.as_ref());
+            Some(req.item.clone())
+        }
+    };
+    staged.insert(key, new);
+    Ok(WriteResponse {
+        old_item: if req.return_old { old } else { None },
+    })
+}
+
+fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result<(), ApiError> {
+    let Some(condition) = condition else {
+        return Ok(());
+    };
+    let old_item = old.map(|b| tern_model::parse_item_json(b)).transpose()?;
+    if condition.evaluate(old_item.as_ref()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::ConditionalCheckFailed,
+            "The conditional request failed",
+        ))
+    }
+}
+
+/// A store that failed a read, a write or a sync must not take more writes: what it acknowledged
+/// next could be lost. Crash, and recover from the journal on restart.
+pub fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
+    tracing::error!(error = %e, "{what} failed; stopping the node to recover from its journal");
+    std::process::exit(70)
+}
