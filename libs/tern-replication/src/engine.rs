@@ -100,8 +100,9 @@ impl Engine {
             now: 0,
             election_deadline: 0,
             // NOTE: after a restart we may have acknowledged a leader moments ago and forgotten;
-            // refusing votes for one election timeout keeps that leader's lease safe.
-            heard_leader_at: Some(0),
+            // refusing votes for one election timeout keeps that leader's lease safe. A replica
+            // that never left term 0 never acknowledged anyone (acks follow the durable term).
+            heard_leader_at: (hs.term > 0).then_some(0),
             pre_candidate: false,
             votes: BTreeSet::new(),
             progress: BTreeMap::new(),
@@ -153,6 +154,11 @@ impl Engine {
             Event::Propose { id, payload } => self.propose(id, payload),
             Event::Read { id } => self.read(id),
             Event::Persisted { index, term } => self.persisted(index, term),
+            Event::Campaign => {
+                if self.role != Role::Leader {
+                    self.start_pre_vote();
+                }
+            }
         }
         std::mem::take(&mut self.out)
     }

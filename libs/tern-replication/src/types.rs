@@ -132,6 +132,9 @@ pub enum Event {
         index: Index,
         term: Term,
     },
+    /// Stand for election now instead of waiting for the timeout (e.g. the designated first
+    /// leader of a new group). Safe at any time: it is an election timeout firing early.
+    Campaign,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

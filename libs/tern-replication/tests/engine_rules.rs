@@ -382,3 +382,13 @@ fn one_membership_change_at_a_time() {
         result: Err(ProposeError::InvalidMembership)
     }));
 }
+
+#[test]
+fn campaign_starts_an_election_at_once() {
+    let mut e = engine(1, full3());
+    let out = sends(&e.step(Event::Campaign));
+    assert_eq!(out.len(), 2, "pre-votes to both peers: {out:?}");
+    assert!(out
+        .iter()
+        .all(|(_, m)| matches!(m, Message::Vote { pre: true, .. })));
+}

@@ -180,7 +180,9 @@ pub async fn drive(m: &Memds, name: &str) {
 async fn create_replicas(m: &Memds, table: &TableInfo) -> Result<(), tern_bus::BusError> {
     let bus = m.bus.with_timeout(STORAGE_CALL_TIMEOUT);
     for p in &table.partitions {
-        for r in &p.replicas {
+        // The first replica, the designated leader, is created last: it campaigns at once, and
+        // its peers are there to answer.
+        for r in p.replicas.iter().rev() {
             let req = CreatePartitionRequest {
                 table_name: table.name.clone(),
                 table_id: table.table_id.clone(),

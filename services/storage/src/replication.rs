@@ -126,7 +126,15 @@ impl Replication {
             cfg.heartbeat_interval,
             cfg.lease,
         ) = (30, 60, 5, 25);
-        let engine = Engine::new(cfg, hs, log, membership, applied);
+        let fresh = hs.term == 0 && log.is_empty();
+        let mut engine = Engine::new(cfg, hs, log, membership, applied);
+        // A new group's first replica stands for election at once rather than after a timeout,
+        // so the table's first write does not wait for one.
+        let campaign = if fresh && me == 1 {
+            engine.step(Event::Campaign)
+        } else {
+            Vec::new()
+        };
         let group = Group {
             pid: info.id,
             members,
@@ -134,10 +142,13 @@ impl Replication {
             writes: HashMap::new(),
             reads: HashMap::new(),
         };
-        self.inner
-            .groups
-            .write()
-            .insert(info.id, Arc::new(Mutex::new(group)));
+        let group = Arc::new(Mutex::new(group));
+        self.inner.groups.write().insert(info.id, group.clone());
+        if !campaign.is_empty() {
+            let mut out = Outbox::new();
+            self.execute(&mut group.lock(), campaign, &mut out);
+            self.flush(out);
+        }
         tracing::info!(
             partition = info.id,
             member = me,
