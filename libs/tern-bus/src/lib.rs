@@ -24,6 +24,8 @@ use tracing::Instrument;
 
 /// Default timeout of a call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a service waits for NATS at start-up before giving up.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
 
 /// A connection to the bus. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -42,6 +44,18 @@ impl Bus {
             .connect(url)
             .await
             .map_err(|e| BusError::Transport(format!("connect to {url}: {e}")))?;
+        // NOTE: with retry_on_initial_connect, `connect` returns before the connection is up, and
+        // a subscription made meanwhile reaches the server only later; wait, so that what a
+        // caller serves after this is really served.
+        let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if tokio::time::Instant::now() > deadline {
+                return Err(BusError::Transport(format!(
+                    "connect to {url}: not connected after {CONNECT_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(Self {
             client,
             timeout: DEFAULT_TIMEOUT,
@@ -152,10 +166,10 @@ impl Bus {
             None => self.client.subscribe(subject.to_string()).await,
         }
         .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
-        // NOTE: the subscription reaches the server asynchronously; flushing makes sure it is
-        // registered before we report the subject served (callers announce readiness after this).
-        self.client
-            .flush()
+        // NOTE: the subscription reaches the server asynchronously, and a flush only writes it to
+        // the socket; a round trip on this connection proves the server has processed it, so the
+        // subject is served before we say so (callers announce readiness after this).
+        self.round_trip()
             .await
             .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
         let client = self.client.clone();
@@ -183,6 +197,27 @@ impl Bus {
                 );
             }
         }))
+    }
+
+    /// Sends a message to ourselves and waits for it: the server handles one connection's
+    /// messages in order, so everything sent before (subscriptions included) has been processed.
+    async fn round_trip(&self) -> Result<(), String> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.client
+            .publish(inbox, Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        let got = tokio::time::timeout(self.timeout, sub.next()).await;
+        let _ = sub.unsubscribe().await;
+        match got {
+            Ok(Some(_)) => Ok(()),
+            _ => Err("no round trip with the server".into()),
+        }
     }
 
     /// Stops all subscriptions after their pending messages and flushes what was published.
