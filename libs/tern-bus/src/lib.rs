@@ -288,3 +288,20 @@ pub async fn serve_health(
     })
     .await
 }
+
+/// Runs a service that so far only joins the bus and answers health checks, until `shutdown`.
+pub async fn serve_health_until(
+    nats_url: &str,
+    service: &'static str,
+    instance: &str,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BusError> {
+    let bus = Bus::connect_instance(nats_url, service, instance).await?;
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    serve_health(&bus, service, instance, ready).await?;
+    tracing::info!(service, instance, "ready");
+    shutdown.await;
+    tracing::info!(service, "stopping");
+    bus.drain().await;
+    Ok(())
+}

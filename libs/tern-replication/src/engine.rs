@@ -266,11 +266,16 @@ impl Engine {
         if self.votes.len() >= self.membership.quorum() {
             return self.start_election();
         }
+        self.request_votes(self.hs.term + 1, true);
+    }
+
+    /// Asks every peer for its (pre-)vote in `term`.
+    fn request_votes(&mut self, term: Term, pre: bool) {
         let msg = Message::Vote {
-            term: self.hs.term + 1,
+            term,
             last_index: self.last_index(),
             last_term: self.last_term(),
-            pre: true,
+            pre,
         };
         for p in self.peers() {
             self.send(p, msg.clone());
@@ -290,15 +295,7 @@ impl Engine {
         if self.votes.len() >= self.membership.quorum() {
             return self.become_leader();
         }
-        let msg = Message::Vote {
-            term: self.hs.term,
-            last_index: self.last_index(),
-            last_term: self.last_term(),
-            pre: false,
-        };
-        for p in self.peers() {
-            self.send(p, msg.clone());
-        }
+        self.request_votes(self.hs.term, false);
     }
 
     fn become_leader(&mut self) {

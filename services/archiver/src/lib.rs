@@ -3,12 +3,8 @@
 //! comes with its own issue.
 
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tern_bus::Bus;
-use tern_proto::subjects;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -27,12 +23,6 @@ impl Default for Config {
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let bus = Bus::connect_instance(&config.nats_url, "archiver", &config.instance).await?;
-    let ready = Arc::new(AtomicBool::new(true));
-    tern_bus::serve_health(&bus, "archiver", &config.instance, ready).await?;
-    tracing::info!(instance = %config.instance, queue = subjects::queue::ARCHIVER, "archiver ready");
-    shutdown.await;
-    tracing::info!("archiver stopping");
-    bus.drain().await;
+    tern_bus::serve_health_until(&config.nats_url, "archiver", &config.instance, shutdown).await?;
     Ok(())
 }
