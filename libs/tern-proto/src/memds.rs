@@ -30,6 +30,24 @@ pub struct Replica {
     pub node_id: String,
     #[prost(string, tag = "2")]
     pub az: String,
+    /// The replica's id within its replication group, never reused in the group. The founding
+    /// replicas are 1, 2 and 3; 0 (metadata written before ids existed) means position + 1.
+    #[prost(uint64, tag = "3")]
+    pub member_id: u64,
+    /// A log replica: it keeps the recent log and votes, but holds no items and serves no reads.
+    #[prost(bool, tag = "4")]
+    pub log: bool,
+}
+
+impl Replica {
+    /// The member id, with the position fallback for metadata that predates ids.
+    pub fn member(&self, position: usize) -> u64 {
+        if self.member_id == 0 {
+            position as u64 + 1
+        } else {
+            self.member_id
+        }
+    }
 }
 
 /// One partition: the hash range `[hash_start, hash_end]` (both inclusive) of one table.
@@ -44,7 +62,8 @@ pub struct PartitionInfo {
     pub hash_start: u64,
     #[prost(uint64, tag = "4")]
     pub hash_end: u64,
-    /// Three replicas in three availability zones.
+    /// The members of the replication group as its leader last reported them: three replicas in
+    /// three availability zones, or, while a replica is being replaced, a log replica among them.
     #[prost(message, repeated, tag = "5")]
     pub replicas: Vec<Replica>,
     /// Node id of the last known leader, a hint.
@@ -174,4 +193,39 @@ pub struct MemdsStats {
     pub lookups: u64,
     #[prost(uint64, tag = "2")]
     pub tables: u64,
+}
+
+/// A partition's leader asks for a node to host a new member of its group (a log replica, built
+/// up to a full one later) because a member stayed unreachable.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PlaceReplicaRequest {
+    #[prost(uint64, tag = "1")]
+    pub partition_id: u64,
+    /// The id the new member gets in the group.
+    #[prost(uint64, tag = "2")]
+    pub member_id: u64,
+    /// Nodes of the group's current members: the new one goes elsewhere.
+    #[prost(string, repeated, tag = "3")]
+    pub member_nodes: Vec<String>,
+    /// The node being replaced; its zone is preferred, so the group keeps three zones.
+    #[prost(string, tag = "4")]
+    pub replacing_node: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PlaceReplicaResponse {
+    #[prost(message, optional, tag = "1")]
+    pub replica: Option<Replica>,
+}
+
+/// A partition's leader reports its group's committed membership and itself as leader; MemDS
+/// writes it into the table's metadata (compare-and-set) when it differs.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReportPartitionRequest {
+    #[prost(uint64, tag = "1")]
+    pub partition_id: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub replicas: Vec<Replica>,
+    #[prost(string, tag = "3")]
+    pub leader: String,
 }

@@ -70,3 +70,41 @@ pub struct DropPartitionRequest {
     #[prost(uint64, tag = "1")]
     pub partition_id: u64,
 }
+
+/// Asks a log replica to rebuild its items from a snapshot served by `source_node` (the leader),
+/// then catch up from its own log; answered once the items are durable.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RebuildRequest {
+    #[prost(uint64, tag = "1")]
+    pub partition_id: u64,
+    #[prost(string, tag = "2")]
+    pub source_node: String,
+}
+
+/// One chunk of a partition snapshot. The first request has `session` 0 and opens a consistent
+/// snapshot on the source; later ones name the session and continue after `after_key`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotChunkRequest {
+    #[prost(uint64, tag = "1")]
+    pub partition_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub session: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub after_key: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotChunk {
+    #[prost(uint64, tag = "1")]
+    pub session: u64,
+    /// The log index the snapshot's items reflect.
+    #[prost(uint64, tag = "2")]
+    pub applied: u64,
+    /// Storage keys (without the partition prefix) and canonical item JSON, in key order.
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub keys: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    pub values: Vec<Vec<u8>>,
+    #[prost(bool, tag = "5")]
+    pub done: bool,
+}

@@ -18,6 +18,10 @@ pub const MEMDS_CREATE_TABLE: &str = "tern.memds.ddl.create_table";
 pub const MEMDS_DESCRIBE_TABLE: &str = "tern.memds.ddl.describe_table";
 pub const MEMDS_LIST_TABLES: &str = "tern.memds.ddl.list_tables";
 pub const MEMDS_DELETE_TABLE: &str = "tern.memds.ddl.delete_table";
+/// A partition leader asks for a node to host a replacement member of its group.
+pub const MEMDS_PLACE_REPLICA: &str = "tern.memds.place_replica";
+/// A partition leader reports its group's membership and leadership into the metadata.
+pub const MEMDS_REPORT_PARTITION: &str = "tern.memds.report_partition";
 /// Storage nodes publish their liveness here; every MemDS instance listens (no queue group).
 pub const NODE_HEARTBEAT: &str = "tern.memds.node_heartbeat";
 
@@ -55,4 +59,14 @@ pub fn is_valid_token(s: &str) -> bool {
 /// Replication traffic to one storage node (published, no reply).
 pub fn storage_raft(node: &str) -> String {
     format!("tern.storage.{node}.raft")
+}
+
+/// Rebuild a log replica's items from a snapshot (sent by the group's leader).
+pub fn storage_rebuild(node: &str) -> String {
+    format!("tern.storage.{node}.admin.rebuild")
+}
+
+/// Chunks of a consistent snapshot of one partition's items, served by any full replica.
+pub fn storage_snapshot(node: &str) -> String {
+    format!("tern.storage.{node}.snapshot")
 }

@@ -37,6 +37,7 @@ fn newer_message_decodes_as_older_and_back() {
         replicas: vec![Replica {
             node_id: "n1".into(),
             az: "az-a".into(),
+            ..Default::default()
         }],
         leader: "n1".into(),
         split_parent: 42,

@@ -146,6 +146,41 @@ impl Engine {
         &self.membership
     }
 
+    /// A membership change is in the log but not yet committed (no other may start).
+    pub fn membership_change_pending(&self) -> bool {
+        self.log[self.commit as usize..]
+            .iter()
+            .any(|e| matches!(e.payload, Payload::Membership(_)))
+    }
+
+    /// Leader only: what `peer` has acknowledged, as (durable match, leader tick of the newest
+    /// acknowledged append). `None` when not leading or `peer` is not a member.
+    pub fn peer_progress(&self, peer: NodeId) -> Option<(Index, Option<u64>)> {
+        self.progress.get(&peer).map(|p| (p.matched, p.acked_at))
+    }
+
+    /// Leading, with a quorum's acknowledgement within the lease.
+    pub fn has_lease(&self) -> bool {
+        self.role == Role::Leader && self.lease_valid()
+    }
+
+    /// An id no member of this group has had, as far as this log knows: the largest one seen in
+    /// the initial membership and every membership entry, plus one.
+    pub fn unused_member_id(&self) -> NodeId {
+        let in_log = self.log.iter().filter_map(|e| match &e.payload {
+            Payload::Membership(m) => m.members.keys().max().copied(),
+            _ => None,
+        });
+        self.initial
+            .members
+            .keys()
+            .copied()
+            .chain(in_log)
+            .max()
+            .unwrap_or(0)
+            + 1
+    }
+
     /// Feeds one event; returns the commands to carry out, in order.
     pub fn step(&mut self, event: Event) -> Vec<Command> {
         match event {
@@ -703,10 +738,7 @@ impl Engine {
     }
 
     fn check_membership_change(&self, m: &Membership) -> Result<(), ProposeError> {
-        let pending = self.log[self.commit as usize..]
-            .iter()
-            .any(|e| matches!(e.payload, Payload::Membership(_)));
-        if pending {
+        if self.membership_change_pending() {
             return Err(ProposeError::MembershipChangePending);
         }
         let old = &self.membership.members;

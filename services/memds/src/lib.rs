@@ -6,6 +6,7 @@
 //! memory, so any instance answers any lookup; instances serve through one queue group.
 
 mod ddl;
+mod heal;
 mod kv;
 mod nodes;
 mod placement;
@@ -21,7 +22,7 @@ use tern_bus::{Bus, BusError};
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::{
     CreateTableRequest, ListTablesRequest, ListTablesResponse, LookupBatchRequest, LookupRequest,
-    MemdsStats, TableNameRequest, TableReply,
+    MemdsStats, PlaceReplicaRequest, ReportPartitionRequest, TableNameRequest, TableReply,
 };
 use tern_proto::node::NodeHeartbeat;
 use tern_proto::subjects::{self, queue};
@@ -193,6 +194,26 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
                 tables: s.tables.len() as u64,
             };
             async move { Ok(stats) }
+        },
+    )
+    .await?;
+    let s = m.clone();
+    bus.serve(
+        subjects::MEMDS_PLACE_REPLICA,
+        q,
+        move |req: PlaceReplicaRequest| {
+            let s = s.clone();
+            async move { heal::place_replica(&s, req).await.map_err(Into::into) }
+        },
+    )
+    .await?;
+    let s = m.clone();
+    bus.serve(
+        subjects::MEMDS_REPORT_PARTITION,
+        q,
+        move |req: ReportPartitionRequest| {
+            let s = s.clone();
+            async move { heal::report_partition(&s, req).await.map_err(Into::into) }
         },
     )
     .await?;

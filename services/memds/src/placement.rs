@@ -52,6 +52,7 @@ pub fn place(
             .map(|(_, node, az)| Replica {
                 node_id: node.to_string(),
                 az: az.to_string(),
+                ..Default::default()
             })
             .collect();
         for r in &replicas {
@@ -59,6 +60,10 @@ pub fn place(
         }
         // Spread leadership: each partition's first replica (its leader) is in another zone.
         replicas.rotate_left(i as usize % 3);
+        // The founding members are 1, 2 and 3; member 1 stands for election first.
+        for (m, r) in replicas.iter_mut().enumerate() {
+            r.member_id = m as u64 + 1;
+        }
         let (hash_start, hash_end) = hash_range(i, n);
         partitions.push(PartitionInfo {
             id: new_id(),

@@ -36,7 +36,8 @@ fn serving_node(p: &PartitionInfo) -> Result<&str, ApiError> {
         return Ok(&p.leader);
     }
     p.replicas
-        .first()
+        .iter()
+        .find(|r| !r.log)
         .map(|r| r.node_id.as_str())
         .ok_or_else(|| ApiError::new(ErrorCode::InternalServerError, "partition has no replicas"))
 }
@@ -131,7 +132,7 @@ async fn get_in_zone(
     req: &GetRequest,
 ) -> Option<GetResponse> {
     let p = t.partition_for(hash)?;
-    let local = p.replicas.iter().find(|rep| rep.az == r.az)?;
+    let local = p.replicas.iter().find(|rep| rep.az == r.az && !rep.log)?;
     let req = GetRequest {
         partition_id: p.id,
         epoch: p.epoch,

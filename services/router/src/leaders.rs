@@ -34,16 +34,20 @@ impl Leaders {
             }
             _ => None,
         };
-        let next = named.unwrap_or_else(|| {
+        // Log replicas never lead: the rotation passes over them.
+        let next = named.or_else(|| {
+            let n = p.replicas.len();
             let pos = p
                 .replicas
                 .iter()
                 .position(|r| r.node_id == tried)
                 .unwrap_or(0);
-            p.replicas[(pos + 1) % p.replicas.len().max(1)]
-                .node_id
-                .clone()
+            (1..=n)
+                .map(|k| &p.replicas[(pos + k) % n])
+                .find(|r| !r.log)
+                .map(|r| r.node_id.clone())
         });
+        let Some(next) = next else { return };
         self.hints.write().insert(p.id, next);
     }
 }
@@ -59,6 +63,7 @@ mod tests {
             .map(|n| Replica {
                 node_id: n.to_string(),
                 az: String::new(),
+                ..Default::default()
             })
             .collect();
         PartitionInfo {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tern_bus::{Bus, BusError};
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::storage::{
-    CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, WriteRequest,
-    WriteResponse,
+    CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, RebuildRequest,
+    SnapshotChunkRequest, WriteRequest, WriteResponse,
 };
 use tern_proto::{subjects, Empty};
 
@@ -54,6 +54,19 @@ impl Node {
 
     pub fn replica_count(&self) -> usize {
         self.inner.partitions.len()
+    }
+
+    /// Prometheus text of this node's metrics.
+    pub fn render_metrics(&self) -> String {
+        let mut out = format!(
+            "# HELP tern_storage_replicas Partition replicas on this node.\n# TYPE tern_storage_replicas gauge\ntern_storage_replicas{{node=\"{}\"}} {}\n",
+            self.inner.id,
+            self.replica_count()
+        );
+        if let Some(r) = &self.inner.replication {
+            r.render_metrics(&mut out);
+        }
+        out
     }
 
     pub async fn serve(&self, bus: &Bus) -> Result<(), BusError> {
@@ -112,6 +125,32 @@ impl Node {
             },
         )
         .await?;
+        if let Some(r) = &self.inner.replication {
+            let r2 = r.clone();
+            bus.serve(
+                &subjects::storage_rebuild(id),
+                None,
+                move |req: RebuildRequest| {
+                    let r = r2.clone();
+                    async move { r.rebuild(req).await }
+                },
+            )
+            .await?;
+            let r2 = r.clone();
+            bus.serve(
+                &subjects::storage_snapshot(id),
+                None,
+                move |req: SnapshotChunkRequest| {
+                    let r = r2.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || r.snapshot_chunk(req))
+                            .await
+                            .map_err(|e| internal(e.to_string()))?
+                    }
+                },
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -136,6 +175,9 @@ impl Node {
             // served by any replica from what it has applied.
             if req.consistent {
                 r.read_barrier(req.partition_id).await?;
+            } else if !r.has_items(req.partition_id) {
+                // A log replica (or one being rebuilt) holds no items to read.
+                return Err(BusError::Redirect(String::new()));
             }
             let item = inner
                 .store

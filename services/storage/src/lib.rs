@@ -6,6 +6,8 @@
 mod apply;
 mod codec;
 mod handlers;
+mod heal;
+mod metrics;
 mod partitions;
 mod replication;
 mod store;
@@ -41,6 +43,11 @@ pub struct Config {
     /// Serve each partition by its three-replica group (leader, quorum writes, elections)
     /// instead of by its first replica alone.
     pub replication: bool,
+    /// A replica that acknowledges nothing for this long is replaced by its group's leader (a log
+    /// replica on a healthy node at once, rebuilt into a full replica after).
+    pub replace_after_ms: u64,
+    /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9101`); empty: none.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -54,6 +61,8 @@ impl Default for Config {
             max_batch: 1024,
             heartbeat_ms: 1000,
             replication: true,
+            replace_after_ms: 10_000,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -70,6 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             store.clone(),
             writer.clone(),
             bus.clone(),
+            Duration::from_millis(config.replace_after_ms),
         );
         for p in partitions.all() {
             r.open_group(&p).context("recover replica")?;
@@ -90,12 +100,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let ready = Arc::new(AtomicBool::new(false));
     tern_bus::serve_health(&bus, "storage", &config.node_id, ready.clone()).await?;
     let heartbeat = tokio::spawn(heartbeat(bus.clone(), config.clone(), node.clone()));
+    let metrics = if config.metrics_listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+            .await
+            .with_context(|| format!("metrics_listen {}", config.metrics_listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        Some(tokio::spawn(serve_metrics(listener, node.clone())))
+    };
     ready.store(true, Ordering::Release);
     tracing::info!(node = %config.node_id, az = %config.az, dir = %config.data_dir.display(), "storage node ready");
 
     shutdown.await;
     tracing::info!("storage node stopping");
     heartbeat.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     bus.drain().await;
     node.writer().shutdown().await;
     store.sync().context("sync store at shutdown")?;
@@ -114,5 +136,23 @@ async fn heartbeat(bus: Bus, config: Config, node: handlers::Node) {
         if let Err(e) = bus.publish(subjects::NODE_HEARTBEAT, &msg).await {
             tracing::debug!(error = %e, "publish heartbeat");
         }
+    }
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, node: handlers::Node) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let node = node.clone();
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    node.render_metrics(),
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics server stopped");
     }
 }

@@ -7,7 +7,7 @@
 //! - Committed writes are applied in log order on every replica, conditions included, so every
 //!   replica reaches the same items; the replica that took the client's write answers it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
 use tern_bus::{Bus, BusError};
 use tern_model::{ApiError, ErrorCode};
+use tern_proto::memds::Replica;
 use tern_proto::raft::{RaftBatch, RaftEntry, RaftEnvelope, RaftHardState, ReplicatedWrite};
 use tern_proto::storage::{CreatePartitionRequest, WriteRequest, WriteResponse};
 use tern_proto::subjects;
@@ -39,35 +40,57 @@ const COMMIT_TIMEOUT: Duration = Duration::from_millis(1500);
 type WriteWaiter = oneshot::Sender<Result<WriteResponse, ApiError>>;
 type ReadWaiter = oneshot::Sender<Result<(), BusError>>;
 
-struct Group {
-    pid: u64,
-    /// Node id of member `i + 1`.
-    members: Vec<String>,
-    engine: Engine,
+/// Founding members of every group: the three replicas placed when the table was created.
+const FOUNDING_MEMBERS: NodeId = 3;
+
+pub(crate) struct Group {
+    pub pid: u64,
+    /// Where each member (by id) lives: node and zone (empty when learned from a message).
+    pub addrs: BTreeMap<NodeId, (String, String)>,
+    pub engine: Engine,
     writes: HashMap<u64, WriteWaiter>,
     reads: HashMap<u64, ReadWaiter>,
+    /// The items reflect committed entries: a founding member, or a replica whose items were
+    /// rebuilt from a snapshot. A log replica (or one still being built) has none and serves no
+    /// reads.
+    pub has_items: bool,
+    /// Entries up to here are in the items.
+    pub applied: Index,
+    /// Engine tick at which this replica last became leader.
+    pub leader_since: u64,
+    pub heal: crate::heal::HealState,
 }
 
 /// Messages to send, per destination node.
-type Outbox = HashMap<String, Vec<RaftEnvelope>>;
+pub(crate) type Outbox = HashMap<String, Vec<RaftEnvelope>>;
 
 #[derive(Clone)]
 pub struct Replication {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    node: String,
-    store: Store,
+pub(crate) struct Inner {
+    pub node: String,
+    pub store: Store,
     writer: Writer,
-    bus: Bus,
+    pub bus: Bus,
     groups: RwLock<HashMap<u64, Arc<Mutex<Group>>>>,
     next_request: AtomicU64,
     persisted: mpsc::UnboundedSender<(u64, Index, u64)>,
+    /// A member unacknowledged this long is replaced.
+    pub replace_after: Duration,
+    pub snapshots: crate::heal::SnapshotSessions,
+    pub metrics: crate::metrics::ReplicationMetrics,
 }
 
 impl Replication {
-    pub fn start(node: String, store: Store, writer: Writer, bus: Bus) -> Self {
+    pub fn start(
+        node: String,
+        store: Store,
+        writer: Writer,
+        bus: Bus,
+        replace_after: Duration,
+    ) -> Self {
         let (persisted, persisted_rx) = mpsc::unbounded_channel();
         let r = Replication {
             inner: Arc::new(Inner {
@@ -80,11 +103,27 @@ impl Replication {
                 // ids from the clock keeps a new request from matching an old entry's id.
                 next_request: AtomicU64::new(rand_seed() | 1),
                 persisted,
+                replace_after,
+                snapshots: Default::default(),
+                metrics: Default::default(),
             }),
         };
         tokio::spawn(r.clone().tick_forever());
         tokio::spawn(r.clone().persisted_forever(persisted_rx));
+        tokio::spawn(r.clone().heal_forever());
         r
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        self.inner.metrics.render(&self.inner.node, out);
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    pub(crate) fn groups(&self) -> Vec<Arc<Mutex<Group>>> {
+        self.inner.groups.read().values().cloned().collect()
     }
 
     /// Serves the node's replication subject.
@@ -102,23 +141,44 @@ impl Replication {
         Ok(())
     }
 
-    /// Starts (or recovers) the engine of one replica.
+    /// Starts (or recovers) the engine of one replica; for a group already open, learns the
+    /// members' addresses. A replica placed again under a new member id starts afresh.
     pub fn open_group(&self, p: &CreatePartitionRequest) -> anyhow::Result<()> {
         let info = p
             .partition
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("partition missing"))?;
-        if self.inner.groups.read().contains_key(&info.id) {
-            return Ok(());
-        }
-        let members: Vec<String> = info.replicas.iter().map(|r| r.node_id.clone()).collect();
-        let Some(pos) = members.iter().position(|m| *m == self.inner.node) else {
+        let addrs: BTreeMap<NodeId, (String, String)> = info
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.member(i), (r.node_id.clone(), r.az.clone())))
+            .collect();
+        let Some((&me, _)) = addrs.iter().find(|(_, (n, _))| *n == self.inner.node) else {
             return Ok(());
         };
-        let me = pos as NodeId + 1;
-        let (hs, log, applied) = self.load(info.id)?;
-        let membership =
-            Membership::new((1..=members.len() as NodeId).map(|i| (i, MemberKind::Full)));
+        if let Some(g) = self.group(info.id) {
+            let mut g = g.lock();
+            if g.engine.id() == me {
+                for (id, a) in addrs {
+                    g.addrs.insert(id, a);
+                }
+                return Ok(());
+            }
+            tracing::info!(
+                partition = info.id,
+                old = g.engine.id(),
+                new = me,
+                "replica placed again: starting afresh"
+            );
+            drop(g);
+            self.close_group(info.id)?;
+            self.inner.store.drop_items(info.id)?;
+        }
+        let (hs, log, applied, rebuilt) = self.load(info.id)?;
+        let has_items = me <= FOUNDING_MEMBERS || rebuilt;
+        let applied = if has_items { applied } else { 0 };
+        let founding = Membership::new((1..=FOUNDING_MEMBERS).map(|i| (i, MemberKind::Full)));
         let mut cfg = EngineConfig::new(me, info.id ^ rand_seed());
         (
             cfg.election_min,
@@ -127,7 +187,7 @@ impl Replication {
             cfg.lease,
         ) = (30, 60, 5, 25);
         let fresh = hs.term == 0 && log.is_empty();
-        let mut engine = Engine::new(cfg, hs, log, membership, applied);
+        let mut engine = Engine::new(cfg, hs, log, founding, applied);
         // A new group's first replica stands for election at once rather than after a timeout,
         // so the table's first write does not wait for one.
         let campaign = if fresh && me == 1 {
@@ -137,10 +197,14 @@ impl Replication {
         };
         let group = Group {
             pid: info.id,
-            members,
+            addrs,
             engine,
             writes: HashMap::new(),
             reads: HashMap::new(),
+            has_items,
+            applied,
+            leader_since: 0,
+            heal: Default::default(),
         };
         let group = Arc::new(Mutex::new(group));
         self.inner.groups.write().insert(info.id, group.clone());
@@ -153,9 +217,15 @@ impl Replication {
             partition = info.id,
             member = me,
             applied,
+            has_items,
             "replica engine started"
         );
         Ok(())
+    }
+
+    /// Whether this replica holds the partition's items (a log replica does not).
+    pub fn has_items(&self, pid: u64) -> bool {
+        self.group(pid).is_some_and(|g| g.lock().has_items)
     }
 
     pub fn close_group(&self, pid: u64) -> anyhow::Result<()> {
@@ -169,10 +239,18 @@ impl Replication {
         }
         store.raft_state().remove(pid.to_be_bytes())?;
         store.raft_state().remove(applied_key(pid))?;
+        store.raft_state().remove(rebuilt_key(pid))?;
+        store.sync()?;
         Ok(())
     }
 
-    fn load(&self, pid: u64) -> anyhow::Result<(HardState, Vec<tern_replication::Entry>, Index)> {
+    /// The durable state of a replica: hard state, log, applied index, and whether its items were
+    /// rebuilt from a snapshot.
+    #[allow(clippy::type_complexity)]
+    fn load(
+        &self,
+        pid: u64,
+    ) -> anyhow::Result<(HardState, Vec<tern_replication::Entry>, Index, bool)> {
         let store = &self.inner.store;
         let hs = match store.raft_state().get(pid.to_be_bytes())? {
             Some(v) => {
@@ -197,10 +275,11 @@ impl Replication {
             None => 0,
         };
         let applied = applied.min(log.len() as Index);
-        Ok((hs, log, applied))
+        let rebuilt = store.raft_state().get(rebuilt_key(pid))?.is_some();
+        Ok((hs, log, applied, rebuilt))
     }
 
-    fn group(&self, pid: u64) -> Option<Arc<Mutex<Group>>> {
+    pub(crate) fn group(&self, pid: u64) -> Option<Arc<Mutex<Group>>> {
         self.inner.groups.read().get(&pid).cloned()
     }
 
@@ -230,8 +309,12 @@ impl Replication {
             self.execute(&mut g, cmds, &mut out);
         }
         self.flush(out);
+        let proposed = std::time::Instant::now();
         match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
-            Ok(Ok(result)) => result.map_err(BusError::Api),
+            Ok(Ok(result)) => {
+                self.inner.metrics.commit_latency(proposed.elapsed());
+                result.map_err(BusError::Api)
+            }
             Ok(Err(_)) => Err(BusError::Redirect(String::new())),
             Err(_) => Err(BusError::Api(ApiError::new(
                 ErrorCode::InternalServerError,
@@ -261,9 +344,9 @@ impl Replication {
         }
     }
 
-    fn receive(&self, batch: RaftBatch) {
+    fn receive(&self, mut batch: RaftBatch) {
         let mut out = Outbox::new();
-        for env in batch.messages {
+        for env in std::mem::take(&mut batch.messages) {
             let (Some(group), Some(msg)) = (self.group(env.partition_id), env.msg) else {
                 continue;
             };
@@ -271,6 +354,9 @@ impl Replication {
                 continue;
             };
             let mut g = group.lock();
+            g.addrs
+                .entry(env.from)
+                .or_insert_with(|| (batch.from_node.clone(), String::new()));
             let cmds = g.engine.step(Event::Message {
                 from: env.from,
                 msg,
@@ -311,7 +397,7 @@ impl Replication {
         }
     }
 
-    fn flush(&self, out: Outbox) {
+    pub(crate) fn flush(&self, out: Outbox) {
         for (node, messages) in out {
             let batch = RaftBatch {
                 from_node: self.inner.node.clone(),
@@ -326,11 +412,11 @@ impl Replication {
         }
     }
 
-    fn execute(&self, g: &mut Group, cmds: Vec<Command>, out: &mut Outbox) {
+    pub(crate) fn execute(&self, g: &mut Group, cmds: Vec<Command>, out: &mut Outbox) {
         for c in cmds {
             match c {
                 Command::Send { to, msg } => {
-                    let Some(node) = g.members.get(to as usize - 1) else {
+                    let Some((node, _)) = g.addrs.get(&to) else {
                         continue;
                     };
                     let env = RaftEnvelope {
@@ -366,15 +452,22 @@ impl Replication {
                 Command::ReadRejected { id, leader } => {
                     if let Some(r) = g.reads.remove(&id) {
                         let name = leader
-                            .and_then(|l| g.members.get(l as usize - 1))
-                            .cloned()
+                            .and_then(|l| g.addrs.get(&l))
+                            .map(|(n, _)| n.clone())
                             .unwrap_or_default();
                         let _ = r.send(Err(BusError::Redirect(name)));
                     }
                 }
                 Command::RoleChanged { role, term, leader } => {
                     tracing::info!(partition = g.pid, ?role, term, leader = ?leader, "replica role changed");
-                    if role != Role::Leader {
+                    if role == Role::Leader {
+                        g.leader_since = g.engine.now();
+                        g.heal = Default::default();
+                        self.inner
+                            .metrics
+                            .leader_changes
+                            .fetch_add(1, Ordering::Relaxed);
+                    } else {
                         // Writes waiting here may never commit through us: let clients retry.
                         for (_, w) in g.writes.drain() {
                             let _ = w.send(Err(ApiError::new(
@@ -423,7 +516,16 @@ impl Replication {
 
     /// Applies committed entries to the items, in log order, with the applied index in the same
     /// batch (so a restart resumes exactly after the last applied entry).
-    fn apply(&self, g: &mut Group, entries: Vec<tern_replication::Entry>) {
+    pub(crate) fn apply(&self, g: &mut Group, entries: Vec<tern_replication::Entry>) {
+        // A replica without items (a log replica, or one being rebuilt) keeps only the log; a
+        // rebuilt one skips what its snapshot already holds.
+        let entries: Vec<_> = entries
+            .into_iter()
+            .filter(|e| e.index > g.applied)
+            .collect();
+        if !g.has_items || entries.is_empty() {
+            return;
+        }
         let store = &self.inner.store;
         let mut batch = store.batch();
         let mut latest = Staged::new();
@@ -454,6 +556,7 @@ impl Replication {
         if let Err(e) = batch.commit() {
             fatal("apply committed entries", e);
         }
+        g.applied = last;
         for (w, r) in replies {
             let _ = w.send(r);
         }
@@ -464,15 +567,45 @@ impl Group {
     fn leader_name(&self) -> String {
         self.engine
             .leader()
-            .and_then(|l| self.members.get(l as usize - 1))
-            .cloned()
+            .and_then(|l| self.addrs.get(&l))
+            .map(|(n, _)| n.clone())
             .unwrap_or_default()
+    }
+
+    pub fn node_of(&self, member: NodeId) -> Option<&str> {
+        self.addrs.get(&member).map(|(n, _)| n.as_str())
+    }
+
+    /// The group's current membership as metadata replicas.
+    pub fn replicas(&self) -> Vec<Replica> {
+        self.engine
+            .membership()
+            .members
+            .iter()
+            .map(|(id, kind)| {
+                let (node, az) = self.addrs.get(id).cloned().unwrap_or_default();
+                Replica {
+                    node_id: node,
+                    az,
+                    member_id: *id,
+                    log: *kind == MemberKind::Log,
+                }
+            })
+            .collect()
     }
 }
 
-fn applied_key(pid: u64) -> Vec<u8> {
+pub(crate) fn applied_key(pid: u64) -> Vec<u8> {
     let mut k = pid.to_be_bytes().to_vec();
     k.push(b'a');
+    k
+}
+
+/// Present once a replica's items were rebuilt from a snapshot (founding members always have
+/// items).
+pub(crate) fn rebuilt_key(pid: u64) -> Vec<u8> {
+    let mut k = pid.to_be_bytes().to_vec();
+    k.push(b'r');
     k
 }
 

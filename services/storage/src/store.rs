@@ -59,6 +59,11 @@ impl Store {
         Ok(v.map(|v| Bytes::copy_from_slice(&v)))
     }
 
+    /// A consistent view of every keyspace at this instant.
+    pub fn snapshot(&self) -> fjall::Snapshot {
+        self.inner.db.snapshot()
+    }
+
     pub fn batch(&self) -> fjall::OwnedWriteBatch {
         self.inner.db.batch()
     }

@@ -214,6 +214,16 @@ pub async fn missing_writes(
     table: &str,
     acked: &[(String, String)],
 ) -> Vec<(String, Option<aws_sdk_dynamodb::types::AttributeValue>)> {
+    missing_writes_read(c, table, acked, true).await
+}
+
+/// Like [`missing_writes`], with strongly or eventually consistent reads.
+pub async fn missing_writes_read(
+    c: &Client,
+    table: &str,
+    acked: &[(String, String)],
+    consistent: bool,
+) -> Vec<(String, Option<aws_sdk_dynamodb::types::AttributeValue>)> {
     use aws_sdk_dynamodb::types::AttributeValue as V;
     let mut missing = Vec::new();
     for (pk, value) in acked {
@@ -221,7 +231,7 @@ pub async fn missing_writes(
             .get_item()
             .table_name(table)
             .key("pk", V::S(pk.clone()))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .expect("read back");

@@ -1,0 +1,203 @@
+//! A replica that stays down is replaced: its group's leader adds a log replica on a healthy node
+//! of the same zone, rebuilds it into a full replica from a snapshot, and the metadata follows.
+//! Writes go on throughout, and the rebuilt replica alone serves every acknowledged item.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue as V;
+use common::*;
+use tern_cluster::{Cluster, ClusterSpec, StorageNodeSpec};
+use tern_proto::memds::{PartitionInfo, TableNameRequest, TableReply};
+use tern_proto::subjects;
+use tokio::sync::watch;
+
+const TABLE: &str = "healing";
+
+async fn partition(cluster: &Cluster) -> PartitionInfo {
+    let reply: TableReply = cluster
+        .bus()
+        .call(
+            subjects::MEMDS_DESCRIBE_TABLE,
+            &TableNameRequest {
+                table_name: TABLE.into(),
+            },
+        )
+        .await
+        .expect("describe table over the bus");
+    reply.table.expect("table").partitions[0].clone()
+}
+
+fn members(p: &PartitionInfo) -> Vec<(String, bool)> {
+    let mut m: Vec<_> = p
+        .replicas
+        .iter()
+        .map(|r| (r.node_id.clone(), r.log))
+        .collect();
+    m.sort();
+    m
+}
+
+/// Unique puts until told to stop; returns what was acknowledged and how many calls failed.
+async fn writer(
+    c: aws_sdk_dynamodb::Client,
+    w: usize,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    stop: watch::Receiver<bool>,
+) -> u64 {
+    let mut failed = 0;
+    for i in 0u64.. {
+        if *stop.borrow() {
+            break;
+        }
+        let (pk, v) = (format!("h{w}-{i}"), format!("v{w}-{i}"));
+        let item = HashMap::from([
+            ("pk".to_string(), V::S(pk.clone())),
+            ("v".to_string(), V::S(v.clone())),
+        ]);
+        match c
+            .put_item()
+            .table_name(TABLE)
+            .set_item(Some(item))
+            .send()
+            .await
+        {
+            Ok(_) => acked.lock().unwrap().push((pk, v)),
+            Err(_) => failed += 1,
+        }
+    }
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replica_is_replaced_in_its_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path(), bin_dir());
+    // storage-a and storage-d share az-a: d is where a's replacement must go.
+    spec.storage_nodes.push(StorageNodeSpec {
+        id: "storage-d".into(),
+        az: "az-a".into(),
+    });
+    spec.env = [
+        ("TERN_MEMDS_PARTITIONS_PER_TABLE", "1"),
+        ("TERN_STORAGE_REPLACE_AFTER_MS", "1500"),
+        ("TERN_ROUTER_AZ", "az-a"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut cluster = Cluster::start(spec).await.expect("start cluster");
+    let c = client(&cluster.endpoint());
+    create_table(&c, TABLE, None).await;
+
+    let before = partition(&cluster).await;
+    let az_a = before
+        .replicas
+        .iter()
+        .find(|r| r.az == "az-a")
+        .expect("a replica in az-a")
+        .node_id
+        .clone();
+    let spare = if az_a == "storage-a" {
+        "storage-d"
+    } else {
+        "storage-a"
+    };
+    println!("group before: {:?}", members(&before));
+
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let writers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(writer(c.clone(), w, acked.clone(), stop_rx.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let killed_at = Instant::now();
+    cluster.kill(&az_a).unwrap();
+    let (mut log_seen, mut healed) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let p = partition(&cluster).await;
+        let m = members(&p);
+        if log_seen.is_none() && m.iter().any(|(n, log)| n == spare && *log) {
+            log_seen = Some(killed_at.elapsed());
+        }
+        if !m.iter().any(|(n, _)| *n == az_a) && m.iter().any(|(n, log)| n == spare && !*log) {
+            assert_eq!(m.len(), 3, "{m:?}");
+            let mut zones: Vec<_> = p.replicas.iter().map(|r| r.az.clone()).collect();
+            zones.sort();
+            assert_eq!(zones, ["az-a", "az-b", "az-c"], "{:?}", p.replicas);
+            assert!(
+                p.replicas.iter().any(|r| r.node_id == p.leader),
+                "leader hint {} names a member",
+                p.leader
+            );
+            healed = Some(killed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healed = healed.unwrap_or_else(|| {
+        panic!(
+            "the group was not healed within 60 s: {:?}",
+            members(&futures_block(&cluster))
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop_tx.send(true).unwrap();
+    let mut failed = 0;
+    for w in writers {
+        failed += w.await.unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    println!(
+        "healing: log replica in the metadata after {log_seen:?}, full replica after {healed:?}; \
+         {} puts acknowledged, {failed} failed calls",
+        acked.len()
+    );
+    assert!(acked.len() > 50, "writes went on: {} acked", acked.len());
+    let missing = missing_writes(&c, TABLE, &acked).await;
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes lost: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+
+    // The rebuilt replica alone: with the other two members down there is no quorum, but the
+    // router's eventually consistent reads go to its zone's replica, the rebuilt one.
+    let others: Vec<String> = partition(&cluster)
+        .await
+        .replicas
+        .iter()
+        .map(|r| r.node_id.clone())
+        .filter(|n| n != spare)
+        .collect();
+    for n in &others {
+        cluster.kill(n).unwrap();
+    }
+    let missing = missing_writes_read(&c, TABLE, &acked, false).await;
+    assert!(
+        missing.is_empty(),
+        "the rebuilt replica lacks acknowledged items: {} of {}, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    for n in &others {
+        cluster.restart(n).await.unwrap();
+    }
+    let item = HashMap::from([("pk".to_string(), V::S("after".into()))]);
+    c.put_item()
+        .table_name(TABLE)
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("the group takes writes again");
+}
+
+fn futures_block(cluster: &Cluster) -> PartitionInfo {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(partition(cluster)))
+}

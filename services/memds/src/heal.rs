@@ -1,0 +1,343 @@
+//! Replacing a replica that stays unreachable: placing its replacement, and keeping the metadata
+//! in step with each group's committed membership and leader.
+//!
+//! The partition's leader drives the replacement (it alone knows when a member stopped answering
+//! and when a change has committed); MemDS chooses the node, creates the replica on it and records
+//! what the leader reports, by compare-and-set.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tern_model::{ApiError, ErrorCode};
+use tern_proto::memds::{
+    PlaceReplicaRequest, PlaceReplicaResponse, Replica, ReportPartitionRequest, TableInfo,
+};
+use tern_proto::storage::{CreatePartitionRequest, DropPartitionRequest};
+use tern_proto::{subjects, Empty};
+
+use crate::tables::key;
+use crate::Memds;
+
+const STORAGE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Chooses a node for a new member of the group and creates the (empty) replica there.
+pub async fn place_replica(
+    m: &Memds,
+    req: PlaceReplicaRequest,
+) -> Result<PlaceReplicaResponse, ApiError> {
+    let table = table_of(m, req.partition_id)?;
+    let p = table
+        .partitions
+        .iter()
+        .find(|p| p.id == req.partition_id)
+        .expect("table_of found it");
+    let live = m.nodes.live();
+    let az_of: HashMap<&str, &str> = live
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .chain(
+            p.replicas
+                .iter()
+                .map(|r| (r.node_id.as_str(), r.az.as_str())),
+        )
+        .collect();
+    let replacing_az = az_of.get(req.replacing_node.as_str()).copied();
+    let node = choose_node(
+        &live,
+        &req.member_nodes,
+        &req.replacing_node,
+        replacing_az,
+        &m.tables.load_per_node(),
+    )?;
+    let az = az_of.get(node.as_str()).copied().unwrap_or_default();
+    let replica = Replica {
+        node_id: node.clone(),
+        az: az.to_string(),
+        member_id: req.member_id,
+        log: true,
+    };
+    // The new replica's view of its group: the current members (whose addresses it needs) and
+    // itself. The leader adds it to the group once it exists.
+    let mut info = p.clone();
+    info.replicas
+        .retain(|r| req.member_nodes.contains(&r.node_id) && r.node_id != req.replacing_node);
+    info.replicas.push(replica.clone());
+    let create = CreatePartitionRequest {
+        table_name: table.name.clone(),
+        table_id: table.table_id.clone(),
+        partition: Some(info),
+    };
+    m.bus
+        .with_timeout(STORAGE_CALL_TIMEOUT)
+        .call::<_, Empty>(&subjects::storage_create_partition(&node), &create)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::InternalServerError,
+                format!("create the replacement replica on {node}: {e}"),
+            )
+        })?;
+    tracing::info!(
+        partition = req.partition_id,
+        node = %node,
+        az,
+        member = req.member_id,
+        replacing = %req.replacing_node,
+        "replacement replica placed"
+    );
+    Ok(PlaceReplicaResponse {
+        replica: Some(replica),
+    })
+}
+
+/// The node for a new member: never one that holds a member already; in the replaced node's
+/// zone if that zone has a live node and no member, else in a zone with no member; a zone that
+/// already has a member only when fewer than three zones are live.
+pub fn choose_node(
+    live: &[(String, String)],
+    member_nodes: &[String],
+    replacing_node: &str,
+    replacing_az: Option<&str>,
+    load: &HashMap<String, usize>,
+) -> Result<String, ApiError> {
+    let az_of: HashMap<&str, &str> = live.iter().map(|(n, a)| (n.as_str(), a.as_str())).collect();
+    let used: BTreeSet<&str> = member_nodes
+        .iter()
+        .filter(|n| n.as_str() != replacing_node)
+        .filter_map(|n| az_of.get(n.as_str()).copied())
+        .collect();
+    let zones: BTreeSet<&str> = live.iter().map(|(_, a)| a.as_str()).collect();
+    let candidates: Vec<(&str, &str)> = live
+        .iter()
+        .filter(|(n, _)| n != replacing_node && !member_nodes.contains(n))
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    let least_loaded = |nodes: Vec<&str>| {
+        nodes
+            .into_iter()
+            .min_by_key(|n| (load.get(*n).copied().unwrap_or(0), n.to_string()))
+            .map(str::to_string)
+    };
+    let in_zone = |az: &str| {
+        candidates
+            .iter()
+            .filter(|(_, a)| *a == az)
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+    };
+    if let Some(az) = replacing_az.filter(|az| !used.contains(az)) {
+        if let Some(n) = least_loaded(in_zone(az)) {
+            return Ok(n);
+        }
+    }
+    let free: Vec<&str> = candidates
+        .iter()
+        .filter(|(_, a)| !used.contains(a))
+        .map(|(n, _)| *n)
+        .collect();
+    if let Some(n) = least_loaded(free) {
+        return Ok(n);
+    }
+    if zones.len() < 3 {
+        if let Some(n) = least_loaded(candidates.iter().map(|(n, _)| *n).collect()) {
+            return Ok(n);
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::InternalServerError,
+        format!(
+            "no live storage node can host a replacement replica (live: {}, zones with members: {})",
+            live.len(),
+            used.len()
+        ),
+    ))
+}
+
+/// Records a group's membership and leader as its leader reports them.
+pub async fn report_partition(m: &Memds, req: ReportPartitionRequest) -> Result<Empty, ApiError> {
+    for _ in 0..5 {
+        let name = table_of(m, req.partition_id)?.name.clone();
+        let Some(entry) =
+            m.kv.entry(key(&name))
+                .await
+                .map_err(|e| internal("read table", e))?
+        else {
+            return Err(not_found(req.partition_id));
+        };
+        let mut table =
+            TableInfo::decode(entry.value.as_ref()).map_err(|e| internal("decode table", e))?;
+        let Some(p) = table
+            .partitions
+            .iter_mut()
+            .find(|p| p.id == req.partition_id)
+        else {
+            return Err(not_found(req.partition_id));
+        };
+        let live: HashMap<String, String> = m.nodes.live().into_iter().collect();
+        let mut replicas = req.replicas.clone();
+        for r in &mut replicas {
+            if r.az.is_empty() {
+                r.az = live.get(&r.node_id).cloned().unwrap_or_default();
+            }
+        }
+        if p.replicas == replicas && p.leader == req.leader {
+            return Ok(Empty {});
+        }
+        let removed: Vec<String> = p
+            .replicas
+            .iter()
+            .filter(|old| !replicas.iter().any(|r| r.node_id == old.node_id))
+            .map(|r| r.node_id.clone())
+            .collect();
+        p.replicas = replicas;
+        p.leader = req.leader.clone();
+        let bytes = Bytes::from(table.encode_to_vec());
+        match m.kv.update(key(&name), bytes.clone(), entry.revision).await {
+            Ok(rev) => {
+                m.tables.apply(
+                    &key(&name),
+                    rev,
+                    async_nats::jetstream::kv::Operation::Put,
+                    &bytes,
+                );
+                tracing::info!(
+                    partition = req.partition_id,
+                    leader = %req.leader,
+                    members = ?req.replicas.iter().map(|r| (&r.node_id, r.member_id, r.log)).collect::<Vec<_>>(),
+                    "partition membership recorded"
+                );
+                for node in removed {
+                    tokio::spawn(drop_removed(m.clone(), node, req.partition_id));
+                }
+                return Ok(Empty {});
+            }
+            Err(e) => {
+                tracing::debug!(partition = req.partition_id, error = %e, "report: compare-and-set lost")
+            }
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::InternalServerError,
+        "table metadata is changing too fast",
+    ))
+}
+
+/// Removes a replica that left its group from its node (best effort: a node that is down keeps
+/// its stale replica, which is no member and never leads).
+async fn drop_removed(m: Memds, node: String, partition_id: u64) {
+    let req = DropPartitionRequest { partition_id };
+    let r = m
+        .bus
+        .with_timeout(STORAGE_CALL_TIMEOUT)
+        .call::<_, Empty>(&subjects::storage_drop_partition(&node), &req)
+        .await;
+    match r {
+        Ok(_) => tracing::info!(partition = partition_id, node = %node, "removed replica dropped"),
+        Err(e) => {
+            tracing::info!(partition = partition_id, node = %node, error = %e, "removed replica not dropped")
+        }
+    }
+}
+
+fn table_of(m: &Memds, partition_id: u64) -> Result<std::sync::Arc<TableInfo>, ApiError> {
+    m.tables
+        .all()
+        .into_iter()
+        .find(|t| t.partitions.iter().any(|p| p.id == partition_id))
+        .ok_or_else(|| not_found(partition_id))
+}
+
+fn not_found(partition_id: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::ResourceNotFound,
+        format!("no table has partition {partition_id}"),
+    )
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "{what}");
+    ApiError::new(ErrorCode::InternalServerError, "Internal server error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(spec: &[(&str, &str)]) -> Vec<(String, String)> {
+        spec.iter()
+            .map(|(n, a)| (n.to_string(), a.to_string()))
+            .collect()
+    }
+
+    fn nodes(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn replacement_stays_in_the_lost_zone_when_it_can() {
+        let live = live(&[
+            ("a2", "az-a"),
+            ("b1", "az-b"),
+            ("b2", "az-b"),
+            ("c1", "az-c"),
+        ]);
+        let members = nodes(&["a1", "b1", "c1"]);
+        let n = choose_node(&live, &members, "a1", Some("az-a"), &HashMap::new()).unwrap();
+        assert_eq!(n, "a2");
+    }
+
+    #[test]
+    fn never_two_members_in_one_zone_while_three_are_live() {
+        // az-a's only other node is down: az-b has a spare, but b1 is a member there.
+        let live = live(&[("b1", "az-b"), ("b2", "az-b"), ("c1", "az-c")]);
+        let members = nodes(&["a1", "b1", "c1"]);
+        // Only two zones are live, so doubling up is allowed.
+        assert_eq!(
+            choose_node(&live, &members, "a1", Some("az-a"), &HashMap::new()).unwrap(),
+            "b2"
+        );
+        // With a third zone live (d), the replacement goes there instead of next to b1.
+        let mut live4 = live.clone();
+        live4.push(("d1".into(), "az-d".into()));
+        assert_eq!(
+            choose_node(&live4, &members, "a1", Some("az-a"), &HashMap::new()).unwrap(),
+            "d1"
+        );
+        // Three live zones and no node in a free one: refused.
+        let live3 = self::live(&[
+            ("a9", "az-x"),
+            ("b1", "az-b"),
+            ("b2", "az-b"),
+            ("c1", "az-c"),
+        ]);
+        let members3 = nodes(&["a9", "b1", "c1", "a1"]);
+        let err = choose_node(&live3, &members3, "a1", Some("az-a"), &HashMap::new()).unwrap_err();
+        assert!(
+            err.message.contains("no live storage node"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn least_loaded_node_of_the_zone_wins() {
+        let live = live(&[
+            ("a2", "az-a"),
+            ("a3", "az-a"),
+            ("b1", "az-b"),
+            ("c1", "az-c"),
+        ]);
+        let load = HashMap::from([("a2".to_string(), 5), ("a3".to_string(), 1)]);
+        let n = choose_node(
+            &live,
+            &nodes(&["a1", "b1", "c1"]),
+            "a1",
+            Some("az-a"),
+            &load,
+        )
+        .unwrap();
+        assert_eq!(n, "a3");
+    }
+}

@@ -1,0 +1,494 @@
+//! Keeping every group at three replicas in three zones when a member stays unreachable.
+//!
+//! The leader of each group checks, a few times a second, whether a member has acknowledged
+//! nothing for `replace_after`. If so, it asks MemDS for a node to host a replacement (preferring
+//! the lost member's zone), and once the new replica exists it changes the membership one member
+//! at a time, each change committed through the log before the next:
+//!
+//! 1. remove the silent member (the other two remain a quorum of two);
+//! 2. add the new replica as a **log replica**: it votes and acknowledges writes as soon as it has
+//!    the log, so the group is back to three durable copies in seconds;
+//! 3. rebuild the log replica's items from a consistent snapshot of the leader's items plus its
+//!    own log after the snapshot's index, then promote it to a full replica.
+//!
+//! After every committed change (and whenever it becomes leader) the leader reports the group's
+//! membership and itself as leader to MemDS, which writes it into the metadata routers read.
+//! Every step is decided afresh from the group's state each round, so a new leader picks up a
+//! replacement wherever the old one left it.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fjall::Readable;
+use parking_lot::Mutex;
+use tern_bus::BusError;
+use tern_model::{ApiError, ErrorCode};
+use tern_proto::memds::{
+    PlaceReplicaRequest, PlaceReplicaResponse, Replica, ReportPartitionRequest,
+};
+use tern_proto::storage::{
+    DropPartitionRequest, RebuildRequest, SnapshotChunk, SnapshotChunkRequest,
+};
+use tern_proto::{subjects, Empty};
+use tern_replication::{Event, MemberKind, Membership, NodeId, Payload, Role};
+
+use crate::apply::fatal;
+use crate::replication::{applied_key, rebuilt_key, Group, Outbox, Replication, TICK};
+use crate::store::item_key;
+
+/// How often each leader looks at its group's health.
+const ROUND: Duration = Duration::from_millis(250);
+/// After a failed placement or rebuild, the next attempt waits this long.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Bytes of items per snapshot chunk (well under NATS' default 1 MiB payload limit).
+const CHUNK_BYTES: usize = 256 * 1024;
+/// A snapshot session nobody asked for in this long is closed.
+const SESSION_IDLE: Duration = Duration::from_secs(60);
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(300);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The leader's view of its group's repair; reset when leadership changes.
+#[derive(Default)]
+pub struct HealState {
+    /// A task (report, placement, rebuild) is under way.
+    busy: bool,
+    /// No new task before this engine tick.
+    not_before: u64,
+    placed: Option<Placed>,
+    /// The membership and leader MemDS last accepted from us.
+    reported: Option<(Vec<Replica>, String)>,
+    next_id: NodeId,
+}
+
+#[derive(Clone, Debug)]
+struct Placed {
+    replacing: Option<NodeId>,
+    id: NodeId,
+    node: String,
+    az: String,
+}
+
+enum Task {
+    Report(Vec<Replica>, String),
+    Place(PlaceReplicaRequest, Option<NodeId>),
+    Rebuild(NodeId, String),
+    DropOrphan(String),
+}
+
+/// Open snapshot sessions served by this node: a consistent view of the database each.
+pub type SnapshotSessions = Mutex<HashMap<u64, (fjall::Snapshot, u64, Instant)>>;
+
+impl Replication {
+    pub(crate) async fn heal_forever(self) {
+        let mut round = tokio::time::interval(ROUND);
+        round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            round.tick().await;
+            for group in self.groups() {
+                let mut out = Outbox::new();
+                let task = {
+                    let mut g = group.lock();
+                    let t = self.heal_step(&mut g, &mut out);
+                    if t.is_some() {
+                        g.heal.busy = true;
+                    }
+                    t
+                };
+                self.flush(out);
+                if let Some(t) = task {
+                    tokio::spawn(self.clone().run_task(group.clone(), t));
+                }
+            }
+            self.update_gauges();
+        }
+    }
+
+    /// Decides the group's next repair step; membership proposals are made right here.
+    fn heal_step(&self, g: &mut Group, out: &mut Outbox) -> Option<Task> {
+        let e = &g.engine;
+        if e.role() != Role::Leader || g.heal.busy || e.now() < g.heal.not_before {
+            return None;
+        }
+        let me = e.id();
+        let pending = e.membership_change_pending();
+        if !pending {
+            let report = (g.replicas(), self.inner().node.clone());
+            if g.heal.reported.as_ref() != Some(&report) {
+                return Some(Task::Report(report.0, report.1));
+            }
+        }
+        if pending || !e.has_lease() {
+            return None;
+        }
+        let now = e.now();
+        let grace = (self.inner().replace_after.as_millis() / TICK.as_millis()) as u64;
+        let since = g.leader_since;
+        let silent = |id: NodeId| {
+            e.peer_progress(id)
+                .is_some_and(|(_, acked)| now.saturating_sub(acked.unwrap_or(0).max(since)) > grace)
+        };
+        let members = e.membership().members.clone();
+        let dead = members.keys().copied().find(|id| *id != me && silent(*id));
+
+        if let Some(p) = g.heal.placed.clone() {
+            let change = match p.replacing {
+                Some(old) if members.contains_key(&old) => {
+                    if !silent(old) {
+                        // It came back before it was removed: keep it, drop the replacement.
+                        g.heal.placed = None;
+                        return Some(Task::DropOrphan(p.node));
+                    }
+                    let mut m = members.clone();
+                    m.remove(&old);
+                    tracing::info!(partition = g.pid, member = old, node = ?g.node_of(old), "removing a silent member");
+                    m
+                }
+                _ if !members.contains_key(&p.id) => {
+                    g.addrs.insert(p.id, (p.node.clone(), p.az.clone()));
+                    let mut m = members.clone();
+                    m.insert(p.id, MemberKind::Log);
+                    tracing::info!(partition = g.pid, member = p.id, node = %p.node, "adding a log replica");
+                    m
+                }
+                _ => {
+                    g.heal.placed = None;
+                    return None;
+                }
+            };
+            self.propose_membership(g, change, out);
+            return None;
+        }
+
+        let id = e
+            .unused_member_id()
+            .max(g.addrs.keys().max().map_or(0, |m| m + 1))
+            .max(g.heal.next_id);
+        let member_nodes: Vec<String> = members
+            .keys()
+            .filter_map(|m| g.node_of(*m).map(str::to_string))
+            .collect();
+        if let Some(d) = dead.filter(|_| members.len() >= 3) {
+            let replacing_node = g.node_of(d).unwrap_or_default().to_string();
+            tracing::warn!(partition = g.pid, member = d, node = %replacing_node, "member silent too long: placing a replacement");
+            g.heal.next_id = id + 1;
+            let req = PlaceReplicaRequest {
+                partition_id: g.pid,
+                member_id: id,
+                member_nodes,
+                replacing_node,
+            };
+            return Some(Task::Place(req, Some(d)));
+        }
+        if members.len() < 3 {
+            g.heal.next_id = id + 1;
+            let req = PlaceReplicaRequest {
+                partition_id: g.pid,
+                member_id: id,
+                member_nodes,
+                replacing_node: String::new(),
+            };
+            return Some(Task::Place(req, None));
+        }
+        let commit = e.commit_index();
+        let ready_log_replica = members.iter().find(|(id, kind)| {
+            **kind == MemberKind::Log && e.peer_progress(**id).is_some_and(|(m, _)| m >= commit)
+        });
+        if let Some((&id, _)) = ready_log_replica {
+            if let Some(node) = g.node_of(id) {
+                return Some(Task::Rebuild(id, node.to_string()));
+            }
+        }
+        None
+    }
+
+    fn propose_membership(
+        &self,
+        g: &mut Group,
+        members: std::collections::BTreeMap<NodeId, MemberKind>,
+        out: &mut Outbox,
+    ) {
+        let cmds = g.engine.step(Event::Propose {
+            id: 0,
+            payload: Payload::Membership(Membership { members }),
+        });
+        self.execute(g, cmds, out);
+    }
+
+    async fn run_task(self, group: Arc<Mutex<Group>>, task: Task) {
+        let bus = self.inner().bus.with_timeout(CALL_TIMEOUT);
+        let pid = group.lock().pid;
+        let ok = match task {
+            Task::Report(replicas, leader) => {
+                let req = ReportPartitionRequest {
+                    partition_id: pid,
+                    replicas: replicas.clone(),
+                    leader: leader.clone(),
+                };
+                match bus
+                    .call::<_, Empty>(subjects::MEMDS_REPORT_PARTITION, &req)
+                    .await
+                {
+                    Ok(_) => {
+                        group.lock().heal.reported = Some((replicas, leader));
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(partition = pid, error = %e, "report membership");
+                        false
+                    }
+                }
+            }
+            Task::Place(req, replacing) => {
+                match bus
+                    .call::<_, PlaceReplicaResponse>(subjects::MEMDS_PLACE_REPLICA, &req)
+                    .await
+                {
+                    Ok(PlaceReplicaResponse { replica: Some(r) }) => {
+                        group.lock().heal.placed = Some(Placed {
+                            replacing,
+                            id: r.member_id,
+                            node: r.node_id,
+                            az: r.az,
+                        });
+                        true
+                    }
+                    Ok(_) => false,
+                    Err(e) => {
+                        tracing::warn!(partition = pid, error = %e, "no replacement replica placed");
+                        false
+                    }
+                }
+            }
+            Task::Rebuild(id, node) => {
+                let me = self.inner().node.clone();
+                tracing::info!(partition = pid, member = id, node = %node, "rebuilding a log replica's items");
+                let started = Instant::now();
+                let req = RebuildRequest {
+                    partition_id: pid,
+                    source_node: me,
+                };
+                let r = self
+                    .inner()
+                    .bus
+                    .with_timeout(REBUILD_TIMEOUT)
+                    .call::<_, Empty>(&subjects::storage_rebuild(&node), &req)
+                    .await;
+                match r {
+                    Ok(_) => {
+                        tracing::info!(partition = pid, member = id, node = %node, ms = started.elapsed().as_millis() as u64, "items rebuilt: promoting to a full replica");
+                        let mut out = Outbox::new();
+                        {
+                            let mut g = group.lock();
+                            let e = &g.engine;
+                            let mut m = e.membership().members.clone();
+                            if e.role() == Role::Leader
+                                && !e.membership_change_pending()
+                                && m.get(&id) == Some(&MemberKind::Log)
+                            {
+                                m.insert(id, MemberKind::Full);
+                                self.propose_membership(&mut g, m, &mut out);
+                            }
+                        }
+                        self.flush(out);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = pid, member = id, error = %e, "rebuild failed");
+                        false
+                    }
+                }
+            }
+            Task::DropOrphan(node) => {
+                let req = DropPartitionRequest { partition_id: pid };
+                bus.call::<_, Empty>(&subjects::storage_drop_partition(&node), &req)
+                    .await
+                    .is_ok()
+            }
+        };
+        let mut g = group.lock();
+        g.heal.busy = false;
+        if !ok {
+            g.heal.not_before =
+                g.engine.now() + (RETRY_AFTER.as_millis() / TICK.as_millis()) as u64;
+        }
+    }
+
+    /// Rebuilds this (log) replica's items from a snapshot on `source`, then applies its own
+    /// committed log after the snapshot's index. Idempotent; a crash half-way starts over.
+    pub async fn rebuild(&self, req: RebuildRequest) -> Result<Empty, BusError> {
+        let pid = req.partition_id;
+        let group = self
+            .group(pid)
+            .ok_or_else(|| BusError::Redirect(String::new()))?;
+        if group.lock().has_items {
+            return Ok(Empty {});
+        }
+        let store = self.inner().store.clone();
+        store.drop_items(pid).map_err(internal)?;
+        let bus = self.inner().bus.with_timeout(CALL_TIMEOUT);
+        let (mut session, mut after, mut items) = (0, Vec::new(), 0usize);
+        let applied = loop {
+            let chunk: SnapshotChunk = bus
+                .call(
+                    &subjects::storage_snapshot(&req.source_node),
+                    &SnapshotChunkRequest {
+                        partition_id: pid,
+                        session,
+                        after_key: after.clone(),
+                    },
+                )
+                .await?;
+            session = chunk.session;
+            let mut batch = store.batch();
+            for (k, v) in chunk.keys.iter().zip(&chunk.values) {
+                batch.insert(store.items(), item_key(pid, k), v.as_slice());
+            }
+            batch.commit().map_err(internal)?;
+            items += chunk.keys.len();
+            if let Some(k) = chunk.keys.last() {
+                after = k.clone();
+            }
+            if chunk.done {
+                break chunk.applied;
+            }
+        };
+        let mut g = group.lock();
+        let mut batch = store.batch();
+        batch.insert(
+            store.raft_state(),
+            applied_key(pid),
+            applied.to_be_bytes().to_vec(),
+        );
+        batch.insert(store.raft_state(), rebuilt_key(pid), Vec::<u8>::new());
+        if let Err(e) = batch.commit().and_then(|_| store.sync()) {
+            fatal("install snapshot", e);
+        }
+        g.has_items = true;
+        g.applied = applied;
+        let commit = g.engine.commit_index();
+        let catch_up = g
+            .engine
+            .log()
+            .get(applied as usize..commit as usize)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
+        let replayed = catch_up.len();
+        self.apply(&mut g, catch_up);
+        tracing::info!(
+            partition = pid,
+            items,
+            snapshot_index = applied,
+            replayed,
+            "replica rebuilt from snapshot"
+        );
+        Ok(Empty {})
+    }
+
+    /// Serves one chunk of a consistent snapshot of a partition's items.
+    pub fn snapshot_chunk(&self, req: SnapshotChunkRequest) -> Result<SnapshotChunk, BusError> {
+        let pid = req.partition_id;
+        let store = &self.inner().store;
+        let mut sessions = self.inner().snapshots.lock();
+        sessions.retain(|_, (_, _, used)| used.elapsed() < SESSION_IDLE);
+        let session = if req.session == 0 {
+            if !self.has_items(pid) {
+                return Err(BusError::Redirect(String::new()));
+            }
+            let snap = store.snapshot();
+            let applied = snap
+                .get(store.raft_state(), applied_key(pid))
+                .map_err(internal)?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            let id = rand_id();
+            sessions.insert(id, (snap, applied, Instant::now()));
+            id
+        } else {
+            req.session
+        };
+        let Some((snap, applied, used)) = sessions.get_mut(&session) else {
+            return Err(BusError::Api(ApiError::new(
+                ErrorCode::InternalServerError,
+                "snapshot session expired",
+            )));
+        };
+        *used = Instant::now();
+        let prefix = pid.to_be_bytes();
+        let start = if req.after_key.is_empty() {
+            Bound::Included(prefix.to_vec())
+        } else {
+            Bound::Excluded(item_key(pid, &req.after_key))
+        };
+        let mut chunk = SnapshotChunk {
+            session,
+            applied: *applied,
+            ..Default::default()
+        };
+        let mut bytes = 0;
+        let mut done = true;
+        for kv in snap.range::<Vec<u8>, _>(store.items(), (start, Bound::Unbounded)) {
+            let (k, v) = kv.into_inner().map_err(internal)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if bytes >= CHUNK_BYTES {
+                done = false;
+                break;
+            }
+            bytes += k.len() + v.len();
+            chunk.keys.push(k[prefix.len()..].to_vec());
+            chunk.values.push(v.to_vec());
+        }
+        chunk.done = done;
+        if done {
+            sessions.remove(&session);
+        }
+        Ok(chunk)
+    }
+
+    /// Gauges read by the metrics endpoint: groups led, log replicas, replication lag.
+    fn update_gauges(&self) {
+        let m = &self.inner().metrics;
+        let (mut led, mut log_replicas) = (0, 0);
+        let mut lag = Vec::new();
+        for group in self.groups() {
+            let g = group.lock();
+            let e = &g.engine;
+            if e.role() != Role::Leader {
+                continue;
+            }
+            led += 1;
+            let last = e.last_index();
+            for (id, kind) in &e.membership().members {
+                if *kind == MemberKind::Log {
+                    log_replicas += 1;
+                }
+                if let Some((matched, _)) = e.peer_progress(*id) {
+                    let node = g.node_of(*id).unwrap_or_default().to_string();
+                    lag.push((g.pid, *id, node, last.saturating_sub(matched)));
+                }
+            }
+        }
+        m.groups_led.store(led, Ordering::Relaxed);
+        m.log_replicas.store(log_replicas, Ordering::Relaxed);
+        *m.lag.lock() = lag;
+    }
+}
+
+fn rand_id() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_nanos() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+}
+
+fn internal(e: impl std::fmt::Display) -> BusError {
+    tracing::error!(error = %e, "replica repair failed");
+    BusError::Api(ApiError::new(
+        ErrorCode::InternalServerError,
+        format!("replica repair failed: {e}"),
+    ))
+}

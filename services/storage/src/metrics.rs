@@ -1,0 +1,77 @@
+//! Replication metrics of a storage node, in Prometheus' text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// Upper bounds (seconds) of the commit-latency histogram's buckets.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Default)]
+pub struct ReplicationMetrics {
+    /// Times a replica on this node became leader.
+    pub leader_changes: AtomicU64,
+    pub groups_led: AtomicU64,
+    /// Log replicas in the groups this node leads.
+    pub log_replicas: AtomicU64,
+    /// Per member of the groups this node leads: (partition, member, node, entries behind).
+    pub lag: Mutex<Vec<(u64, u64, String, u64)>>,
+    commit: Histogram,
+}
+
+#[derive(Default)]
+struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl ReplicationMetrics {
+    /// A write committed and applied `d` after it was proposed.
+    pub fn commit_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let h = &self.commit;
+        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
+            h.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, node: &str, out: &mut String) {
+        let l = format!("node=\"{node}\"");
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP tern_storage_leader_changes_total Times a replica on this node became its group's leader.\n# TYPE tern_storage_leader_changes_total counter\ntern_storage_leader_changes_total{{{l}}} {}", get(&self.leader_changes));
+        let _ = writeln!(out, "# HELP tern_storage_groups_led Replication groups this node leads.\n# TYPE tern_storage_groups_led gauge\ntern_storage_groups_led{{{l}}} {}", get(&self.groups_led));
+        let _ = writeln!(out, "# HELP tern_storage_log_replicas Log replicas in the groups this node leads.\n# TYPE tern_storage_log_replicas gauge\ntern_storage_log_replicas{{{l}}} {}", get(&self.log_replicas));
+        let _ = writeln!(out, "# HELP tern_storage_replication_lag_entries Log entries a member is behind its leader's log.\n# TYPE tern_storage_replication_lag_entries gauge");
+        for (pid, member, peer, lag) in self.lag.lock().iter() {
+            let _ = writeln!(out, "tern_storage_replication_lag_entries{{{l},partition=\"{pid}\",member=\"{member}\",peer=\"{peer}\"}} {lag}");
+        }
+        let h = &self.commit;
+        let _ = writeln!(out, "# HELP tern_storage_commit_seconds Time from proposing a write to its commit and apply on the leader.\n# TYPE tern_storage_commit_seconds histogram");
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(&h.counts) {
+            cumulative += get(c);
+            let _ = writeln!(
+                out,
+                "tern_storage_commit_seconds_bucket{{{l},le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let count = get(&h.count);
+        let _ = writeln!(
+            out,
+            "tern_storage_commit_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "tern_storage_commit_seconds_sum{{{l}}} {}",
+            get(&h.sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(out, "tern_storage_commit_seconds_count{{{l}}} {count}");
+    }
+}
