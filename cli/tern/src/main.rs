@@ -69,6 +69,10 @@ async fn up(data_dir: PathBuf, port: u16, cache_mode: String) -> anyhow::Result<
     let cluster = Cluster::start(spec).await?;
     println!("nats: {}", cluster.nats_url());
     println!("logs: {}", data_dir.join("logs").display());
+    println!("router metrics: {}/metrics", cluster.endpoint());
+    for (node, url) in cluster.storage_metrics() {
+        println!("{node} metrics: {url}");
+    }
     println!("endpoint: {}", cluster.endpoint());
     tern_telemetry::shutdown_signal().await;
     println!("stopping ...");

@@ -85,6 +85,7 @@ async fn a_lost_replica_is_replaced_in_its_zone() {
         ("TERN_MEMDS_PARTITIONS_PER_TABLE", "1"),
         ("TERN_STORAGE_REPLACE_AFTER_MS", "1500"),
         ("TERN_ROUTER_AZ", "az-a"),
+        ("TERN_MEMDS_STRAY_GRACE_MS", "1000"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -166,6 +167,34 @@ async fn a_lost_replica_is_replaced_in_its_zone() {
         &missing[..missing.len().min(5)]
     );
 
+    // Replication metrics of the surviving nodes: a leader was elected after the kill, writes
+    // committed through it, its two followers' lag is reported, no log replica is left.
+    let (mut leader_changes, mut commits, mut lag_series, mut log_replicas) = (0.0, 0.0, 0, 0.0);
+    for (node, u) in cluster.storage_metrics() {
+        if node == az_a {
+            continue;
+        }
+        let (status, text) = raw_get(u.trim_end_matches("/metrics"), "/metrics").await;
+        assert_eq!(status, 200);
+        leader_changes += metric(&text, "tern_storage_leader_changes_total").unwrap_or(0.0);
+        commits += metric(&text, "tern_storage_commit_seconds_count").unwrap_or(0.0);
+        log_replicas += metric(&text, "tern_storage_log_replicas").unwrap_or(0.0);
+        lag_series += text
+            .lines()
+            .filter(|l| l.starts_with("tern_storage_replication_lag_entries{"))
+            .count();
+    }
+    println!(
+        "metrics: {leader_changes} leader changes, {commits} commits, {lag_series} lag series"
+    );
+    assert!(leader_changes >= 1.0, "leader changes: {leader_changes}");
+    assert!(commits > 0.0, "no commit latency recorded");
+    assert_eq!(
+        lag_series, 2,
+        "the leader reports the lag of its two followers"
+    );
+    assert_eq!(log_replicas, 0.0);
+
     // The rebuilt replica alone: with the other two members down there is no quorum, but the
     // router's eventually consistent reads go to its zone's replica, the rebuilt one.
     let others: Vec<String> = partition(&cluster)
@@ -196,6 +225,37 @@ async fn a_lost_replica_is_replaced_in_its_zone() {
         .send()
         .await
         .expect("the group takes writes again");
+
+    // The replaced node comes back: its replica belongs to no group any more and is dropped.
+    cluster.restart(&az_a).await.unwrap();
+    let url = |node: &str| {
+        cluster
+            .storage_metrics()
+            .into_iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, u)| u.trim_end_matches("/metrics").to_string())
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = raw_get(&url(&az_a), "/metrics").await;
+        if metric(&text, "tern_storage_replicas") == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stale replica on {az_a} was not dropped:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The value of the first sample of `name` in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 fn futures_block(cluster: &Cluster) -> PartitionInfo {

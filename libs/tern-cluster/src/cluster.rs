@@ -54,6 +54,8 @@ pub struct Cluster {
     services: BTreeMap<String, (ServiceProcess, String, String)>,
     nats: NatsServer,
     router_port: u16,
+    /// Storage node id → port of its `/metrics`.
+    metrics_ports: BTreeMap<String, u16>,
     bus: Bus,
 }
 
@@ -66,8 +68,14 @@ impl Cluster {
             Some(p) => p,
             None => crate::free_port()?,
         };
+        let mut metrics_ports = BTreeMap::new();
+        for node in &spec.storage_nodes {
+            metrics_ports.insert(node.id.clone(), crate::free_port()?);
+        }
         let mut services = BTreeMap::new();
-        for (name, service, instance, env) in service_plan(&spec, &nats.url(), router_port) {
+        for (name, service, instance, env) in
+            service_plan(&spec, &nats.url(), router_port, &metrics_ports)
+        {
             let binary = spec.bin_dir.join(format!("tern-{service}"));
             if !binary.is_file() {
                 bail!(
@@ -85,6 +93,7 @@ impl Cluster {
             services,
             nats,
             router_port,
+            metrics_ports,
             bus,
         };
         for (proc, _, _) in cluster.services.values_mut() {
@@ -96,6 +105,14 @@ impl Cluster {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.router_port)
+    }
+
+    /// The Prometheus endpoint of each storage node: (node id, URL).
+    pub fn storage_metrics(&self) -> Vec<(String, String)> {
+        self.metrics_ports
+            .iter()
+            .map(|(n, p)| (n.clone(), format!("http://127.0.0.1:{p}/metrics")))
+            .collect()
     }
 
     pub fn nats_url(&self) -> String {
@@ -192,7 +209,12 @@ fn router_listens(port: u16) -> bool {
 type Plan = Vec<(String, String, String, Vec<(String, String)>)>;
 
 /// (process name, service, instance id, environment) of every process to start.
-fn service_plan(spec: &ClusterSpec, nats_url: &str, router_port: u16) -> Plan {
+fn service_plan(
+    spec: &ClusterSpec,
+    nats_url: &str,
+    router_port: u16,
+    metrics_ports: &BTreeMap<String, u16>,
+) -> Plan {
     let env = |service: &str, pairs: &[(&str, String)]| -> Vec<(String, String)> {
         let up = service.to_ascii_uppercase();
         let mut v = vec![(format!("TERN_{up}_NATS_URL"), nats_url.to_string())];
@@ -235,6 +257,10 @@ fn service_plan(spec: &ClusterSpec, nats_url: &str, router_port: u16) -> Plan {
                     ("NODE_ID", node.id.clone()),
                     ("AZ", node.az.clone()),
                     ("DATA_DIR", dir.display().to_string()),
+                    (
+                        "METRICS_LISTEN",
+                        format!("127.0.0.1:{}", metrics_ports[&node.id]),
+                    ),
                 ],
             ),
         ));

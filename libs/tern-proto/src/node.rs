@@ -9,4 +9,7 @@ pub struct NodeHeartbeat {
     /// Partition replicas the node holds.
     #[prost(uint32, tag = "3")]
     pub replicas: u32,
+    /// Ids of the partitions the node holds a replica of.
+    #[prost(uint64, repeated, tag = "4")]
+    pub partition_ids: Vec<u64>,
 }

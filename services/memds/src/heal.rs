@@ -241,6 +241,54 @@ async fn drop_removed(m: Memds, node: String, partition_id: u64) {
     }
 }
 
+/// Replicas a node reports that no table's metadata lists on it: left behind by a member removed
+/// while its node was down, a placement whose leader died before adding it, or a table deleted
+/// while the node was down. Each is dropped once it has been a stray for `grace` without a break
+/// (a replacement is created moments before its leader reports it as a member).
+#[derive(Default)]
+pub struct Strays {
+    since: parking_lot::Mutex<HashMap<(String, u64), std::time::Instant>>,
+}
+
+impl Strays {
+    /// Notes the node's report; returns the partitions to drop from it now.
+    pub fn check(&self, m: &Memds, node: &str, partition_ids: &[u64], grace: Duration) -> Vec<u64> {
+        let tables = m.tables.all();
+        let listed = |pid: u64| {
+            tables.iter().any(|t| {
+                t.partitions
+                    .iter()
+                    .any(|p| p.id == pid && p.replicas.iter().any(|r| r.node_id == node))
+            })
+        };
+        let mut since = self.since.lock();
+        since.retain(|(n, pid), _| n != node || partition_ids.contains(pid));
+        let now = std::time::Instant::now();
+        let mut drop = Vec::new();
+        for &pid in partition_ids {
+            if listed(pid) {
+                since.remove(&(node.to_string(), pid));
+                continue;
+            }
+            let first = *since.entry((node.to_string(), pid)).or_insert(now);
+            if now.duration_since(first) >= grace {
+                since.remove(&(node.to_string(), pid));
+                drop.push(pid);
+            }
+        }
+        drop
+    }
+}
+
+/// Drops stray replicas a node reported (see [`Strays`]).
+pub fn drop_strays(m: &Memds, node: &str, partition_ids: &[u64]) {
+    let grace = Duration::from_millis(m.config.stray_grace_ms);
+    for pid in m.strays.check(m, node, partition_ids, grace) {
+        tracing::info!(partition = pid, node, "dropping a replica no group lists");
+        tokio::spawn(drop_removed(m.clone(), node.to_string(), pid));
+    }
+}
+
 fn table_of(m: &Memds, partition_id: u64) -> Result<std::sync::Arc<TableInfo>, ApiError> {
     m.tables
         .all()

@@ -42,6 +42,8 @@ pub struct Config {
     pub node_timeout_ms: u64,
     /// How often unfinished table creations and deletions are driven forward.
     pub reconcile_ms: u64,
+    /// A replica a storage node reports but no table lists there is dropped after this long.
+    pub stray_grace_ms: u64,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             partitions_per_table: 2,
             node_timeout_ms: 5000,
             reconcile_ms: 1000,
+            stray_grace_ms: 30_000,
         }
     }
 }
@@ -65,6 +68,7 @@ pub(crate) struct Memds {
     pub tables: Tables,
     pub nodes: nodes::Nodes,
     pub lookups: Arc<AtomicU64>,
+    pub strays: Arc<heal::Strays>,
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -78,6 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tables,
         nodes: nodes::Nodes::new(Duration::from_millis(config.node_timeout_ms)),
         lookups: Arc::new(AtomicU64::new(0)),
+        strays: Arc::default(),
     };
     serve(&memds).await?;
     let ready = Arc::new(AtomicBool::new(true));
@@ -220,6 +225,7 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
     // Every instance hears every heartbeat (no queue group): each keeps the whole node view.
     let s = m.clone();
     bus.serve(subjects::NODE_HEARTBEAT, None, move |hb: NodeHeartbeat| {
+        heal::drop_strays(&s, &hb.node_id, &hb.partition_ids);
         s.nodes.heard(hb);
         async { Ok(tern_proto::Empty {}) }
     })

@@ -52,6 +52,15 @@ impl Node {
         &self.inner.writer
     }
 
+    pub fn partition_ids(&self) -> Vec<u64> {
+        self.inner
+            .partitions
+            .all()
+            .iter()
+            .filter_map(|p| p.partition.as_ref().map(|i| i.id))
+            .collect()
+    }
+
     pub fn replica_count(&self) -> usize {
         self.inner.partitions.len()
     }

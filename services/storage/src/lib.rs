@@ -132,6 +132,7 @@ async fn heartbeat(bus: Bus, config: Config, node: handlers::Node) {
             node_id: config.node_id.clone(),
             az: config.az.clone(),
             replicas: node.replica_count() as u32,
+            partition_ids: node.partition_ids(),
         };
         if let Err(e) = bus.publish(subjects::NODE_HEARTBEAT, &msg).await {
             tracing::debug!(error = %e, "publish heartbeat");
