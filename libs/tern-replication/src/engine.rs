@@ -21,6 +21,8 @@ pub struct Config {
     pub lease: u64,
     /// Most entries in one append message.
     pub max_batch: usize,
+    /// Ticks before a follower that still needs a snapshot is sent another.
+    pub snapshot_retry: u64,
     pub seed: u64,
 }
 
@@ -33,6 +35,7 @@ impl Config {
             heartbeat_interval: 2,
             lease: 8,
             max_batch: 64,
+            snapshot_retry: 20,
             seed,
         }
     }
@@ -44,6 +47,8 @@ struct Progress {
     matched: Index,
     /// `sent_at` of the newest acknowledged append.
     acked_at: Option<u64>,
+    /// Tick a snapshot was last requested for this follower.
+    snapshot_at: Option<u64>,
 }
 
 /// Cloneable and hashable, so a model checker can hold engines in its states.
@@ -51,9 +56,10 @@ struct Progress {
 pub struct Engine {
     cfg: Config,
     hs: HardState,
-    /// `log[i]` holds index `i + 1`.
+    /// Entries up to `snap.index` are compacted: the state machine holds them.
+    snap: SnapshotMeta,
+    /// `log[i]` holds index `snap.index + i + 1`.
     log: Vec<Entry>,
-    initial: Membership,
     membership: Membership,
     commit: Index,
     applied: Index,
@@ -76,7 +82,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `log` is the recovered (durable) log, `applied` what the state machine already holds.
+    /// `log` is the recovered (durable) log from index 1, `applied` what the state machine
+    /// already holds.
     pub fn new(
         cfg: Config,
         hs: HardState,
@@ -84,13 +91,34 @@ impl Engine {
         initial: Membership,
         applied: Index,
     ) -> Self {
-        let membership = latest_membership(&log, &initial);
-        let persisted = log.len() as Index;
+        let max_member_id = initial.members.keys().max().copied().unwrap_or(0);
+        let snap = SnapshotMeta {
+            index: 0,
+            term: 0,
+            membership: initial,
+            max_member_id,
+        };
+        Self::restore(cfg, hs, snap, log, applied)
+    }
+
+    /// Recovers from a snapshot and the durable log after it; `applied` (at least `snap.index`)
+    /// is what the state machine already holds.
+    pub fn restore(
+        cfg: Config,
+        hs: HardState,
+        snap: SnapshotMeta,
+        log: Vec<Entry>,
+        applied: Index,
+    ) -> Self {
+        let log: Vec<Entry> = log.into_iter().filter(|e| e.index > snap.index).collect();
+        let membership = latest_membership(&log, &snap.membership);
+        let persisted = snap.index + log.len() as Index;
+        let applied = applied.clamp(snap.index, persisted);
         let rng = cfg.seed ^ cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut e = Engine {
             hs,
+            snap,
             log,
-            initial,
             membership,
             commit: applied,
             applied,
@@ -132,11 +160,67 @@ impl Engine {
     pub fn commit_index(&self) -> Index {
         self.commit
     }
-    pub fn last_index(&self) -> Index {
-        self.log.len() as Index
+    /// The index up to which the log is known durable here.
+    pub fn persisted_index(&self) -> Index {
+        self.persisted
     }
+    pub fn last_index(&self) -> Index {
+        self.snap.index + self.log.len() as Index
+    }
+    /// The log this engine still holds: the entries after [`Self::snapshot`]'s index.
     pub fn log(&self) -> &[Entry] {
         &self.log
+    }
+    /// What the compacted part of the log stands for.
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snap
+    }
+    /// Entries in `(from, to]` still in the log (an empty slice where compacted or absent).
+    pub fn entries(&self, from: Index, to: Index) -> &[Entry] {
+        let lo = from.max(self.snap.index) - self.snap.index;
+        let hi = to.min(self.last_index()).max(self.snap.index) - self.snap.index;
+        &self.log[lo.min(hi) as usize..hi as usize]
+    }
+    /// The term of the entry at `index`, if this log knows it (`Some(0)` for index 0).
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        if index == self.snap.index {
+            return Some(self.snap.term);
+        }
+        if index < self.snap.index {
+            return None;
+        }
+        self.log
+            .get((index - self.snap.index) as usize - 1)
+            .map(|e| e.term)
+    }
+    /// The index up to which the state machine has been given committed entries.
+    pub fn applied_index(&self) -> Index {
+        self.applied
+    }
+    /// The snapshot metadata of the state at `index` (applied, so at or after the snapshot).
+    pub fn snapshot_at(&self, index: Index) -> Option<SnapshotMeta> {
+        let term = self.term_at(index)?;
+        let upto = self.entries(self.snap.index, index);
+        Some(SnapshotMeta {
+            index,
+            term,
+            membership: latest_membership(upto, &self.snap.membership),
+            max_member_id: max_member_id(upto, self.snap.max_member_id),
+        })
+    }
+
+    /// Drops the log up to `upto` (at most the applied and durable index), whose effects the
+    /// state machine holds. The runtime must have made that state durable first. Returns the
+    /// new snapshot metadata if anything was dropped.
+    pub fn compact(&mut self, upto: Index) -> Option<SnapshotMeta> {
+        let upto = upto.min(self.applied).min(self.persisted);
+        if upto <= self.snap.index {
+            return None;
+        }
+        let meta = self.snapshot_at(upto)?;
+        self.log.drain(..(upto - self.snap.index) as usize);
+        self.snap = meta.clone();
+        Some(meta)
     }
     /// Logical time: ticks seen since start.
     pub fn now(&self) -> u64 {
@@ -148,7 +232,7 @@ impl Engine {
 
     /// A membership change is in the log but not yet committed (no other may start).
     pub fn membership_change_pending(&self) -> bool {
-        self.log[self.commit as usize..]
+        self.entries(self.commit, self.last_index())
             .iter()
             .any(|e| matches!(e.payload, Payload::Membership(_)))
     }
@@ -164,21 +248,10 @@ impl Engine {
         self.role == Role::Leader && self.lease_valid()
     }
 
-    /// An id no member of this group has had, as far as this log knows: the largest one seen in
-    /// the initial membership and every membership entry, plus one.
+    /// An id no member of this group has had, as far as this log knows: the largest one in the
+    /// snapshot's history and every membership entry since, plus one.
     pub fn unused_member_id(&self) -> NodeId {
-        let in_log = self.log.iter().filter_map(|e| match &e.payload {
-            Payload::Membership(m) => m.members.keys().max().copied(),
-            _ => None,
-        });
-        self.initial
-            .members
-            .keys()
-            .copied()
-            .chain(in_log)
-            .max()
-            .unwrap_or(0)
-            + 1
+        max_member_id(&self.log, self.snap.max_member_id) + 1
     }
 
     /// Feeds one event; returns the commands to carry out, in order.
@@ -194,19 +267,13 @@ impl Engine {
                     self.start_pre_vote();
                 }
             }
+            Event::SnapshotInstalled { from, meta } => self.snapshot_installed(from, meta),
         }
         std::mem::take(&mut self.out)
     }
 
     fn last_term(&self) -> Term {
-        self.log.last().map_or(0, |e| e.term)
-    }
-
-    fn term_at(&self, index: Index) -> Option<Term> {
-        if index == 0 {
-            return Some(0);
-        }
-        self.log.get(index as usize - 1).map(|e| e.term)
+        self.log.last().map_or(self.snap.term, |e| e.term)
     }
 
     fn next_random(&mut self) -> u64 {
@@ -347,6 +414,7 @@ impl Engine {
                         next,
                         matched: 0,
                         acked_at: None,
+                        snapshot_at: None,
                     },
                 )
             })
@@ -520,20 +588,24 @@ impl Engine {
 
     fn first_index_of_term(&self, from: Index, term: Term) -> Index {
         let mut i = from;
-        while i > 1 && self.term_at(i - 1) == Some(term) {
+        while i > self.snap.index + 1 && self.term_at(i - 1) == Some(term) {
             i -= 1;
         }
-        i.max(1)
+        i.max(self.snap.index + 1)
     }
 
     fn append_from_leader(&mut self, entries: Vec<Entry>) {
         let mut new = Vec::new();
         for e in entries {
+            if e.index <= self.snap.index {
+                // Committed, and in the snapshot already.
+                continue;
+            }
             match self.term_at(e.index) {
                 Some(t) if t == e.term && new.is_empty() => continue,
                 Some(_) => {
                     assert!(e.index > self.commit, "a committed entry never conflicts");
-                    self.log.truncate(e.index as usize - 1);
+                    self.log.truncate((e.index - self.snap.index) as usize - 1);
                     self.persisted = self.persisted.min(e.index - 1);
                     new.push(e);
                 }
@@ -544,7 +616,7 @@ impl Engine {
             return;
         }
         self.log.extend(new.iter().cloned());
-        self.membership = latest_membership(&self.log, &self.initial);
+        self.membership = latest_membership(&self.log, &self.snap.membership);
         self.out.push(Command::AppendLog(new));
     }
 
@@ -578,10 +650,14 @@ impl Engine {
         let Some(p) = self.progress.get_mut(&from) else {
             return;
         };
-        p.acked_at = Some(p.acked_at.map_or(sent_at, |a| a.max(sent_at)));
+        // A snapshot's acknowledgement carries no send time (0): it says nothing about the lease.
+        if sent_at > 0 {
+            p.acked_at = Some(p.acked_at.map_or(sent_at, |a| a.max(sent_at)));
+        }
         if success {
             p.matched = p.matched.max(index);
             p.next = p.next.max(index + 1);
+            p.snapshot_at = None;
             let behind = p.next <= last;
             self.maybe_commit();
             if behind {
@@ -611,6 +687,7 @@ impl Engine {
                         next,
                         matched: 0,
                         acked_at: None,
+                        snapshot_at: None,
                     });
                 }
             }
@@ -633,13 +710,27 @@ impl Engine {
             return;
         };
         let prev_index = p.next - 1;
-        let prev_term = self.term_at(prev_index).expect("next is within the log");
-        let end = (prev_index as usize + self.cfg.max_batch).min(self.log.len());
-        let entries = self.log[prev_index as usize..end].to_vec();
+        let Some(prev_term) = self.term_at(prev_index) else {
+            // The entries it needs are compacted: it needs a snapshot.
+            let due = p
+                .snapshot_at
+                .is_none_or(|at| self.now >= at + self.cfg.snapshot_retry);
+            if due {
+                let now = self.now;
+                if let Some(p) = self.progress.get_mut(&to) {
+                    p.snapshot_at = Some(now);
+                }
+                let index = self.snap.index;
+                self.out.push(Command::SendSnapshot { to, index });
+            }
+            return;
+        };
+        let end = (prev_index + self.cfg.max_batch as Index).min(self.last_index());
+        let entries = self.entries(prev_index, end).to_vec();
         // Pipelining: the next append continues after these entries instead of resending them;
         // a lost message shows up as a rejection, which rewinds `next`.
         if let Some(p) = self.progress.get_mut(&to) {
-            p.next = end as Index + 1;
+            p.next = end + 1;
         }
         let msg = Message::Append {
             term: self.hs.term,
@@ -676,7 +767,7 @@ impl Engine {
 
     fn apply(&mut self) {
         if self.commit > self.applied {
-            let entries = self.log[self.applied as usize..self.commit as usize].to_vec();
+            let entries = self.entries(self.applied, self.commit).to_vec();
             self.applied = self.commit;
             self.out.push(Command::Apply(entries));
         }
@@ -765,6 +856,35 @@ impl Engine {
         self.apply();
     }
 
+    fn snapshot_installed(&mut self, from: NodeId, meta: SnapshotMeta) {
+        if meta.index > self.commit {
+            let index = meta.index;
+            if self.term_at(index) == Some(meta.term) {
+                self.log.drain(..(index - self.snap.index) as usize);
+            } else {
+                self.log.clear();
+            }
+            self.persisted = self
+                .persisted
+                .max(index)
+                .min(index + self.log.len() as Index);
+            self.membership = latest_membership(&self.log, &meta.membership);
+            self.snap = meta;
+            self.commit = index;
+            self.applied = index;
+            self.pending_ack = None;
+        }
+        if self.role == Role::Follower && self.leader == Some(from) {
+            let msg = Message::AppendResponse {
+                term: self.hs.term,
+                success: true,
+                index: self.commit.min(self.persisted),
+                sent_at: 0,
+            };
+            self.send(from, msg);
+        }
+    }
+
     fn persisted(&mut self, index: Index, term: Term) {
         if self.term_at(index) != Some(term) || index <= self.persisted {
             return;
@@ -776,6 +896,15 @@ impl Engine {
             self.ack_if_durable();
         }
     }
+}
+
+fn max_member_id(log: &[Entry], before: NodeId) -> NodeId {
+    log.iter()
+        .filter_map(|e| match &e.payload {
+            Payload::Membership(m) => m.members.keys().max().copied(),
+            _ => None,
+        })
+        .fold(before, NodeId::max)
 }
 
 fn latest_membership(log: &[Entry], initial: &Membership) -> Membership {

@@ -56,6 +56,18 @@ pub struct Entry {
     pub payload: Payload,
 }
 
+/// What a snapshot stands for: every entry up to `index` (whose term is `term`) is in the state
+/// machine, and the log before it may be gone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+    /// The membership as of `index`.
+    pub membership: Membership,
+    /// The largest member id the group has had up to `index`, so ids are never reused.
+    pub max_member_id: NodeId,
+}
+
 /// What must survive a crash besides the log: the current term and the vote cast in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct HardState {
@@ -135,6 +147,13 @@ pub enum Event {
     /// Stand for election now instead of waiting for the timeout (e.g. the designated first
     /// leader of a new group). Safe at any time: it is an election timeout firing early.
     Campaign,
+    /// The runtime installed (durably) a snapshot sent by `from`, the leader: the state machine
+    /// now reflects the log up to `meta.index`. Only committed state is ever snapshotted, so this
+    /// is safe whatever the term; a snapshot older than the commit index is ignored.
+    SnapshotInstalled {
+        from: NodeId,
+        meta: SnapshotMeta,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -176,6 +195,14 @@ pub enum Command {
         role: Role,
         term: Term,
         leader: Option<NodeId>,
+    },
+    /// Leader: `to` needs entries this log no longer holds; the runtime sends it a snapshot of
+    /// the state machine (at any applied index at or after `index`) and, once installed there,
+    /// the follower's engine hears `SnapshotInstalled`. Repeated at most every `snapshot_retry`
+    /// ticks while the follower stays behind.
+    SendSnapshot {
+        to: NodeId,
+        index: Index,
     },
 }
 

@@ -392,3 +392,141 @@ fn campaign_starts_an_election_at_once() {
         .iter()
         .all(|(_, m)| matches!(m, Message::Vote { pre: true, .. })));
 }
+
+fn entry(term: Term, index: Index, body: &[u8]) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: Payload::Command(body.to_vec()),
+    }
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_is_sent_a_snapshot() {
+    let mut e = elect_one();
+    e.step(Event::Persisted { index: 1, term: 1 });
+    for i in 0..3 {
+        e.step(Event::Propose {
+            id: i,
+            payload: Payload::Command(vec![i as u8]),
+        });
+    }
+    e.step(Event::Persisted { index: 4, term: 1 });
+    e.step(Event::Message {
+        from: 2,
+        msg: Message::AppendResponse {
+            term: 1,
+            success: true,
+            index: 4,
+            sent_at: 1,
+        },
+    });
+    assert_eq!(e.applied_index(), 4);
+    assert_eq!(
+        e.compact(10).map(|m| m.index),
+        Some(4),
+        "compacts only what it applied"
+    );
+    assert_eq!(e.snapshot().term, 1);
+    assert!(e.log().is_empty());
+    assert_eq!(e.last_index(), 4);
+    // Node 3 says it holds nothing: the entries it needs are gone, so it needs a snapshot, asked
+    // for once and not again before the retry interval.
+    let out = e.step(Event::Message {
+        from: 3,
+        msg: Message::AppendResponse {
+            term: 1,
+            success: false,
+            index: 1,
+            sent_at: 1,
+        },
+    });
+    assert!(
+        out.contains(&Command::SendSnapshot { to: 3, index: 4 }),
+        "{out:?}"
+    );
+    let out = e.step(Event::Tick);
+    assert!(!out
+        .iter()
+        .any(|c| matches!(c, Command::SendSnapshot { .. })));
+    // Installed there: 3 acknowledges the snapshot's index and gets appends again.
+    e.step(Event::Message {
+        from: 3,
+        msg: Message::AppendResponse {
+            term: 1,
+            success: true,
+            index: 4,
+            sent_at: 0,
+        },
+    });
+    let out = e.step(Event::Propose {
+        id: 9,
+        payload: Payload::Command(b"next".to_vec()),
+    });
+    let to3: Vec<_> = sends(&out).into_iter().filter(|(to, _)| *to == 3).collect();
+    assert!(
+        to3.iter().any(|(_, m)| matches!(
+            m,
+            Message::Append {
+                prev_index: 4,
+                prev_term: 1,
+                ..
+            }
+        )),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn an_installed_snapshot_replaces_a_conflicting_log_and_keeps_a_matching_one() {
+    let install = |log: Vec<Entry>| {
+        let mut e = engine(2, full3());
+        e.step(Event::Message {
+            from: 1,
+            msg: Message::Append {
+                term: 2,
+                prev_index: 0,
+                prev_term: 0,
+                entries: log,
+                commit: 0,
+                sent_at: 0,
+            },
+        });
+        let meta = SnapshotMeta {
+            index: 2,
+            term: 2,
+            membership: full3(),
+            max_member_id: 3,
+        };
+        let out = e.step(Event::SnapshotInstalled { from: 1, meta });
+        assert!(sends(&out).iter().any(|(to, m)| *to == 1
+            && matches!(
+                m,
+                Message::AppendResponse {
+                    success: true,
+                    index: 2,
+                    ..
+                }
+            )));
+        assert_eq!((e.commit_index(), e.applied_index()), (2, 2));
+        assert!(
+            !out.iter().any(|c| matches!(c, Command::Apply(_))),
+            "the snapshot holds what the entries did"
+        );
+        e
+    };
+    let e = install(vec![
+        entry(1, 1, b"a"),
+        entry(1, 2, b"b"),
+        entry(1, 3, b"c"),
+    ]);
+    assert_eq!(e.last_index(), 2, "entries after a conflicting index go");
+    assert_eq!(e.term_at(2), Some(2));
+    let e = install(vec![
+        entry(2, 1, b"a"),
+        entry(2, 2, b"b"),
+        entry(2, 3, b"c"),
+    ]);
+    assert_eq!(e.last_index(), 3, "entries continuing the snapshot stay");
+    assert_eq!(e.log(), &[entry(2, 3, b"c")]);
+}

@@ -5,7 +5,8 @@
 //! and reorders messages, with crashes that lose every disk write not yet reported durable. It
 //! checks election safety, log matching, leader completeness, state-machine safety, that no
 //! acknowledged write is lost, the linearizability of the client history, and that the group
-//! recovers once faults stop.
+//! recovers once faults stop. Replicas compact their logs at random, so replicas that fall behind
+//! catch up by snapshot (itself a disk write that a crash may lose).
 //!
 //! `TERN_SIM_SEEDS=N` runs N seeds (default 200); `TERN_SIM_SEED=S` replays one seed.
 
@@ -32,17 +33,40 @@ impl Rng {
     }
 }
 
+/// key → value.
+type StateMachine = BTreeMap<u8, u64>;
+
 #[derive(Default, Clone)]
 struct Disk {
     hs: HardState,
+    /// The durable snapshot and the state machine it stands for.
+    snap: Option<(SnapshotMeta, BTreeMap<u8, u64>)>,
+    /// Entries after the snapshot's index.
     log: Vec<Entry>,
+}
+
+impl Disk {
+    fn snap_index(&self) -> Index {
+        self.snap.as_ref().map_or(0, |(m, _)| m.index)
+    }
+}
+
+/// A disk write in flight; they complete in order.
+enum Write {
+    Append(Vec<Entry>),
+    /// A snapshot received from `from`, installed (durably) before the engine hears of it.
+    Install {
+        from: NodeId,
+        meta: SnapshotMeta,
+        sm: BTreeMap<u8, u64>,
+    },
 }
 
 struct Node {
     engine: Option<Engine>,
     disk: Disk,
-    /// Unsynced log writes, completing in order at the given tick.
-    writes: VecDeque<(u64, Vec<Entry>)>,
+    /// Unsynced disk writes, completing in order at the given tick.
+    writes: VecDeque<(u64, Write)>,
     /// key → value: the state machine.
     sm: BTreeMap<u8, u64>,
     incarnation: u64,
@@ -68,6 +92,11 @@ struct Sim {
     nodes: BTreeMap<NodeId, Node>,
     initial: Membership,
     network: Vec<(u64, NodeId, NodeId, Message)>,
+    /// Snapshots in flight: (due, from, to, metadata, state machine).
+    snapshots: Vec<(u64, NodeId, NodeId, SnapshotMeta, StateMachine)>,
+    /// Snapshots installed and log compactions done, for the report.
+    installs: usize,
+    compactions: usize,
     ops: BTreeMap<RequestId, Op>,
     next_op: RequestId,
     /// index → committed entry, as applied anywhere.
@@ -97,6 +126,9 @@ impl Sim {
             nodes: BTreeMap::new(),
             initial,
             network: Vec::new(),
+            snapshots: Vec::new(),
+            installs: 0,
+            compactions: 0,
             ops: BTreeMap::new(),
             next_op: 1,
             committed: BTreeMap::new(),
@@ -130,14 +162,23 @@ impl Sim {
         let node = self.nodes.get_mut(&id).unwrap();
         node.incarnation += 1;
         let cfg = Config::new(id, self.seed.wrapping_add(node.incarnation * 7919));
-        node.engine = Some(Engine::new(
+        let (snap, sm) = node.disk.snap.clone().unwrap_or_else(|| {
+            let meta = SnapshotMeta {
+                max_member_id: initial.members.keys().max().copied().unwrap_or(0),
+                membership: initial,
+                ..Default::default()
+            };
+            (meta, BTreeMap::new())
+        });
+        let applied = snap.index;
+        node.engine = Some(Engine::restore(
             cfg,
             node.disk.hs,
+            snap,
             node.disk.log.clone(),
-            initial,
-            0,
+            applied,
         ));
-        node.sm.clear();
+        node.sm = sm;
     }
 
     fn crash(&mut self, id: NodeId, until: u64) {
@@ -188,7 +229,28 @@ impl Sim {
                     .get_mut(&id)
                     .unwrap()
                     .writes
-                    .push_back((at, entries));
+                    .push_back((at, Write::Append(entries)));
+            }
+            Command::SendSnapshot { to, index } => {
+                let node = &self.nodes[&id];
+                let engine = node.engine.as_ref().unwrap();
+                let applied = engine.applied_index();
+                let Some(meta) = engine.snapshot_at(applied) else {
+                    self.fail(format!(
+                        "leader {id} cannot describe its applied state {applied}"
+                    ));
+                };
+                if applied < index {
+                    self.fail(format!(
+                        "leader {id} asked to send snapshot {index} but applied only {applied}"
+                    ));
+                }
+                let sm = node.sm.clone();
+                if self.faults && self.rng.chance(5) {
+                    return;
+                }
+                let delay = 1 + self.rng.below(if self.faults { 10 } else { 3 });
+                self.snapshots.push((self.now + delay, id, to, meta, sm));
             }
             Command::Apply(entries) => self.apply(id, entries),
             Command::Proposed { id: op, result } => {
@@ -251,8 +313,9 @@ impl Sim {
         if !engine.membership().can_lead(id) {
             self.fail(format!("node {id} leads but is not a full replica"));
         }
-        for (index, entry) in &self.committed {
-            if engine.log().get(*index as usize - 1) != Some(entry) {
+        let snap = engine.snapshot().index;
+        for (index, entry) in self.committed.range(snap + 1..) {
+            if engine.entries(index - 1, *index).first() != Some(entry) {
                 self.fail(format!(
                     "leader completeness: leader {id} of term {term} lacks committed entry {index}"
                 ));
@@ -279,6 +342,54 @@ impl Sim {
         for (_, from, to, msg) in due {
             self.step(to, Event::Message { from, msg });
         }
+        let mut due = Vec::new();
+        self.snapshots.retain(|s| {
+            if s.0 <= now {
+                due.push(s.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for (_, from, to, meta, sm) in due {
+            if let Some(c) = self.committed.get(&meta.index) {
+                if c.term != meta.term {
+                    self.fail(format!(
+                        "snapshot at {} has term {} but {c:?} was committed",
+                        meta.index, meta.term
+                    ));
+                }
+            }
+            let at = now + self.rng.below(if self.faults { 8 } else { 2 });
+            let node = self.nodes.get_mut(&to).unwrap();
+            if node.engine.is_some() {
+                node.writes
+                    .push_back((at, Write::Install { from, meta, sm }));
+            }
+        }
+    }
+
+    /// Now and then a node compacts its log up to what it has applied (and made durable).
+    fn compact(&mut self) {
+        for id in self.alive() {
+            if !self.rng.chance(2) {
+                continue;
+            }
+            let node = self.nodes.get_mut(&id).unwrap();
+            let engine = node.engine.as_mut().unwrap();
+            let applied = engine.applied_index();
+            if applied > engine.persisted_index() {
+                continue;
+            }
+            if let Some(meta) = engine.compact(applied) {
+                assert_eq!(meta.index, applied);
+                let disk = &mut node.disk;
+                let drop = (meta.index - disk.snap_index()) as usize;
+                disk.log.drain(..drop.min(disk.log.len()));
+                disk.snap = Some((meta, node.sm.clone()));
+                self.compactions += 1;
+            }
+        }
     }
 
     fn complete_writes(&mut self) {
@@ -288,19 +399,72 @@ impl Sim {
                 if *at > self.now {
                     break;
                 }
-                let (_, entries) = self.nodes.get_mut(&id).unwrap().writes.pop_front().unwrap();
-                let last = entries.last().unwrap().clone();
-                let disk = &mut self.nodes.get_mut(&id).unwrap().disk;
-                disk.log.truncate(entries[0].index as usize - 1);
-                disk.log.extend(entries);
-                self.step(
-                    id,
-                    Event::Persisted {
-                        index: last.index,
-                        term: last.term,
-                    },
-                );
+                let (_, write) = self.nodes.get_mut(&id).unwrap().writes.pop_front().unwrap();
+                match write {
+                    Write::Append(entries) => self.complete_append(id, entries),
+                    Write::Install { from, meta, sm } => self.complete_install(id, from, meta, sm),
+                }
             }
+        }
+    }
+
+    fn complete_append(&mut self, id: NodeId, entries: Vec<Entry>) {
+        let disk = &mut self.nodes.get_mut(&id).unwrap().disk;
+        let base = disk.snap_index();
+        let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > base).collect();
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let at = (first.index - base - 1) as usize;
+        if at > disk.log.len() {
+            // Appended before a snapshot replaced the log: nothing to continue.
+            return;
+        }
+        let last = entries.last().unwrap().clone();
+        disk.log.truncate(at);
+        disk.log.extend(entries);
+        self.step(
+            id,
+            Event::Persisted {
+                index: last.index,
+                term: last.term,
+            },
+        );
+    }
+
+    fn complete_install(
+        &mut self,
+        id: NodeId,
+        from: NodeId,
+        meta: SnapshotMeta,
+        sm: BTreeMap<u8, u64>,
+    ) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(engine) = node.engine.as_ref() else {
+            return;
+        };
+        if engine.commit_index() < meta.index {
+            // Install: the log after the snapshot survives only if it continues it.
+            let disk = &mut node.disk;
+            let base = disk.snap_index();
+            let keep = meta
+                .index
+                .checked_sub(base + 1)
+                .and_then(|i| disk.log.get(i as usize))
+                .is_some_and(|e| e.term == meta.term);
+            if keep {
+                disk.log.drain(..(meta.index - base) as usize);
+            } else {
+                disk.log.clear();
+            }
+            disk.snap = Some((meta.clone(), sm.clone()));
+            node.sm = sm;
+            self.installs += 1;
+        }
+        self.step(id, Event::SnapshotInstalled { from, meta });
+        let engine = self.nodes[&id].engine.as_ref().unwrap();
+        if engine.applied_index() < engine.snapshot().index {
+            self.fail(format!("node {id} applied less than its snapshot"));
         }
     }
 
@@ -384,6 +548,7 @@ impl Sim {
         }
         self.deliver();
         self.complete_writes();
+        self.compact();
         self.client();
     }
 
@@ -393,12 +558,16 @@ impl Sim {
         while self.now < deadline {
             if let Some(l) = self.leader() {
                 let e = self.nodes[&l].engine.as_ref().unwrap();
-                if e.membership() == &target
-                    && e.log()
-                        .iter()
-                        .rposition(|x| matches!(&x.payload, Payload::Membership(m) if m == &target))
-                        .is_some_and(|i| (i as Index) < e.commit_index())
-                {
+                let committed = e
+                    .entries(0, e.commit_index())
+                    .iter()
+                    .rev()
+                    .find_map(|x| match &x.payload {
+                        Payload::Membership(m) => Some(m),
+                        _ => None,
+                    })
+                    .unwrap_or(&e.snapshot().membership);
+                if e.membership() == &target && committed == &target {
                     return true;
                 }
                 if e.membership() != &target {
@@ -421,19 +590,22 @@ impl Sim {
     }
 
     fn check_log_matching(&self) {
-        let logs: Vec<(NodeId, &[Entry])> = self
+        let engines: Vec<(NodeId, &Engine)> = self
             .nodes
             .iter()
-            .filter_map(|(id, n)| n.engine.as_ref().map(|e| (*id, e.log())))
+            .filter_map(|(id, n)| n.engine.as_ref().map(|e| (*id, e)))
             .collect();
-        for (a, la) in &logs {
-            for (b, lb) in &logs {
-                let common = la.len().min(lb.len());
-                if let Some(i) = (0..common).rev().find(|i| la[*i].term == lb[*i].term) {
-                    if la[..=i] != lb[..=i] {
+        for (a, ea) in &engines {
+            for (b, eb) in &engines {
+                let from = ea.snapshot().index.max(eb.snapshot().index);
+                let to = ea.last_index().min(eb.last_index());
+                let agree = (from + 1..=to)
+                    .rev()
+                    .find(|i| ea.term_at(*i) == eb.term_at(*i));
+                if let Some(i) = agree {
+                    if ea.entries(from, i) != eb.entries(from, i) {
                         self.fail(format!(
-                            "log matching: nodes {a} and {b} agree at {} but differ before",
-                            i + 1
+                            "log matching: nodes {a} and {b} agree at {i} but differ before"
                         ));
                     }
                 }
@@ -549,8 +721,16 @@ impl Sim {
     }
 }
 
-/// (acknowledged client operations, committed entries, whether the log-replica swap completed)
-fn run(seed: u64) -> (usize, usize, bool) {
+struct Outcome {
+    acked: usize,
+    committed: usize,
+    /// Whether the log-replica swap completed.
+    swapped: bool,
+    installs: usize,
+    compactions: usize,
+}
+
+fn run(seed: u64) -> Outcome {
     let log_replica = seed % 2 == 1;
     let mut sim = Sim::new(seed, 3, log_replica);
     let mut swapped = false;
@@ -595,7 +775,13 @@ fn run(seed: u64) -> (usize, usize, bool) {
     sim.check_log_matching();
     sim.check_history();
     let acked = sim.ops.values().filter(|o| o.complete.is_some()).count();
-    (acked, sim.committed.len(), swapped)
+    Outcome {
+        acked,
+        committed: sim.committed.len(),
+        swapped,
+        installs: sim.installs,
+        compactions: sim.compactions,
+    }
 }
 
 #[test]
@@ -604,17 +790,24 @@ fn randomized_groups_stay_safe() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let (mut acked, mut committed, mut swaps) = (0, 0, 0);
+    let (mut acked, mut committed, mut swaps, mut installs, mut compactions) = (0, 0, 0, 0, 0);
     for seed in 0..seeds {
-        let (a, c, s) = run(seed);
-        acked += a;
-        committed += c;
-        swaps += usize::from(s);
+        let o = run(seed);
+        acked += o.acked;
+        committed += o.committed;
+        swaps += usize::from(o.swapped);
+        installs += o.installs;
+        compactions += o.compactions;
     }
     println!(
         "{seeds} seeds: {acked} client operations acknowledged, {committed} entries committed, \
-         {swaps} of {} log-replica swaps completed",
+         {swaps} of {} log-replica swaps completed, {compactions} log compactions, \
+         {installs} snapshots installed",
         seeds / 2
+    );
+    assert!(
+        installs >= seeds as usize,
+        "lagging replicas should often catch up by snapshot: {installs} installs"
     );
     assert!(
         acked > seeds as usize * 50,
@@ -632,6 +825,6 @@ fn replay_seed() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4242);
-    let (acked, _, _) = run(seed);
-    assert!(acked > 0, "seed {seed} made no progress");
+    let o = run(seed);
+    assert!(o.acked > 0, "seed {seed} made no progress");
 }

@@ -369,12 +369,7 @@ impl Replication {
         g.has_items = true;
         g.applied = applied;
         let commit = g.engine.commit_index();
-        let catch_up = g
-            .engine
-            .log()
-            .get(applied as usize..commit as usize)
-            .map(<[_]>::to_vec)
-            .unwrap_or_default();
+        let catch_up = g.engine.entries(applied, commit).to_vec();
         let replayed = catch_up.len();
         self.apply(&mut g, catch_up);
         tracing::info!(

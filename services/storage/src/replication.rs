@@ -444,6 +444,8 @@ impl Replication {
                     }
                 }
                 Command::Proposed { .. } => {}
+                // The runtime does not compact logs yet, so no follower needs a snapshot.
+                Command::SendSnapshot { .. } => {}
                 Command::ReadReady { id } => {
                     if let Some(r) = g.reads.remove(&id) {
                         let _ = r.send(Ok(()));
