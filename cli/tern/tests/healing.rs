@@ -1,6 +1,9 @@
 //! A replica that stays down is replaced: its group's leader adds a log replica on a healthy node
 //! of the same zone, rebuilds it into a full replica from a snapshot, and the metadata follows.
 //! Writes go on throughout, and the rebuilt replica alone serves every acknowledged item.
+//!
+//! A replica that comes back after its group compacted the log it missed catches up by snapshot,
+//! and recovers from its own compacted log after a restart.
 
 mod common;
 
@@ -16,6 +19,9 @@ use tern_proto::subjects;
 use tokio::sync::watch;
 
 const TABLE: &str = "healing";
+
+/// The tests here each run a cluster and measure seconds: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn partition(cluster: &Cluster) -> PartitionInfo {
     let reply: TableReply = cluster
@@ -74,6 +80,7 @@ async fn writer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_replica_is_replaced_in_its_zone() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut spec = ClusterSpec::new(dir.path(), bin_dir());
     // storage-a and storage-d share az-a: d is where a's replacement must go.
@@ -250,12 +257,114 @@ async fn a_lost_replica_is_replaced_in_its_zone() {
     }
 }
 
-/// The value of the first sample of `name` in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path(), bin_dir());
+    spec.env = [
+        ("TERN_MEMDS_PARTITIONS_PER_TABLE", "1"),
+        ("TERN_STORAGE_COMPACT_AFTER", "200"),
+        // Not replaced while it is down: it has to catch up.
+        ("TERN_STORAGE_REPLACE_AFTER_MS", "600000"),
+        ("TERN_ROUTER_AZ", "az-a"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut cluster = Cluster::start(spec).await.expect("start cluster");
+    let c = client(&cluster.endpoint());
+    create_table(&c, TABLE, None).await;
+    let p = partition(&cluster).await;
+    let behind = p
+        .replicas
+        .iter()
+        .find(|r| r.az == "az-a")
+        .expect("a replica in az-a")
+        .node_id
+        .clone();
+    let others: Vec<String> = p
+        .replicas
+        .iter()
+        .map(|r| r.node_id.clone())
+        .filter(|n| *n != behind)
+        .collect();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    // Writers `round*4..round*4+4`, so every round writes new keys.
+    let run_writers = |secs: u64, round: usize| {
+        let (c, acked) = (c.clone(), acked.clone());
+        async move {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let writers: Vec<_> = (round * 4..round * 4 + 4)
+                .map(|w| tokio::spawn(writer(c.clone(), w, acked.clone(), stop_rx.clone())))
+                .collect();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            stop_tx.send(true).unwrap();
+            let mut failed = 0;
+            for w in writers {
+                failed += w.await.unwrap();
+            }
+            failed
+        }
+    };
+
+    cluster.kill(&behind).unwrap();
+    let failed = run_writers(3, 0).await;
+    let missed = acked.lock().unwrap().len();
+    assert!(missed > 600, "too few writes to outgrow the log: {missed}");
+    let compactions = metric_sum(&cluster, &others, "tern_storage_log_compactions_total").await;
+    assert!(
+        compactions >= 2.0,
+        "the two live replicas compacted: {compactions}"
+    );
+
+    let back_at = Instant::now();
+    cluster.restart(&behind).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_sum(
+        &cluster,
+        &[&behind],
+        "tern_storage_snapshots_installed_total",
+    )
+    .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{behind} did not install a snapshot within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caught_up = back_at.elapsed();
+    let sent = metric_sum(&cluster, &others, "tern_storage_snapshots_sent_total").await;
+    assert!(sent >= 1.0, "the leader sent no snapshot");
+    // Writes go on after the snapshot; then the replica restarts from its compacted log.
+    let failed = failed + run_writers(2, 1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cluster.kill(&behind).unwrap();
+    cluster.restart(&behind).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    println!(
+        "catch-up: {missed} puts while {behind} was down, {compactions} compactions; snapshot \
+         installed {caught_up:?} after its restart; {} puts acknowledged in all, {failed} failed calls",
+        acked.len()
+    );
+
+    // The replica alone (no quorum): eventually consistent reads in its zone go to it.
+    for n in &others {
+        cluster.kill(n).unwrap();
+    }
+    let missing = missing_writes_read(&c, TABLE, &acked, false).await;
+    assert!(
+        missing.is_empty(),
+        "the caught-up replica lacks acknowledged items: {} of {}, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 fn futures_block(cluster: &Cluster) -> PartitionInfo {

@@ -11,7 +11,8 @@ use aws_sdk_dynamodb::types::AttributeValue as V;
 use common::*;
 use tokio::sync::watch;
 
-const REPLICATED: &[(&str, &str)] = &[];
+/// Small logs, so replicas compact often and a restarted one catches up by snapshot.
+const REPLICATED: &[(&str, &str)] = &[("TERN_STORAGE_COMPACT_AFTER", "300")];
 
 /// Seconds of kill -9 cycles: `TERN_POWER_OFF_SECS` (CI runs the short default; soak with 60+).
 fn power_off_secs() -> u64 {
@@ -164,6 +165,15 @@ async fn replicated_writes_survive_power_off() {
     }
 
     let t = std::mem::take(&mut *tally.lock().unwrap());
+    // Counted since each node's last restart: a lower bound.
+    let compactions = metric_sum(&tc.cluster, &nodes, "tern_storage_log_compactions_total").await;
+    let installs = metric_sum(
+        &tc.cluster,
+        &nodes,
+        "tern_storage_snapshots_installed_total",
+    )
+    .await;
+    println!("power-off: at least {compactions} log compactions, {installs} snapshots installed");
     let final_count = counter(&c).await.expect("read the counter");
     println!(
         "power-off: {kills} kills, {} puts and {} increments acknowledged ({} tried), {} failed calls, \

@@ -98,3 +98,20 @@ pub struct RaftHardState {
     #[prost(uint64, tag = "2")]
     pub voted_for: u64,
 }
+
+/// What a replica's compacted log stands for: its items hold every entry up to `index`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RaftSnapshotMeta {
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    #[prost(uint64, tag = "2")]
+    pub term: u64,
+    /// The membership as of `index`: member ids, and which of them are log replicas.
+    #[prost(uint64, repeated, tag = "3")]
+    pub members: Vec<u64>,
+    #[prost(uint64, repeated, tag = "4")]
+    pub log_members: Vec<u64>,
+    /// The largest member id the group has had up to `index`.
+    #[prost(uint64, tag = "5")]
+    pub max_member_id: u64,
+}

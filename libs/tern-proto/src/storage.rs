@@ -71,14 +71,24 @@ pub struct DropPartitionRequest {
     pub partition_id: u64,
 }
 
-/// Asks a log replica to rebuild its items from a snapshot served by `source_node` (the leader),
-/// then catch up from its own log; answered once the items are durable.
+/// Asks a replica to rebuild its items from a snapshot served by `source_node`, then catch up
+/// from its own log; answered once the items are durable. A log replica being promoted is asked
+/// by its leader; with `install`, a replica behind the leader's compacted log is (it installs even
+/// if it has items, unless it already holds everything up to `index`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RebuildRequest {
     #[prost(uint64, tag = "1")]
     pub partition_id: u64,
     #[prost(string, tag = "2")]
     pub source_node: String,
+    #[prost(bool, tag = "3")]
+    pub install: bool,
+    /// The leader's compacted index: a replica that applied this much needs no snapshot.
+    #[prost(uint64, tag = "4")]
+    pub index: u64,
+    /// The member id of the leader that asked.
+    #[prost(uint64, tag = "5")]
+    pub leader_member: u64,
 }
 
 /// One chunk of a partition snapshot. The first request has `session` 0 and opens a consistent
@@ -107,4 +117,7 @@ pub struct SnapshotChunk {
     pub values: Vec<Vec<u8>>,
     #[prost(bool, tag = "5")]
     pub done: bool,
+    /// The log position and membership the items stand for (index = `applied`).
+    #[prost(message, optional, tag = "6")]
+    pub meta: Option<crate::raft::RaftSnapshotMeta>,
 }

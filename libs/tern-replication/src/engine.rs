@@ -160,6 +160,9 @@ impl Engine {
     pub fn commit_index(&self) -> Index {
         self.commit
     }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
     /// The index up to which the log is known durable here.
     pub fn persisted_index(&self) -> Index {
         self.persisted

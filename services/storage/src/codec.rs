@@ -1,22 +1,58 @@
 //! Engine messages and log entries to and from their wire form.
 
-use tern_proto::raft::{EntryKind, RaftEntry, RaftKind, RaftMessage};
-use tern_replication::{Entry, MemberKind, Membership, Message, Payload};
+use tern_proto::raft::{EntryKind, RaftEntry, RaftKind, RaftMessage, RaftSnapshotMeta};
+use tern_replication::{Entry, MemberKind, Membership, Message, Payload, SnapshotMeta};
+
+fn membership_to_wire(m: &Membership) -> (Vec<u64>, Vec<u64>) {
+    (
+        m.members.keys().copied().collect(),
+        m.members
+            .iter()
+            .filter(|(_, k)| **k == MemberKind::Log)
+            .map(|(id, _)| *id)
+            .collect(),
+    )
+}
+
+fn membership_from_wire(members: &[u64], log_members: &[u64]) -> Membership {
+    Membership::new(members.iter().map(|id| {
+        let kind = if log_members.contains(id) {
+            MemberKind::Log
+        } else {
+            MemberKind::Full
+        };
+        (*id, kind)
+    }))
+}
+
+pub fn snapshot_to_wire(m: &SnapshotMeta) -> RaftSnapshotMeta {
+    let (members, log_members) = membership_to_wire(&m.membership);
+    RaftSnapshotMeta {
+        index: m.index,
+        term: m.term,
+        members,
+        log_members,
+        max_member_id: m.max_member_id,
+    }
+}
+
+pub fn snapshot_from_wire(m: &RaftSnapshotMeta) -> SnapshotMeta {
+    SnapshotMeta {
+        index: m.index,
+        term: m.term,
+        membership: membership_from_wire(&m.members, &m.log_members),
+        max_member_id: m.max_member_id,
+    }
+}
 
 pub fn entry_to_wire(e: &Entry) -> RaftEntry {
     let (kind, data, members, log_members) = match &e.payload {
         Payload::Noop => (EntryKind::Noop, Vec::new(), Vec::new(), Vec::new()),
         Payload::Command(d) => (EntryKind::Command, d.clone(), Vec::new(), Vec::new()),
-        Payload::Membership(m) => (
-            EntryKind::Membership,
-            Vec::new(),
-            m.members.keys().copied().collect(),
-            m.members
-                .iter()
-                .filter(|(_, k)| **k == MemberKind::Log)
-                .map(|(id, _)| *id)
-                .collect(),
-        ),
+        Payload::Membership(m) => {
+            let (members, log_members) = membership_to_wire(m);
+            (EntryKind::Membership, Vec::new(), members, log_members)
+        }
     };
     RaftEntry {
         term: e.term,
@@ -32,14 +68,9 @@ pub fn entry_from_wire(e: RaftEntry) -> Entry {
     let payload = match EntryKind::try_from(e.kind).unwrap_or(EntryKind::Noop) {
         EntryKind::Noop => Payload::Noop,
         EntryKind::Command => Payload::Command(e.data),
-        EntryKind::Membership => Payload::Membership(Membership::new(e.members.iter().map(|id| {
-            let kind = if e.log_members.contains(id) {
-                MemberKind::Log
-            } else {
-                MemberKind::Full
-            };
-            (*id, kind)
-        }))),
+        EntryKind::Membership => {
+            Payload::Membership(membership_from_wire(&e.members, &e.log_members))
+        }
     };
     Entry {
         term: e.term,

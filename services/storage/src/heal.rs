@@ -36,8 +36,12 @@ use tern_proto::{subjects, Empty};
 use tern_replication::{Event, MemberKind, Membership, NodeId, Payload, Role};
 
 use crate::apply::fatal;
-use crate::replication::{applied_key, rebuilt_key, Group, Outbox, Replication, TICK};
-use crate::store::item_key;
+use crate::codec;
+use crate::replication::{
+    applied_key, installing_key, rebuilt_key, snapshot_key, Group, Outbox, Replication, TICK,
+};
+use crate::store::{item_key, log_key};
+use prost::Message as _;
 
 /// How often each leader looks at its group's health.
 const ROUND: Duration = Duration::from_millis(250);
@@ -47,7 +51,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 const CHUNK_BYTES: usize = 256 * 1024;
 /// A snapshot session nobody asked for in this long is closed.
 const SESSION_IDLE: Duration = Duration::from_secs(60);
-const REBUILD_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const REBUILD_TIMEOUT: Duration = Duration::from_secs(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The leader's view of its group's repair; reset when leadership changes.
@@ -79,7 +83,8 @@ enum Task {
 }
 
 /// Open snapshot sessions served by this node: a consistent view of the database each.
-pub type SnapshotSessions = Mutex<HashMap<u64, (fjall::Snapshot, u64, Instant)>>;
+pub type SnapshotSessions =
+    Mutex<HashMap<u64, (fjall::Snapshot, tern_replication::SnapshotMeta, Instant)>>;
 
 impl Replication {
     pub(crate) async fn heal_forever(self) {
@@ -101,6 +106,8 @@ impl Replication {
                 if let Some(t) = task {
                     tokio::spawn(self.clone().run_task(group.clone(), t));
                 }
+                self.compact(&group);
+                self.rebuild_if_itemless(&group);
             }
             self.update_gauges();
         }
@@ -269,6 +276,7 @@ impl Replication {
                 let req = RebuildRequest {
                     partition_id: pid,
                     source_node: me,
+                    ..Default::default()
                 };
                 let r = self
                     .inner()
@@ -316,21 +324,102 @@ impl Replication {
         }
     }
 
-    /// Rebuilds this (log) replica's items from a snapshot on `source`, then applies its own
-    /// committed log after the snapshot's index. Idempotent; a crash half-way starts over.
+    /// A full member without items (an install cut short by a crash, or one that failed) asks
+    /// for them itself, from the leader (or, if it leads, from another member), every few seconds.
+    fn rebuild_if_itemless(&self, group: &Arc<Mutex<Group>>) {
+        let (pid, source) = {
+            let mut g = group.lock();
+            let e = &g.engine;
+            let me = e.id();
+            if g.has_items
+                || g.installing
+                || e.now() < g.install_not_before
+                || e.membership().members.get(&me) != Some(&MemberKind::Full)
+            {
+                return;
+            }
+            let source = e
+                .leader()
+                .filter(|l| *l != me)
+                .or_else(|| e.membership().members.keys().copied().find(|m| *m != me))
+                .and_then(|m| g.node_of(m))
+                .map(str::to_string);
+            g.install_not_before = e.now() + (RETRY_AFTER.as_millis() / TICK.as_millis()) as u64;
+            let Some(source) = source else { return };
+            (g.pid, source)
+        };
+        let r = self.clone();
+        tokio::spawn(async move {
+            let req = RebuildRequest {
+                partition_id: pid,
+                source_node: source,
+                ..Default::default()
+            };
+            if let Err(e) = r.rebuild(req).await {
+                tracing::warn!(partition = pid, error = %e, "rebuilding a full replica's items failed");
+            }
+        });
+    }
+
+    /// Installs this replica's items from a consistent snapshot on `source_node`, then applies its
+    /// own committed log after the snapshot's index: a log replica being promoted, a full replica
+    /// whose items are incomplete, or (with `install`) a follower behind its leader's compacted
+    /// log. While it runs the replica has no items (serves no reads, applies no writes); a durable
+    /// marker says so across a crash, after which the replica starts over.
     pub async fn rebuild(&self, req: RebuildRequest) -> Result<Empty, BusError> {
         let pid = req.partition_id;
         let group = self
             .group(pid)
             .ok_or_else(|| BusError::Redirect(String::new()))?;
-        if group.lock().has_items {
-            return Ok(Empty {});
+        let store = self.inner().store.clone();
+        {
+            let mut g = group.lock();
+            let wanted = if req.install {
+                g.engine.applied_index() < req.index && g.engine.role() != Role::Leader
+            } else {
+                !g.has_items
+            };
+            if !wanted {
+                return Ok(Empty {});
+            }
+            if g.installing {
+                // A leader waiting to promote must not take another's install for its own.
+                return Err(BusError::Api(ApiError::new(
+                    ErrorCode::InternalServerError,
+                    "an install is under way",
+                )));
+            }
+            g.installing = true;
+            g.has_items = false;
+            if let Err(e) = store
+                .raft_state()
+                .insert(installing_key(pid), Vec::<u8>::new())
+                .and_then(|_| store.sync())
+            {
+                fatal("mark install", e);
+            }
         }
+        let r = self.fetch_and_install(&group, &req).await;
+        let mut g = group.lock();
+        g.installing = false;
+        if r.is_err() {
+            g.install_not_before =
+                g.engine.now() + (RETRY_AFTER.as_millis() / TICK.as_millis()) as u64;
+        }
+        r
+    }
+
+    async fn fetch_and_install(
+        &self,
+        group: &Arc<Mutex<Group>>,
+        req: &RebuildRequest,
+    ) -> Result<Empty, BusError> {
+        let pid = req.partition_id;
         let store = self.inner().store.clone();
         store.drop_items(pid).map_err(internal)?;
         let bus = self.inner().bus.with_timeout(CALL_TIMEOUT);
         let (mut session, mut after, mut items) = (0, Vec::new(), 0usize);
-        let applied = loop {
+        let (applied, meta) = loop {
             let chunk: SnapshotChunk = bus
                 .call(
                     &subjects::storage_snapshot(&req.source_node),
@@ -352,32 +441,88 @@ impl Replication {
                 after = k.clone();
             }
             if chunk.done {
-                break chunk.applied;
+                let meta = chunk
+                    .meta
+                    .as_ref()
+                    .map(codec::snapshot_from_wire)
+                    .ok_or_else(|| internal("snapshot without its log position"))?;
+                break (chunk.applied, meta);
             }
         };
-        let mut g = group.lock();
-        let mut batch = store.batch();
-        batch.insert(
-            store.raft_state(),
-            applied_key(pid),
-            applied.to_be_bytes().to_vec(),
-        );
-        batch.insert(store.raft_state(), rebuilt_key(pid), Vec::<u8>::new());
-        if let Err(e) = batch.commit().and_then(|_| store.sync()) {
-            fatal("install snapshot", e);
+        if meta.index != applied {
+            return Err(internal("snapshot's items and log position disagree"));
         }
-        g.has_items = true;
-        g.applied = applied;
-        let commit = g.engine.commit_index();
-        let catch_up = g.engine.entries(applied, commit).to_vec();
-        let replayed = catch_up.len();
-        self.apply(&mut g, catch_up);
+        let mut out = Outbox::new();
+        let replayed = {
+            let mut g = group.lock();
+            let e = &g.engine;
+            // The engine takes the snapshot if it is past its commit index; otherwise the items
+            // catch up from its own log, which must still hold the entries after the snapshot.
+            let installs = meta.index > e.commit_index();
+            let conflicts = installs && e.term_at(meta.index) != Some(meta.term);
+            if !installs && e.snapshot().index > applied {
+                return Err(internal("own log compacted past the snapshot"));
+            }
+            let snap = if installs { &meta } else { e.snapshot() };
+            let mut batch = store.batch();
+            batch.insert(
+                store.raft_state(),
+                applied_key(pid),
+                applied.to_be_bytes().to_vec(),
+            );
+            batch.insert(store.raft_state(), rebuilt_key(pid), Vec::<u8>::new());
+            batch.remove(store.raft_state(), installing_key(pid));
+            batch.insert(
+                store.raft_state(),
+                snapshot_key(pid),
+                codec::snapshot_to_wire(snap).encode_to_vec(),
+            );
+            let stale = if conflicts {
+                log_key(pid, 0)..=log_key(pid, u64::MAX)
+            } else {
+                log_key(pid, 0)..=log_key(pid, snap.index)
+            };
+            for kv in store.raft_log().range(stale) {
+                batch.remove(store.raft_log(), kv.key().map_err(internal)?);
+            }
+            if let Err(e) = batch.commit().and_then(|_| store.sync()) {
+                fatal("install snapshot", e);
+            }
+            if conflicts {
+                // Appends of the replaced log still queued must not land after the removal.
+                self.inner().writer_truncate(pid, meta.index + 1);
+            }
+            let from = req.leader_member;
+            let cmds = g.engine.step(Event::SnapshotInstalled {
+                from,
+                meta: meta.clone(),
+            });
+            g.has_items = true;
+            g.applied = applied;
+            self.execute(&mut g, cmds, &mut out);
+            let upto = g.engine.applied_index();
+            let catch_up = g.engine.entries(applied, upto).to_vec();
+            if catch_up.len() as u64 != upto - applied {
+                fatal(
+                    "replay after snapshot",
+                    "entries after the snapshot are missing",
+                );
+            }
+            let replayed = catch_up.len();
+            self.apply(&mut g, catch_up);
+            replayed
+        };
+        self.flush(out);
+        self.inner()
+            .metrics
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             partition = pid,
             items,
             snapshot_index = applied,
             replayed,
-            "replica rebuilt from snapshot"
+            "replica items installed from a snapshot"
         );
         Ok(Empty {})
     }
@@ -389,7 +534,13 @@ impl Replication {
         let mut sessions = self.inner().snapshots.lock();
         sessions.retain(|_, (_, _, used)| used.elapsed() < SESSION_IDLE);
         let session = if req.session == 0 {
-            if !self.has_items(pid) {
+            let group = self
+                .group(pid)
+                .ok_or_else(|| BusError::Redirect(String::new()))?;
+            // Items are applied under the group's lock: holding it, the database snapshot and
+            // the engine agree on the applied index and so on its log position.
+            let g = group.lock();
+            if !g.has_items {
                 return Err(BusError::Redirect(String::new()));
             }
             let snap = store.snapshot();
@@ -398,13 +549,18 @@ impl Replication {
                 .map_err(internal)?
                 .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
                 .unwrap_or(0);
+            let meta = g
+                .engine
+                .snapshot_at(applied)
+                .ok_or_else(|| internal("applied index outside the log"))?;
+            drop(g);
             let id = rand_id();
-            sessions.insert(id, (snap, applied, Instant::now()));
+            sessions.insert(id, (snap, meta, Instant::now()));
             id
         } else {
             req.session
         };
-        let Some((snap, applied, used)) = sessions.get_mut(&session) else {
+        let Some((snap, meta, used)) = sessions.get_mut(&session) else {
             return Err(BusError::Api(ApiError::new(
                 ErrorCode::InternalServerError,
                 "snapshot session expired",
@@ -419,7 +575,8 @@ impl Replication {
         };
         let mut chunk = SnapshotChunk {
             session,
-            applied: *applied,
+            applied: meta.index,
+            meta: Some(codec::snapshot_to_wire(meta)),
             ..Default::default()
         };
         let mut bytes = 0;

@@ -46,6 +46,10 @@ pub struct Config {
     /// A replica that acknowledges nothing for this long is replaced by its group's leader (a log
     /// replica on a healthy node at once, rebuilt into a full replica after).
     pub replace_after_ms: u64,
+    /// A replica's log is compacted once it holds this many applied entries (half of them are
+    /// kept, for followers a little behind); a follower behind the compacted log catches up by
+    /// snapshot.
+    pub compact_after: u64,
     /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9101`); empty: none.
     pub metrics_listen: String,
 }
@@ -62,6 +66,7 @@ impl Default for Config {
             heartbeat_ms: 1000,
             replication: true,
             replace_after_ms: 10_000,
+            compact_after: 20_000,
             metrics_listen: String::new(),
         }
     }
@@ -80,6 +85,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             writer.clone(),
             bus.clone(),
             Duration::from_millis(config.replace_after_ms),
+            config.compact_after.max(2),
         );
         for p in partitions.all() {
             r.open_group(&p).context("recover replica")?;

@@ -20,6 +20,12 @@ pub struct ReplicationMetrics {
     pub log_replicas: AtomicU64,
     /// Per member of the groups this node leads: (partition, member, node, entries behind).
     pub lag: Mutex<Vec<(u64, u64, String, u64)>>,
+    /// Log compactions done by this node's replicas.
+    pub compactions: AtomicU64,
+    /// Snapshots this node's leaders asked a lagging follower to install.
+    pub snapshots_sent: AtomicU64,
+    /// Snapshots of items installed on this node (rebuilds and catch-ups).
+    pub snapshots_installed: AtomicU64,
     commit: Histogram,
 }
 
@@ -52,6 +58,9 @@ impl ReplicationMetrics {
         for (pid, member, peer, lag) in self.lag.lock().iter() {
             let _ = writeln!(out, "tern_storage_replication_lag_entries{{{l},partition=\"{pid}\",member=\"{member}\",peer=\"{peer}\"}} {lag}");
         }
+        let _ = writeln!(out, "# HELP tern_storage_log_compactions_total Times a replica on this node dropped the log its items hold.\n# TYPE tern_storage_log_compactions_total counter\ntern_storage_log_compactions_total{{{l}}} {}", get(&self.compactions));
+        let _ = writeln!(out, "# HELP tern_storage_snapshots_sent_total Times a leader on this node asked a follower behind its compacted log to install a snapshot.\n# TYPE tern_storage_snapshots_sent_total counter\ntern_storage_snapshots_sent_total{{{l}}} {}", get(&self.snapshots_sent));
+        let _ = writeln!(out, "# HELP tern_storage_snapshots_installed_total Snapshots of a partition's items installed on this node.\n# TYPE tern_storage_snapshots_installed_total counter\ntern_storage_snapshots_installed_total{{{l}}} {}", get(&self.snapshots_installed));
         let h = &self.commit;
         let _ = writeln!(out, "# HELP tern_storage_commit_seconds Time from proposing a write to its commit and apply on the leader.\n# TYPE tern_storage_commit_seconds histogram");
         let mut cumulative = 0;

@@ -17,12 +17,14 @@ use prost::Message as _;
 use tern_bus::{Bus, BusError};
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::Replica;
-use tern_proto::raft::{RaftBatch, RaftEntry, RaftEnvelope, RaftHardState, ReplicatedWrite};
-use tern_proto::storage::{CreatePartitionRequest, WriteRequest, WriteResponse};
+use tern_proto::raft::{
+    RaftBatch, RaftEntry, RaftEnvelope, RaftHardState, RaftSnapshotMeta, ReplicatedWrite,
+};
+use tern_proto::storage::{CreatePartitionRequest, RebuildRequest, WriteRequest, WriteResponse};
 use tern_proto::subjects;
 use tern_replication::{
     Command, Config as EngineConfig, Engine, Event, HardState, Index, MemberKind, Membership,
-    NodeId, Payload, ProposeError, Role,
+    NodeId, Payload, ProposeError, Role, SnapshotMeta,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -59,6 +61,10 @@ pub(crate) struct Group {
     /// Engine tick at which this replica last became leader.
     pub leader_since: u64,
     pub heal: crate::heal::HealState,
+    /// Items are being installed from a snapshot (no compaction, no second install meanwhile).
+    pub installing: bool,
+    /// No install of our own accord before this engine tick.
+    pub install_not_before: u64,
 }
 
 /// Messages to send, per destination node.
@@ -67,6 +73,18 @@ pub(crate) type Outbox = HashMap<String, Vec<RaftEnvelope>>;
 #[derive(Clone)]
 pub struct Replication {
     inner: Arc<Inner>,
+}
+
+impl Inner {
+    /// Removes a group's log from `from` on, after every log write queued before.
+    pub(crate) fn writer_truncate(&self, pid: u64, from: Index) {
+        self.writer.append_log(LogOp {
+            partition_id: pid,
+            from,
+            entries: Vec::new(),
+            done: Box::new(|| {}),
+        });
+    }
 }
 
 pub(crate) struct Inner {
@@ -79,6 +97,8 @@ pub(crate) struct Inner {
     persisted: mpsc::UnboundedSender<(u64, Index, u64)>,
     /// A member unacknowledged this long is replaced.
     pub replace_after: Duration,
+    /// Applied entries a log holds before it is compacted.
+    pub compact_after: u64,
     pub snapshots: crate::heal::SnapshotSessions,
     pub metrics: crate::metrics::ReplicationMetrics,
 }
@@ -90,6 +110,7 @@ impl Replication {
         writer: Writer,
         bus: Bus,
         replace_after: Duration,
+        compact_after: u64,
     ) -> Self {
         let (persisted, persisted_rx) = mpsc::unbounded_channel();
         let r = Replication {
@@ -104,6 +125,7 @@ impl Replication {
                 next_request: AtomicU64::new(rand_seed() | 1),
                 persisted,
                 replace_after,
+                compact_after,
                 snapshots: Default::default(),
                 metrics: Default::default(),
             }),
@@ -175,10 +197,12 @@ impl Replication {
             self.close_group(info.id)?;
             self.inner.store.drop_items(info.id)?;
         }
-        let (hs, log, applied, rebuilt) = self.load(info.id)?;
-        let has_items = me <= FOUNDING_MEMBERS || rebuilt;
-        let applied = if has_items { applied } else { 0 };
         let founding = Membership::new((1..=FOUNDING_MEMBERS).map(|i| (i, MemberKind::Full)));
+        let d = self.load(info.id, founding)?;
+        // An install cut short left the items incomplete: they are rebuilt again.
+        let has_items = (me <= FOUNDING_MEMBERS || d.rebuilt) && !d.installing;
+        let applied = if has_items { d.applied } else { 0 };
+        let (hs, log) = (d.hs, d.log);
         let mut cfg = EngineConfig::new(me, info.id ^ rand_seed());
         (
             cfg.election_min,
@@ -186,8 +210,8 @@ impl Replication {
             cfg.heartbeat_interval,
             cfg.lease,
         ) = (30, 60, 5, 25);
-        let fresh = hs.term == 0 && log.is_empty();
-        let mut engine = Engine::new(cfg, hs, log, founding, applied);
+        let fresh = hs.term == 0 && log.is_empty() && d.snap.index == 0;
+        let mut engine = Engine::restore(cfg, hs, d.snap, log, applied);
         // A new group's first replica stands for election at once rather than after a timeout,
         // so the table's first write does not wait for one.
         let campaign = if fresh && me == 1 {
@@ -205,6 +229,8 @@ impl Replication {
             applied,
             leader_since: 0,
             heal: Default::default(),
+            installing: false,
+            install_not_before: 0,
         };
         let group = Arc::new(Mutex::new(group));
         self.inner.groups.write().insert(info.id, group.clone());
@@ -240,17 +266,14 @@ impl Replication {
         store.raft_state().remove(pid.to_be_bytes())?;
         store.raft_state().remove(applied_key(pid))?;
         store.raft_state().remove(rebuilt_key(pid))?;
+        store.raft_state().remove(snapshot_key(pid))?;
+        store.raft_state().remove(installing_key(pid))?;
         store.sync()?;
         Ok(())
     }
 
-    /// The durable state of a replica: hard state, log, applied index, and whether its items were
-    /// rebuilt from a snapshot.
-    #[allow(clippy::type_complexity)]
-    fn load(
-        &self,
-        pid: u64,
-    ) -> anyhow::Result<(HardState, Vec<tern_replication::Entry>, Index, bool)> {
+    /// The durable state of a replica.
+    fn load(&self, pid: u64, founding: Membership) -> anyhow::Result<Durable> {
         let store = &self.inner.store;
         let hs = match store.raft_state().get(pid.to_be_bytes())? {
             Some(v) => {
@@ -262,21 +285,41 @@ impl Replication {
             }
             None => HardState::default(),
         };
+        let snap = match store.raft_state().get(snapshot_key(pid))? {
+            Some(v) => codec::snapshot_from_wire(&RaftSnapshotMeta::decode(v.as_ref())?),
+            None => SnapshotMeta {
+                max_member_id: FOUNDING_MEMBERS,
+                membership: founding,
+                ..Default::default()
+            },
+        };
+        // The log continues the snapshot; anything before it (a removal not yet flushed) or after
+        // a gap is not part of it.
         let mut log = Vec::new();
         for kv in store
             .raft_log()
-            .range(log_key(pid, 0)..=log_key(pid, u64::MAX))
+            .range(log_key(pid, snap.index + 1)..=log_key(pid, u64::MAX))
         {
             let (_, v) = kv.into_inner()?;
-            log.push(codec::entry_from_wire(RaftEntry::decode(v.as_ref())?));
+            let e = codec::entry_from_wire(RaftEntry::decode(v.as_ref())?);
+            if e.index != snap.index + 1 + log.len() as Index {
+                break;
+            }
+            log.push(e);
         }
         let applied = match store.raft_state().get(applied_key(pid))? {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into()?),
             None => 0,
         };
-        let applied = applied.min(log.len() as Index);
-        let rebuilt = store.raft_state().get(rebuilt_key(pid))?.is_some();
-        Ok((hs, log, applied, rebuilt))
+        let applied = applied.min(snap.index + log.len() as Index);
+        Ok(Durable {
+            hs,
+            snap,
+            log,
+            applied,
+            rebuilt: store.raft_state().get(rebuilt_key(pid))?.is_some(),
+            installing: store.raft_state().get(installing_key(pid))?.is_some(),
+        })
     }
 
     pub(crate) fn group(&self, pid: u64) -> Option<Arc<Mutex<Group>>> {
@@ -444,8 +487,7 @@ impl Replication {
                     }
                 }
                 Command::Proposed { .. } => {}
-                // The runtime does not compact logs yet, so no follower needs a snapshot.
-                Command::SendSnapshot { .. } => {}
+                Command::SendSnapshot { to, index } => self.send_snapshot(g, to, index),
                 Command::ReadReady { id } => {
                     if let Some(r) = g.reads.remove(&id) {
                         let _ = r.send(Ok(()));
@@ -483,6 +525,103 @@ impl Replication {
         }
     }
 
+    /// Asks follower `to`, behind this leader's compacted log, to install a snapshot of our items.
+    fn send_snapshot(&self, g: &Group, to: NodeId, index: Index) {
+        let Some(node) = g.node_of(to).map(str::to_string) else {
+            return;
+        };
+        self.inner
+            .metrics
+            .snapshots_sent
+            .fetch_add(1, Ordering::Relaxed);
+        let req = RebuildRequest {
+            partition_id: g.pid,
+            source_node: self.inner.node.clone(),
+            install: true,
+            index,
+            leader_member: g.engine.id(),
+        };
+        tracing::info!(partition = g.pid, member = to, node = %node, index, "follower is behind the compacted log: sending a snapshot");
+        let bus = self.inner.bus.with_timeout(crate::heal::REBUILD_TIMEOUT);
+        tokio::spawn(async move {
+            let r = bus
+                .call::<_, tern_proto::Empty>(&subjects::storage_rebuild(&node), &req)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(partition = req.partition_id, node = %node, error = %e, "snapshot install failed");
+            }
+        });
+    }
+
+    /// Drops the log its items (or, on a log replica, its group's items) already hold, once more
+    /// than `compact_after` applied entries pile up, keeping the newest half for followers a little
+    /// behind. A leader keeps what its live followers still need unless its log has grown four
+    /// times past the limit; a follower beyond that catches up by snapshot.
+    pub(crate) fn compact(&self, group: &Mutex<Group>) {
+        let limit = self.inner.compact_after;
+        let upto = {
+            let g = group.lock();
+            let e = &g.engine;
+            let held = if g.has_items {
+                g.applied
+            } else {
+                e.applied_index()
+            };
+            if g.installing || held.saturating_sub(e.snapshot().index) < limit {
+                return;
+            }
+            let mut upto = held - limit / 2;
+            if e.role() == Role::Leader && (e.log().len() as u64) < 4 * limit {
+                let live = e.membership().members.keys().filter_map(|id| {
+                    let (matched, acked) = e.peer_progress(*id)?;
+                    let fresh = acked.is_some_and(|a| e.now() < a + 4 * e.config().lease);
+                    fresh.then_some(matched)
+                });
+                upto = live.fold(upto, Index::min);
+            }
+            if upto <= e.snapshot().index {
+                return;
+            }
+            upto
+        };
+        // The items up to `upto` (written, not yet synced) must be durable before their log goes.
+        if let Err(e) = self.inner.store.sync() {
+            fatal("sync before compaction", e);
+        }
+        let mut g = group.lock();
+        if g.installing {
+            return;
+        }
+        let before = g.engine.snapshot().index;
+        let Some(meta) = g.engine.compact(upto) else {
+            return;
+        };
+        let store = &self.inner.store;
+        let mut batch = store.batch();
+        batch.insert(
+            store.raft_state(),
+            snapshot_key(g.pid),
+            codec::snapshot_to_wire(&meta).encode_to_vec(),
+        );
+        for kv in store
+            .raft_log()
+            .range(log_key(g.pid, before)..=log_key(g.pid, meta.index))
+        {
+            match kv.key() {
+                Ok(k) => batch.remove(store.raft_log(), k),
+                Err(e) => fatal("read log for compaction", e),
+            }
+        }
+        if let Err(e) = batch.commit() {
+            fatal("compact log", e);
+        }
+        self.inner
+            .metrics
+            .compactions
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(partition = g.pid, index = meta.index, "log compacted");
+    }
+
     /// The vote must be durable before any message that depends on it leaves.
     fn persist_hard_state(&self, pid: u64, hs: HardState) {
         let store = &self.inner.store;
@@ -509,6 +648,7 @@ impl Replication {
         let persisted = self.inner.persisted.clone();
         self.inner.writer.append_log(LogOp {
             partition_id: pid,
+            from: entries[0].index,
             entries: encoded,
             done: Box::new(move || {
                 let _ = persisted.send((pid, index, term));
@@ -597,6 +737,17 @@ impl Group {
     }
 }
 
+/// What [`Replication::load`] recovers of one replica.
+struct Durable {
+    hs: HardState,
+    snap: SnapshotMeta,
+    /// The entries after the snapshot.
+    log: Vec<tern_replication::Entry>,
+    applied: Index,
+    rebuilt: bool,
+    installing: bool,
+}
+
 pub(crate) fn applied_key(pid: u64) -> Vec<u8> {
     let mut k = pid.to_be_bytes().to_vec();
     k.push(b'a');
@@ -608,6 +759,20 @@ pub(crate) fn applied_key(pid: u64) -> Vec<u8> {
 pub(crate) fn rebuilt_key(pid: u64) -> Vec<u8> {
     let mut k = pid.to_be_bytes().to_vec();
     k.push(b'r');
+    k
+}
+
+/// The metadata of the snapshot the replica's compacted log stands for.
+pub(crate) fn snapshot_key(pid: u64) -> Vec<u8> {
+    let mut k = pid.to_be_bytes().to_vec();
+    k.push(b's');
+    k
+}
+
+/// Present while a snapshot is being installed: the items are incomplete until it goes.
+pub(crate) fn installing_key(pid: u64) -> Vec<u8> {
+    let mut k = pid.to_be_bytes().to_vec();
+    k.push(b'i');
     k
 }
 

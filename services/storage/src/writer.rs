@@ -38,7 +38,9 @@ enum Msg {
 /// every other group's entries and the unreplicated writes. `done` runs after the fsync.
 pub struct LogOp {
     pub partition_id: u64,
-    /// (index, encoded entry); the log is first cut at the first index.
+    /// The log is first cut here: every entry at or after it goes.
+    pub from: u64,
+    /// (index, encoded entry), from `from` on.
     pub entries: Vec<(u64, Vec<u8>)>,
     pub done: Box<dyn FnOnce() + Send>,
 }
@@ -222,12 +224,9 @@ fn commit_batch(
     }
 }
 
-/// Adds a group's log entries to the batch, removing any entries at or after the first one.
+/// Adds a group's log entries to the batch, removing any entries at or after `from`.
 fn stage_log(store: &Store, batch: &mut fjall::OwnedWriteBatch, log: &LogOp) -> fjall::Result<()> {
-    let Some((first, _)) = log.entries.first() else {
-        return Ok(());
-    };
-    let from = crate::store::log_key(log.partition_id, *first);
+    let from = crate::store::log_key(log.partition_id, log.from);
     let to = crate::store::log_key(log.partition_id, u64::MAX);
     for kv in store.raft_log().range(from..=to) {
         batch.remove(store.raft_log(), kv.key()?);

@@ -242,3 +242,23 @@ pub async fn missing_writes_read(
     }
     missing
 }
+
+/// The value of the first sample of `name` in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sum of the first sample of `name` over the given storage nodes' metrics.
+pub async fn metric_sum(cluster: &Cluster, nodes: &[&str], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for (node, u) in cluster.storage_metrics() {
+        if nodes.contains(&node.as_str()) {
+            let (_, text) = raw_get(u.trim_end_matches("/metrics"), "/metrics").await;
+            sum += metric(&text, name).unwrap_or(0.0);
+        }
+    }
+    sum
+}
