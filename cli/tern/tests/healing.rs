@@ -93,6 +93,8 @@ async fn a_lost_replica_is_replaced_in_its_zone() {
         ("TERN_STORAGE_REPLACE_AFTER_MS", "1500"),
         ("TERN_ROUTER_AZ", "az-a"),
         ("TERN_MEMDS_STRAY_GRACE_MS", "1000"),
+        // Small logs: the new log replica starts from a snapshot's log position.
+        ("TERN_STORAGE_COMPACT_AFTER", "200"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -201,6 +203,11 @@ async fn a_lost_replica_is_replaced_in_its_zone() {
         "the leader reports the lag of its two followers"
     );
     assert_eq!(log_replicas, 0.0);
+    // The log replica joined after its leader compacted the log: it took a snapshot's log position
+    // (no items), then its items in the rebuild.
+    let installs = metric_sum(&cluster, &[spare], "tern_storage_snapshots_installed_total").await;
+    println!("{spare}: {installs} snapshots installed");
+    assert!(installs >= 2.0, "{spare} installed {installs} snapshots");
 
     // The rebuilt replica alone: with the other two members down there is no quorum, but the
     // router's eventually consistent reads go to its zone's replica, the rebuilt one.

@@ -101,6 +101,10 @@ pub struct SnapshotChunkRequest {
     pub session: u64,
     #[prost(bytes = "vec", tag = "3")]
     pub after_key: Vec<u8>,
+    /// Only the log position the items are at (`applied`, `meta`), for a log replica that keeps
+    /// no items: no session, no items.
+    #[prost(bool, tag = "4")]
+    pub meta_only: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -372,7 +372,7 @@ impl Replication {
             .group(pid)
             .ok_or_else(|| BusError::Redirect(String::new()))?;
         let store = self.inner().store.clone();
-        {
+        let log_only = {
             let mut g = group.lock();
             let wanted = if req.install {
                 g.engine.applied_index() < req.index && g.engine.role() != Role::Leader
@@ -390,16 +390,26 @@ impl Replication {
                 )));
             }
             g.installing = true;
-            g.has_items = false;
-            if let Err(e) = store
-                .raft_state()
-                .insert(installing_key(pid), Vec::<u8>::new())
-                .and_then(|_| store.sync())
-            {
-                fatal("mark install", e);
+            // A log replica (or a new one, which does not know its own membership yet) keeps no
+            // items: it takes only the snapshot's log position, and its items come with its
+            // rebuild.
+            let me = g.engine.id();
+            let log_only = !g.has_items
+                && g.engine.membership().members.get(&me) != Some(&MemberKind::Full)
+                && req.install;
+            if !log_only {
+                g.has_items = false;
+                if let Err(e) = store
+                    .raft_state()
+                    .insert(installing_key(pid), Vec::<u8>::new())
+                    .and_then(|_| store.sync())
+                {
+                    fatal("mark install", e);
+                }
             }
-        }
-        let r = self.fetch_and_install(&group, &req).await;
+            log_only
+        };
+        let r = self.fetch_and_install(&group, &req, log_only).await;
         let mut g = group.lock();
         g.installing = false;
         if r.is_err() {
@@ -413,10 +423,13 @@ impl Replication {
         &self,
         group: &Arc<Mutex<Group>>,
         req: &RebuildRequest,
+        log_only: bool,
     ) -> Result<Empty, BusError> {
         let pid = req.partition_id;
         let store = self.inner().store.clone();
-        store.drop_items(pid).map_err(internal)?;
+        if !log_only {
+            store.drop_items(pid).map_err(internal)?;
+        }
         let bus = self.inner().bus.with_timeout(CALL_TIMEOUT);
         let (mut session, mut after, mut items) = (0, Vec::new(), 0usize);
         let (applied, meta) = loop {
@@ -427,6 +440,7 @@ impl Replication {
                         partition_id: pid,
                         session,
                         after_key: after.clone(),
+                        meta_only: log_only,
                     },
                 )
                 .await?;
@@ -463,15 +477,20 @@ impl Replication {
             if !installs && e.snapshot().index > applied {
                 return Err(internal("own log compacted past the snapshot"));
             }
+            if log_only && !installs {
+                return Ok(Empty {});
+            }
             let snap = if installs { &meta } else { e.snapshot() };
             let mut batch = store.batch();
-            batch.insert(
-                store.raft_state(),
-                applied_key(pid),
-                applied.to_be_bytes().to_vec(),
-            );
-            batch.insert(store.raft_state(), rebuilt_key(pid), Vec::<u8>::new());
-            batch.remove(store.raft_state(), installing_key(pid));
+            if !log_only {
+                batch.insert(
+                    store.raft_state(),
+                    applied_key(pid),
+                    applied.to_be_bytes().to_vec(),
+                );
+                batch.insert(store.raft_state(), rebuilt_key(pid), Vec::<u8>::new());
+                batch.remove(store.raft_state(), installing_key(pid));
+            }
             batch.insert(
                 store.raft_state(),
                 snapshot_key(pid),
@@ -497,20 +516,24 @@ impl Replication {
                 from,
                 meta: meta.clone(),
             });
-            g.has_items = true;
-            g.applied = applied;
             self.execute(&mut g, cmds, &mut out);
-            let upto = g.engine.applied_index();
-            let catch_up = g.engine.entries(applied, upto).to_vec();
-            if catch_up.len() as u64 != upto - applied {
-                fatal(
-                    "replay after snapshot",
-                    "entries after the snapshot are missing",
-                );
+            if log_only {
+                0
+            } else {
+                g.has_items = true;
+                g.applied = applied;
+                let upto = g.engine.applied_index();
+                let catch_up = g.engine.entries(applied, upto).to_vec();
+                if catch_up.len() as u64 != upto - applied {
+                    fatal(
+                        "replay after snapshot",
+                        "entries after the snapshot are missing",
+                    );
+                }
+                let replayed = catch_up.len();
+                self.apply(&mut g, catch_up);
+                replayed
             }
-            let replayed = catch_up.len();
-            self.apply(&mut g, catch_up);
-            replayed
         };
         self.flush(out);
         self.inner()
@@ -522,7 +545,8 @@ impl Replication {
             items,
             snapshot_index = applied,
             replayed,
-            "replica items installed from a snapshot"
+            log_only,
+            "replica installed a snapshot"
         );
         Ok(Empty {})
     }
@@ -554,6 +578,14 @@ impl Replication {
                 .snapshot_at(applied)
                 .ok_or_else(|| internal("applied index outside the log"))?;
             drop(g);
+            if req.meta_only {
+                return Ok(SnapshotChunk {
+                    applied: meta.index,
+                    meta: Some(codec::snapshot_to_wire(&meta)),
+                    done: true,
+                    ..Default::default()
+                });
+            }
             let id = rand_id();
             sessions.insert(id, (snap, meta, Instant::now()));
             id
