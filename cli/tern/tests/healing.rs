@@ -37,6 +37,36 @@ async fn partition(cluster: &Cluster) -> PartitionInfo {
     reply.table.expect("table").partitions[0].clone()
 }
 
+/// Starts the cluster with one partition per table, the router in az-a and `env`, and creates the
+/// table.
+async fn start_with_table(
+    mut spec: ClusterSpec,
+    env: &[(&str, &str)],
+) -> (Cluster, aws_sdk_dynamodb::Client) {
+    spec.env = [
+        ("TERN_MEMDS_PARTITIONS_PER_TABLE", "1"),
+        ("TERN_ROUTER_AZ", "az-a"),
+    ]
+    .iter()
+    .chain(env)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let cluster = Cluster::start(spec).await.expect("start cluster");
+    let c = client(&cluster.endpoint());
+    create_table(&c, TABLE, None).await;
+    (cluster, c)
+}
+
+/// The node of the group's member in `az`.
+fn member_in(p: &PartitionInfo, az: &str) -> String {
+    p.replicas
+        .iter()
+        .find(|r| r.az == az)
+        .unwrap_or_else(|| panic!("a replica in {az}"))
+        .node_id
+        .clone()
+}
+
 fn members(p: &PartitionInfo) -> Vec<(String, bool)> {
     let mut m: Vec<_> = p
         .replicas
@@ -88,29 +118,16 @@ async fn a_lost_replica_is_replaced_in_its_zone() {
         id: "storage-d".into(),
         az: "az-a".into(),
     });
-    spec.env = [
-        ("TERN_MEMDS_PARTITIONS_PER_TABLE", "1"),
+    let env = [
         ("TERN_STORAGE_REPLACE_AFTER_MS", "1500"),
-        ("TERN_ROUTER_AZ", "az-a"),
         ("TERN_MEMDS_STRAY_GRACE_MS", "1000"),
         // Small logs: the new log replica starts from a snapshot's log position.
         ("TERN_STORAGE_COMPACT_AFTER", "200"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let mut cluster = Cluster::start(spec).await.expect("start cluster");
-    let c = client(&cluster.endpoint());
-    create_table(&c, TABLE, None).await;
+    ];
+    let (mut cluster, c) = start_with_table(spec, &env).await;
 
     let before = partition(&cluster).await;
-    let az_a = before
-        .replicas
-        .iter()
-        .find(|r| r.az == "az-a")
-        .expect("a replica in az-a")
-        .node_id
-        .clone();
+    let az_a = member_in(&before, "az-a");
     let spare = if az_a == "storage-a" {
         "storage-d"
     } else {
@@ -268,28 +285,15 @@ async fn a_lost_replica_is_replaced_in_its_zone() {
 async fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = ClusterSpec::new(dir.path(), bin_dir());
-    spec.env = [
-        ("TERN_MEMDS_PARTITIONS_PER_TABLE", "1"),
+    let spec = ClusterSpec::new(dir.path(), bin_dir());
+    let env = [
         ("TERN_STORAGE_COMPACT_AFTER", "200"),
         // Not replaced while it is down: it has to catch up.
         ("TERN_STORAGE_REPLACE_AFTER_MS", "600000"),
-        ("TERN_ROUTER_AZ", "az-a"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let mut cluster = Cluster::start(spec).await.expect("start cluster");
-    let c = client(&cluster.endpoint());
-    create_table(&c, TABLE, None).await;
+    ];
+    let (mut cluster, c) = start_with_table(spec, &env).await;
     let p = partition(&cluster).await;
-    let behind = p
-        .replicas
-        .iter()
-        .find(|r| r.az == "az-a")
-        .expect("a replica in az-a")
-        .node_id
-        .clone();
+    let behind = member_in(&p, "az-a");
     let others: Vec<String> = p
         .replicas
         .iter()
