@@ -480,6 +480,12 @@ impl Replication {
             if log_only && !installs {
                 return Ok(Empty {});
             }
+            if conflicts {
+                // The log after the snapshot's index does not continue it: it goes first, behind
+                // every log write already queued (under the group's lock no new one is), so none
+                // of the replaced log lands after the removal, even across a crash.
+                self.inner().truncate_log_and_wait(pid, meta.index + 1);
+            }
             let snap = if installs { &meta } else { e.snapshot() };
             let mut batch = store.batch();
             if !log_only {
@@ -506,10 +512,6 @@ impl Replication {
             }
             if let Err(e) = batch.commit().and_then(|_| store.sync()) {
                 fatal("install snapshot", e);
-            }
-            if conflicts {
-                // Appends of the replaced log still queued must not land after the removal.
-                self.inner().writer_truncate(pid, meta.index + 1);
             }
             let from = req.leader_member;
             let cmds = g.engine.step(Event::SnapshotInstalled {

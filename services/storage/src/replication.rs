@@ -76,14 +76,21 @@ pub struct Replication {
 }
 
 impl Inner {
-    /// Removes a group's log from `from` on, after every log write queued before.
-    pub(crate) fn writer_truncate(&self, pid: u64, from: Index) {
+    /// Removes a group's log from `from` on, after every log write queued before, and waits until
+    /// that is durable. Blocks the thread for one group commit: for rare events only.
+    pub(crate) fn truncate_log_and_wait(&self, pid: u64, from: Index) {
+        let (tx, rx) = std::sync::mpsc::channel();
         self.writer.append_log(LogOp {
             partition_id: pid,
             from,
             entries: Vec::new(),
-            done: Box::new(|| {}),
+            done: Box::new(move || {
+                let _ = tx.send(());
+            }),
         });
+        if rx.recv().is_err() {
+            fatal("truncate log", "the log writer stopped");
+        }
     }
 }
 
