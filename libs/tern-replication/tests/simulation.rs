@@ -325,15 +325,7 @@ impl Sim {
 
     fn deliver(&mut self) {
         let now = self.now;
-        let mut due: Vec<_> = Vec::new();
-        self.network.retain(|m| {
-            if m.0 <= now {
-                due.push(m.clone());
-                false
-            } else {
-                true
-            }
-        });
+        let mut due: Vec<_> = self.network.extract_if(.., |m| m.0 <= now).collect();
         // Reordering: due messages go out in random order.
         for i in (1..due.len()).rev() {
             let j = self.rng.below(i as u64 + 1) as usize;
@@ -342,15 +334,7 @@ impl Sim {
         for (_, from, to, msg) in due {
             self.step(to, Event::Message { from, msg });
         }
-        let mut due = Vec::new();
-        self.snapshots.retain(|s| {
-            if s.0 <= now {
-                due.push(s.clone());
-                false
-            } else {
-                true
-            }
-        });
+        let due: Vec<_> = self.snapshots.extract_if(.., |s| s.0 <= now).collect();
         for (_, from, to, meta, sm) in due {
             if let Some(c) = self.committed.get(&meta.index) {
                 if c.term != meta.term {

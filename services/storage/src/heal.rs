@@ -569,6 +569,18 @@ impl Replication {
             if !g.has_items {
                 return Err(BusError::Redirect(String::new()));
             }
+            if req.meta_only {
+                let meta = g
+                    .engine
+                    .snapshot_at(g.applied)
+                    .ok_or_else(|| internal("applied index outside the log"))?;
+                return Ok(SnapshotChunk {
+                    applied: meta.index,
+                    meta: Some(codec::snapshot_to_wire(&meta)),
+                    done: true,
+                    ..Default::default()
+                });
+            }
             let snap = store.snapshot();
             let applied = snap
                 .get(store.raft_state(), applied_key(pid))
@@ -580,14 +592,6 @@ impl Replication {
                 .snapshot_at(applied)
                 .ok_or_else(|| internal("applied index outside the log"))?;
             drop(g);
-            if req.meta_only {
-                return Ok(SnapshotChunk {
-                    applied: meta.index,
-                    meta: Some(codec::snapshot_to_wire(&meta)),
-                    done: true,
-                    ..Default::default()
-                });
-            }
             let id = rand_id();
             sessions.insert(id, (snap, meta, Instant::now()));
             id

@@ -755,32 +755,32 @@ struct Durable {
     installing: bool,
 }
 
-pub(crate) fn applied_key(pid: u64) -> Vec<u8> {
+/// A replica's record in `raft_state` besides its hard state (`pid` alone): `pid ++ tag`.
+fn state_key(pid: u64, tag: u8) -> Vec<u8> {
     let mut k = pid.to_be_bytes().to_vec();
-    k.push(b'a');
+    k.push(tag);
     k
+}
+
+/// The index of the last entry applied to the items, written in the same batch as they are.
+pub(crate) fn applied_key(pid: u64) -> Vec<u8> {
+    state_key(pid, b'a')
 }
 
 /// Present once a replica's items were rebuilt from a snapshot (founding members always have
 /// items).
 pub(crate) fn rebuilt_key(pid: u64) -> Vec<u8> {
-    let mut k = pid.to_be_bytes().to_vec();
-    k.push(b'r');
-    k
+    state_key(pid, b'r')
 }
 
 /// The metadata of the snapshot the replica's compacted log stands for.
 pub(crate) fn snapshot_key(pid: u64) -> Vec<u8> {
-    let mut k = pid.to_be_bytes().to_vec();
-    k.push(b's');
-    k
+    state_key(pid, b's')
 }
 
 /// Present while a snapshot is being installed: the items are incomplete until it goes.
 pub(crate) fn installing_key(pid: u64) -> Vec<u8> {
-    let mut k = pid.to_be_bytes().to_vec();
-    k.push(b'i');
-    k
+    state_key(pid, b'i')
 }
 
 fn rand_seed() -> u64 {
