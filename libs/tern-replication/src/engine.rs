@@ -21,6 +21,9 @@ pub struct Config {
     pub lease: u64,
     /// Most entries in one append message.
     pub max_batch: usize,
+    /// Most payload bytes in one append message (one entry goes alone whatever its size): the
+    /// runtime keeps an append within its transport's message limit with this.
+    pub max_batch_bytes: usize,
     /// Ticks before a follower that still needs a snapshot is sent another.
     pub snapshot_retry: u64,
     pub seed: u64,
@@ -35,6 +38,7 @@ impl Config {
             heartbeat_interval: 2,
             lease: 8,
             max_batch: 64,
+            max_batch_bytes: 256 * 1024,
             snapshot_retry: 20,
             seed,
         }
@@ -60,6 +64,8 @@ pub struct Engine {
     snap: SnapshotMeta,
     /// `log[i]` holds index `snap.index + i + 1`.
     log: Vec<Entry>,
+    /// Payload bytes held in `log`, so the runtime can compact by size.
+    log_bytes: u64,
     membership: Membership,
     commit: Index,
     applied: Index,
@@ -74,6 +80,8 @@ pub struct Engine {
     votes: BTreeSet<NodeId>,
     progress: BTreeMap<NodeId, Progress>,
     heartbeat_due: u64,
+    /// Tick this replica last became leader (check-quorum counts from here at the earliest).
+    leader_since: u64,
     pending_reads: Vec<(RequestId, Index)>,
     /// Follower: (leader, index, sent_at) to acknowledge once the log is durable up to index.
     pending_ack: Option<(NodeId, Index, u64)>,
@@ -114,11 +122,13 @@ impl Engine {
         let membership = latest_membership(&log, &snap.membership);
         let persisted = snap.index + log.len() as Index;
         let applied = applied.clamp(snap.index, persisted);
+        let log_bytes = log.iter().map(entry_bytes).sum();
         let rng = cfg.seed ^ cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut e = Engine {
             hs,
             snap,
             log,
+            log_bytes,
             membership,
             commit: applied,
             applied,
@@ -135,6 +145,7 @@ impl Engine {
             votes: BTreeSet::new(),
             progress: BTreeMap::new(),
             heartbeat_due: 0,
+            leader_since: 0,
             pending_reads: Vec::new(),
             pending_ack: None,
             rng,
@@ -221,7 +232,7 @@ impl Engine {
             return None;
         }
         let meta = self.snapshot_at(upto)?;
-        self.log.drain(..(upto - self.snap.index) as usize);
+        self.drain_log_to(upto);
         self.snap = meta.clone();
         Some(meta)
     }
@@ -251,6 +262,23 @@ impl Engine {
         self.role == Role::Leader && self.lease_valid()
     }
 
+    /// Leader only: the tick at which the newest append that a quorum (this leader included) has
+    /// acknowledged was sent. The lease runs from the real time of that tick: every follower that
+    /// acknowledged heard the leader no earlier, and refuses votes for `election_min` of its own
+    /// ticks after hearing it. A runtime whose ticks can lag real time (a stalled process) must
+    /// check the lease against its clock with this, not against ticks.
+    pub fn lease_start(&self) -> Option<u64> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        self.quorum_ack_tick()
+    }
+
+    /// Payload bytes of the entries still in the log.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
     /// An id no member of this group has had, as far as this log knows: the largest one in the
     /// snapshot's history and every membership entry since, plus one.
     pub fn unused_member_id(&self) -> NodeId {
@@ -273,6 +301,45 @@ impl Engine {
             Event::SnapshotInstalled { from, meta } => self.snapshot_installed(from, meta),
         }
         std::mem::take(&mut self.out)
+    }
+
+    /// The newest tick a quorum has acknowledged (the leader counts as acknowledging now).
+    fn quorum_ack_tick(&self) -> Option<u64> {
+        let mut acked: Vec<u64> = self
+            .membership
+            .members
+            .keys()
+            .filter_map(|id| {
+                if *id == self.cfg.id {
+                    Some(self.now)
+                } else {
+                    self.progress.get(id).and_then(|p| p.acked_at)
+                }
+            })
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        acked.get(self.membership.quorum() - 1).copied()
+    }
+
+    /// Drops the entries up to `index` (which the snapshot will stand for) from the log.
+    fn drain_log_to(&mut self, index: Index) {
+        let n = (index.saturating_sub(self.snap.index) as usize).min(self.log.len());
+        let dropped: u64 = self.log[..n].iter().map(entry_bytes).sum();
+        self.log.drain(..n);
+        self.log_bytes -= dropped;
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate_log_from(&mut self, index: Index) {
+        let keep = (index.saturating_sub(self.snap.index + 1) as usize).min(self.log.len());
+        let dropped: u64 = self.log[keep..].iter().map(entry_bytes).sum();
+        self.log.truncate(keep);
+        self.log_bytes -= dropped;
+    }
+
+    fn push_log(&mut self, entry: Entry) {
+        self.log_bytes += entry_bytes(&entry);
+        self.log.push(entry);
     }
 
     fn last_term(&self) -> Term {
@@ -359,6 +426,15 @@ impl Engine {
             if self.lease_valid() {
                 self.heard_leader_at = Some(self.now);
             }
+            // Check-quorum: a leader no quorum has answered for an election timeout has most
+            // likely been replaced (or is cut off); it steps down so clients go elsewhere.
+            let heard = self.quorum_ack_tick().unwrap_or(0).max(self.leader_since);
+            if self.now >= heard + self.cfg.election_max {
+                let term = self.hs.term;
+                self.become_follower(term, None);
+                self.reset_election_deadline();
+                return;
+            }
             if self.now >= self.heartbeat_due {
                 self.broadcast_append();
             }
@@ -412,6 +488,7 @@ impl Engine {
     fn become_leader(&mut self) {
         self.set_role(Role::Leader, Some(self.cfg.id));
         self.heard_leader_at = Some(self.now);
+        self.leader_since = self.now;
         let next = self.last_index() + 1;
         self.progress = self
             .peers()
@@ -435,6 +512,9 @@ impl Engine {
     // ---- messages ----
 
     fn receive(&mut self, from: NodeId, msg: Message) {
+        if !self.well_formed(from, &msg) {
+            return;
+        }
         let term = msg.term();
         let recently_heard = self
             .heard_leader_at
@@ -473,6 +553,35 @@ impl Engine {
                 index,
                 sent_at,
             } => self.on_append_response(from, term, success, index, sent_at),
+        }
+    }
+
+    /// Peer input is checked, never trusted: a message from a non-member, with a term no real
+    /// group reaches (it would overflow), or with entries that do not continue `prev_index`
+    /// contiguously in non-decreasing terms up to the message's own is dropped.
+    fn well_formed(&self, from: NodeId, msg: &Message) -> bool {
+        if from == self.cfg.id || msg.term() >= MAX_TERM {
+            return false;
+        }
+        match msg {
+            Message::Append {
+                term,
+                prev_index,
+                prev_term,
+                entries,
+                ..
+            } => {
+                let mut expect = (*prev_index, *prev_term);
+                for e in entries {
+                    if Some(e.index) != expect.0.checked_add(1) || e.term < expect.1 || e.term > *term
+                    {
+                        return false;
+                    }
+                    expect = (e.index, e.term);
+                }
+                prev_term <= term
+            }
+            _ => true,
         }
     }
 
@@ -584,7 +693,9 @@ impl Engine {
             Some(_) => {}
         }
         let upto = prev_index + entries.len() as Index;
-        self.append_from_leader(entries);
+        if !self.append_from_leader(entries) {
+            return;
+        }
         let new_commit = commit.min(upto).max(self.commit);
         if new_commit > self.commit {
             self.commit = new_commit;
@@ -603,8 +714,11 @@ impl Engine {
         i.max(self.snap.index + 1)
     }
 
-    fn append_from_leader(&mut self, entries: Vec<Entry>) {
+    /// Appends what the leader sent after the matching prefix; false (and nothing changed) if it
+    /// conflicts with a committed entry, which only a faulty or forged message can.
+    fn append_from_leader(&mut self, entries: Vec<Entry>) -> bool {
         let mut new = Vec::new();
+        let mut truncate_from = None;
         for e in entries {
             if e.index <= self.snap.index {
                 // Committed, and in the snapshot already.
@@ -612,21 +726,37 @@ impl Engine {
             }
             match self.term_at(e.index) {
                 Some(t) if t == e.term && new.is_empty() => continue,
-                Some(_) => {
-                    assert!(e.index > self.commit, "a committed entry never conflicts");
-                    self.log.truncate((e.index - self.snap.index) as usize - 1);
-                    self.persisted = self.persisted.min(e.index - 1);
+                Some(_) if new.is_empty() => {
+                    if e.index <= self.commit {
+                        return false;
+                    }
+                    truncate_from = Some(e.index);
                     new.push(e);
                 }
-                None => new.push(e),
+                _ => new.push(e),
             }
         }
         if new.is_empty() {
-            return;
+            return true;
         }
-        self.log.extend(new.iter().cloned());
-        self.membership = latest_membership(&self.log, &self.snap.membership);
+        if let Some(from) = truncate_from {
+            self.truncate_log_from(from);
+            self.persisted = self.persisted.min(from - 1);
+            // Rare: the membership may have come from a dropped entry.
+            self.membership = latest_membership(&self.log, &self.snap.membership);
+        }
+        // Only the new entries can change the membership: no scan of the whole log.
+        if let Some(m) = new.iter().rev().find_map(|e| match &e.payload {
+            Payload::Membership(m) => Some(m.clone()),
+            _ => None,
+        }) {
+            self.membership = m;
+        }
+        for e in &new {
+            self.push_log(e.clone());
+        }
         self.out.push(Command::AppendLog(new));
+        true
     }
 
     fn ack_if_durable(&mut self) {
@@ -656,6 +786,8 @@ impl Engine {
             return;
         }
         let last = self.last_index();
+        // A follower never holds more than was sent to it.
+        let index = index.min(last + 1);
         let Some(p) = self.progress.get_mut(&from) else {
             return;
         };
@@ -664,6 +796,7 @@ impl Engine {
             p.acked_at = Some(p.acked_at.map_or(sent_at, |a| a.max(sent_at)));
         }
         if success {
+            let index = index.min(last);
             p.matched = p.matched.max(index);
             p.next = p.next.max(index + 1);
             p.snapshot_at = None;
@@ -702,7 +835,7 @@ impl Engine {
             }
             self.progress.retain(|id, _| m.contains(*id));
         }
-        self.log.push(entry.clone());
+        self.push_log(entry.clone());
         self.out.push(Command::AppendLog(vec![entry]));
         index
     }
@@ -735,7 +868,18 @@ impl Engine {
             return;
         };
         let end = (prev_index + self.cfg.max_batch as Index).min(self.last_index());
-        let entries = self.entries(prev_index, end).to_vec();
+        let mut bytes = 0;
+        let entries: Vec<Entry> = self
+            .entries(prev_index, end)
+            .iter()
+            .take_while(|e| {
+                let first = bytes == 0;
+                bytes += entry_bytes(e) as usize;
+                first || bytes <= self.cfg.max_batch_bytes
+            })
+            .cloned()
+            .collect();
+        let end = prev_index + entries.len() as Index;
         // Pipelining: the next append continues after these entries instead of resending them;
         // a lost message shows up as a rejection, which rewinds `next`.
         if let Some(p) = self.progress.get_mut(&to) {
@@ -774,10 +918,14 @@ impl Engine {
         }
     }
 
+    /// Hands committed entries to the state machine, but never beyond the own durable log: an
+    /// applied entry must survive a crash in this replica's log, or a restart would re-apply it
+    /// (harmless for a blind put, not for a conditional write).
     fn apply(&mut self) {
-        if self.commit > self.applied {
-            let entries = self.entries(self.applied, self.commit).to_vec();
-            self.applied = self.commit;
+        let upto = self.commit.min(self.persisted);
+        if upto > self.applied {
+            let entries = self.entries(self.applied, upto).to_vec();
+            self.applied = upto;
             self.out.push(Command::Apply(entries));
         }
         let applied = self.applied;
@@ -869,9 +1017,10 @@ impl Engine {
         if meta.index > self.commit {
             let index = meta.index;
             if self.term_at(index) == Some(meta.term) {
-                self.log.drain(..(index - self.snap.index) as usize);
+                self.drain_log_to(index);
             } else {
                 self.log.clear();
+                self.log_bytes = 0;
             }
             self.persisted = self
                 .persisted
@@ -904,7 +1053,23 @@ impl Engine {
         } else {
             self.ack_if_durable();
         }
+        // Entries committed before they were durable here apply now.
+        self.apply();
     }
+}
+
+/// Terms at or beyond this are refused from peers: no group gets there by elections, and
+/// arithmetic on them must not overflow.
+const MAX_TERM: Term = 1 << 62;
+
+/// An entry's weight in the log's byte count and in an append's size.
+fn entry_bytes(e: &Entry) -> u64 {
+    let payload = match &e.payload {
+        Payload::Noop => 0,
+        Payload::Command(b) => b.len(),
+        Payload::Membership(m) => m.members.len() * 16,
+    };
+    payload as u64 + 32
 }
 
 fn max_member_id(log: &[Entry], before: NodeId) -> NodeId {
