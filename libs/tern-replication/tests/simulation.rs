@@ -2,11 +2,23 @@
 //!
 //! Each seed runs a group of three replicas (half of the seeds also replace a failed replica by a
 //! log replica and back through membership changes) over a network that loses, delays, duplicates
-//! and reorders messages, with crashes that lose every disk write not yet reported durable. It
-//! checks election safety, log matching, leader completeness, state-machine safety, that no
-//! acknowledged write is lost, the linearizability of the client history, and that the group
-//! recovers once faults stop. Replicas compact their logs at random, so replicas that fall behind
-//! catch up by snapshot (itself a disk write that a crash may lose).
+//! and reorders messages and cuts nodes off for a while (partitions), with crashes that lose every
+//! log write not yet reported durable, nodes that tick at different rates, and pauses (a stopped
+//! process: nothing in, nothing out, then everything at once).
+//!
+//! The state machine is non-monotonic, like the storage node's: blind puts, and locks taken only
+//! if free and released only by their owner, decided at apply time in log order. Like the storage
+//! node, a replica writes its state machine (with its applied index) as it applies, and that
+//! write may be on disk at a crash while later log writes are not.
+//!
+//! Checks: election safety, log matching, leader completeness, state-machine safety, every
+//! replica's state identical to every other's at the same applied index (and at every snapshot),
+//! durable applied state never ahead of the durable log, no acknowledged write lost, outcomes of
+//! conditional writes as the committed order decides them, linearizable reads (consistent reads
+//! checked against the lease in real time, not in the leader's ticks), a leader cut off from its
+//! group steps down, and the group recovers once faults stop. Replicas compact their logs at
+//! random, so replicas that fall behind catch up by snapshot (itself a disk write a crash may
+//! lose).
 //!
 //! `TERN_SIM_SEEDS=N` runs N seeds (default 200); `TERN_SIM_SEED=S` replays one seed.
 
@@ -33,21 +45,92 @@ impl Rng {
     }
 }
 
-/// key → value.
+/// key → value (a put's op id, or a lock's owner).
 type StateMachine = BTreeMap<u8, u64>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    /// Blind put of the op id.
+    Put,
+    /// Take the lock if free.
+    Acquire,
+    /// Release the lock if held by this owner.
+    Release,
+}
+
+/// A command as the state machine sees it.
+struct Cmd {
+    op: RequestId,
+    key: u8,
+    kind: Kind,
+    owner: u64,
+}
+
+fn encode(c: &Cmd) -> Vec<u8> {
+    let mut v = c.op.to_be_bytes().to_vec();
+    v.push(c.key);
+    v.push(match c.kind {
+        Kind::Put => 0,
+        Kind::Acquire => 1,
+        Kind::Release => 2,
+        Kind::Read => 3,
+    });
+    v.extend(c.owner.to_be_bytes());
+    v
+}
+
+fn decode(b: &[u8]) -> Cmd {
+    let kind = match b[9] {
+        0 => Kind::Put,
+        1 => Kind::Acquire,
+        2 => Kind::Release,
+        _ => Kind::Read,
+    };
+    Cmd {
+        op: u64::from_be_bytes(b[..8].try_into().unwrap()),
+        key: b[8],
+        kind,
+        owner: u64::from_be_bytes(b[10..18].try_into().unwrap()),
+    }
+}
+
+/// Applies one command; whether its condition held.
+fn execute_cmd(sm: &mut StateMachine, c: &Cmd) -> bool {
+    match c.kind {
+        Kind::Put => {
+            sm.insert(c.key, c.op);
+            true
+        }
+        Kind::Acquire if !sm.contains_key(&c.key) => {
+            sm.insert(c.key, c.owner);
+            true
+        }
+        Kind::Release if sm.get(&c.key) == Some(&c.owner) => {
+            sm.remove(&c.key);
+            true
+        }
+        _ => false,
+    }
+}
 
 #[derive(Default, Clone)]
 struct Disk {
     hs: HardState,
-    /// The durable snapshot and the state machine it stands for.
-    snap: Option<(SnapshotMeta, BTreeMap<u8, u64>)>,
+    /// The durable snapshot metadata: the state machine below holds everything up to it.
+    snap: Option<SnapshotMeta>,
     /// Entries after the snapshot's index.
     log: Vec<Entry>,
+    /// The state machine as written at apply time, with its applied index (like the storage
+    /// node's items and applied key, committed in one batch that an fsync of another write may
+    /// make durable before the log writes still queued).
+    sm: StateMachine,
+    applied: Index,
 }
 
 impl Disk {
     fn snap_index(&self) -> Index {
-        self.snap.as_ref().map_or(0, |(m, _)| m.index)
+        self.snap.as_ref().map_or(0, |m| m.index)
     }
 }
 
@@ -58,7 +141,7 @@ enum Write {
     Install {
         from: NodeId,
         meta: SnapshotMeta,
-        sm: BTreeMap<u8, u64>,
+        sm: StateMachine,
     },
 }
 
@@ -67,22 +150,41 @@ struct Node {
     disk: Disk,
     /// Unsynced disk writes, completing in order at the given tick.
     writes: VecDeque<(u64, Write)>,
-    /// key → value: the state machine.
-    sm: BTreeMap<u8, u64>,
+    sm: StateMachine,
+    /// Entries up to here are in `sm`.
+    applied: Index,
     incarnation: u64,
     down_until: u64,
+    /// Stopped (SIGSTOP): no ticks, no messages, no completions until then.
+    paused_until: u64,
+    /// Cut off from the other replicas (not from clients) until then.
+    cut_until: u64,
+    /// Own ticks since the cut began, while cut.
+    ticks_cut: u64,
+    /// Percent of simulation ticks on which this node's timer fires (a slow or starved process).
+    rate: u64,
+    /// Engine tick → simulation time it fired, this incarnation (the runtime's clock).
+    tick_times: BTreeMap<u64, u64>,
 }
 
 #[derive(Debug, Clone)]
 struct Op {
     key: u8,
-    /// Write: the value written (the op id). Read: the value read, once complete.
-    value: Option<u64>,
-    is_write: bool,
+    kind: Kind,
     invoke: u64,
     complete: Option<u64>,
-    /// Write: the log index it was proposed at, with the proposing node and term.
+    /// Write: the log index it was proposed at, with the proposing node.
     proposed: Option<(NodeId, Index)>,
+    /// Write: whether its condition held, as answered to the client.
+    outcome: Option<bool>,
+    /// Read: the value read and the applied index it was read at.
+    read: Option<(Option<u64>, Index)>,
+}
+
+impl Op {
+    fn is_write(&self) -> bool {
+        self.kind != Kind::Read
+    }
 }
 
 struct Sim {
@@ -94,25 +196,21 @@ struct Sim {
     network: Vec<(u64, NodeId, NodeId, Message)>,
     /// Snapshots in flight: (due, from, to, metadata, state machine).
     snapshots: Vec<(u64, NodeId, NodeId, SnapshotMeta, StateMachine)>,
-    /// Snapshots installed and log compactions done, for the report.
+    /// Snapshots installed, log compactions, pauses, cuts and reads refused for an expired
+    /// lease, for the report.
     installs: usize,
     compactions: usize,
+    pauses: usize,
+    cuts: usize,
+    lease_refusals: usize,
     ops: BTreeMap<RequestId, Op>,
     next_op: RequestId,
     /// index → committed entry, as applied anywhere.
     committed: BTreeMap<Index, Entry>,
+    /// index → the state machine after applying it, as the first replica to get there had it.
+    states: BTreeMap<Index, StateMachine>,
     leaders: HashMap<Term, NodeId>,
     faults: bool,
-}
-
-fn encode(op: RequestId, key: u8) -> Vec<u8> {
-    let mut v = op.to_be_bytes().to_vec();
-    v.push(key);
-    v
-}
-
-fn decode(b: &[u8]) -> (RequestId, u8) {
-    (u64::from_be_bytes(b[..8].try_into().unwrap()), b[8])
 }
 
 impl Sim {
@@ -129,20 +227,36 @@ impl Sim {
             snapshots: Vec::new(),
             installs: 0,
             compactions: 0,
+            pauses: 0,
+            cuts: 0,
+            lease_refusals: 0,
             ops: BTreeMap::new(),
             next_op: 1,
             committed: BTreeMap::new(),
+            states: BTreeMap::from([(0, StateMachine::new())]),
             leaders: HashMap::new(),
             faults: true,
         };
         for id in 1..=total {
+            // A third of the seeds run one replica's timer slow.
+            let rate = if seed % 3 == 0 && id == 1 + seed % total {
+                50 + sim.rng.below(40)
+            } else {
+                100
+            };
             let node = Node {
                 engine: None,
                 disk: Disk::default(),
                 writes: VecDeque::new(),
-                sm: BTreeMap::new(),
+                sm: StateMachine::new(),
+                applied: 0,
                 incarnation: 0,
                 down_until: 0,
+                paused_until: 0,
+                cut_until: 0,
+                ticks_cut: 0,
+                rate,
+                tick_times: BTreeMap::new(),
             };
             sim.nodes.insert(id, node);
             sim.boot(id);
@@ -162,23 +276,24 @@ impl Sim {
         let node = self.nodes.get_mut(&id).unwrap();
         node.incarnation += 1;
         let cfg = Config::new(id, self.seed.wrapping_add(node.incarnation * 7919));
-        let (snap, sm) = node.disk.snap.clone().unwrap_or_else(|| {
-            let meta = SnapshotMeta {
-                max_member_id: initial.members.keys().max().copied().unwrap_or(0),
-                membership: initial,
-                ..Default::default()
-            };
-            (meta, BTreeMap::new())
+        let snap = node.disk.snap.clone().unwrap_or_else(|| SnapshotMeta {
+            max_member_id: initial.members.keys().max().copied().unwrap_or(0),
+            membership: initial,
+            ..Default::default()
         });
-        let applied = snap.index;
-        node.engine = Some(Engine::restore(
-            cfg,
-            node.disk.hs,
-            snap,
-            node.disk.log.clone(),
-            applied,
-        ));
-        node.sm = sm;
+        let durable_log_end = snap.index + node.disk.log.len() as Index;
+        let applied = node.disk.applied;
+        let log = node.disk.log.clone();
+        node.sm = node.disk.sm.clone();
+        node.applied = applied;
+        node.tick_times.clear();
+        node.engine = Some(Engine::restore(cfg, node.disk.hs, snap, log, applied));
+        if applied > durable_log_end {
+            self.fail(format!(
+                "node {id} restarts with applied state at {applied} ahead of its durable log \
+                 (ends at {durable_log_end}): it applied entries before they were durable"
+            ));
+        }
     }
 
     fn crash(&mut self, id: NodeId, until: u64) {
@@ -186,6 +301,7 @@ impl Sim {
         node.engine = None;
         node.writes.clear();
         node.down_until = until;
+        node.paused_until = 0;
     }
 
     fn alive(&self) -> Vec<NodeId> {
@@ -194,6 +310,16 @@ impl Sim {
             .filter(|(_, n)| n.engine.is_some())
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// Alive and not stopped.
+    fn running(&self, id: NodeId) -> bool {
+        let n = &self.nodes[&id];
+        n.engine.is_some() && n.paused_until <= self.now
+    }
+
+    fn cut(&self, a: NodeId, b: NodeId) -> bool {
+        self.nodes[&a].cut_until > self.now || self.nodes[&b].cut_until > self.now
     }
 
     fn step(&mut self, id: NodeId, event: Event) {
@@ -209,7 +335,7 @@ impl Sim {
     fn execute(&mut self, id: NodeId, c: Command) {
         match c {
             Command::Send { to, msg } => {
-                if self.faults && self.rng.chance(5) {
+                if self.faults && (self.rng.chance(5) || self.cut(id, to)) {
                     return;
                 }
                 let copies = if self.faults && self.rng.chance(3) {
@@ -246,7 +372,7 @@ impl Sim {
                     ));
                 }
                 let sm = node.sm.clone();
-                if self.faults && self.rng.chance(5) {
+                if self.faults && (self.rng.chance(5) || self.cut(id, to)) {
                     return;
                 }
                 let delay = 1 + self.rng.below(if self.faults { 10 } else { 3 });
@@ -258,14 +384,7 @@ impl Sim {
                     o.proposed = Some((id, index));
                 }
             }
-            Command::ReadReady { id: op } => {
-                let now = self.now;
-                let key = self.ops[&op].key;
-                let value = self.nodes[&id].sm.get(&key).copied();
-                let o = self.ops.get_mut(&op).unwrap();
-                o.value = value;
-                o.complete = Some(now);
-            }
+            Command::ReadReady { id: op } => self.read_ready(id, op),
             Command::ReadRejected { .. } => {}
             Command::RoleChanged {
                 role: Role::Leader,
@@ -274,6 +393,34 @@ impl Sim {
             } => self.check_new_leader(id, term),
             Command::RoleChanged { .. } => {}
         }
+    }
+
+    /// The runtime's last check before answering a consistent read: the lease, in real time.
+    fn lease_holds(&self, id: NodeId) -> bool {
+        let node = &self.nodes[&id];
+        let engine = node.engine.as_ref().unwrap();
+        let Some(start) = engine.lease_start() else {
+            return false;
+        };
+        // A tick this incarnation has not seen (none yet) gives no lease.
+        let Some(at) = node.tick_times.get(&start) else {
+            return false;
+        };
+        self.now < at + engine.config().lease
+    }
+
+    fn read_ready(&mut self, id: NodeId, op: RequestId) {
+        if !self.lease_holds(id) {
+            self.lease_refusals += 1;
+            return;
+        }
+        let now = self.now;
+        let node = &self.nodes[&id];
+        let key = self.ops[&op].key;
+        let read = (node.sm.get(&key).copied(), node.applied);
+        let o = self.ops.get_mut(&op).unwrap();
+        o.read = Some(read);
+        o.complete = Some(now);
     }
 
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
@@ -287,16 +434,51 @@ impl Sim {
                     self.committed.insert(e.index, e.clone());
                 }
             }
+            let node = self.nodes.get_mut(&id).unwrap();
+            if e.index <= node.applied {
+                // What the durable state machine already holds (a restarted replica).
+                continue;
+            }
+            if e.index != node.applied + 1 {
+                let applied = node.applied;
+                self.fail(format!(
+                    "node {id} applies {} after {applied}: a gap",
+                    e.index
+                ));
+            }
+            let mut outcome = None;
             if let Payload::Command(bytes) = &e.payload {
-                let (op, key) = decode(bytes);
-                self.nodes.get_mut(&id).unwrap().sm.insert(key, op);
-                // The proposer acknowledges once it applies its own proposal.
+                let cmd = decode(bytes);
+                outcome = Some((cmd.op, execute_cmd(&mut node.sm, &cmd)));
+            }
+            node.applied = e.index;
+            // Written with its applied index as it is applied, durable at once (the worst case).
+            node.disk.sm = node.sm.clone();
+            node.disk.applied = e.index;
+            self.check_state(id, e.index);
+            // The proposer answers once it applies its own proposal.
+            if let Some((op, held)) = outcome {
                 let now = self.now;
                 if let Some(o) = self.ops.get_mut(&op) {
                     if o.proposed == Some((id, e.index)) && o.complete.is_none() {
                         o.complete = Some(now);
+                        o.outcome = Some(held);
                     }
                 }
+            }
+        }
+    }
+
+    /// Replicas agree: the state at an applied index is the same on every replica.
+    fn check_state(&mut self, id: NodeId, index: Index) {
+        let sm = &self.nodes[&id].sm;
+        match self.states.get(&index) {
+            Some(s) if s != sm => self.fail(format!(
+                "replicas diverge: node {id} holds {sm:?} at {index}, another held {s:?}"
+            )),
+            Some(_) => {}
+            None => {
+                self.states.insert(index, sm.clone());
             }
         }
     }
@@ -325,16 +507,47 @@ impl Sim {
 
     fn deliver(&mut self) {
         let now = self.now;
-        let mut due: Vec<_> = self.network.extract_if(.., |m| m.0 <= now).collect();
+        let running: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| self.nodes[id].paused_until <= now)
+            .collect();
+        // A stopped node's messages wait for it; one that just resumed works through its timers,
+        // its clients and the messages that piled up in any order.
+        let just_resumed: Vec<NodeId> = running
+            .iter()
+            .copied()
+            .filter(|id| self.nodes[id].paused_until + 3 > now)
+            .collect();
+        let late: Vec<bool> = (0..self.network.len())
+            .map(|_| self.rng.chance(60))
+            .collect();
+        let mut i = 0;
+        let mut due: Vec<_> = self
+            .network
+            .extract_if(.., |m| {
+                i += 1;
+                m.0 <= now
+                    && running.contains(&m.2)
+                    && !(just_resumed.contains(&m.2) && late[i - 1])
+            })
+            .collect();
         // Reordering: due messages go out in random order.
         for i in (1..due.len()).rev() {
             let j = self.rng.below(i as u64 + 1) as usize;
             due.swap(i, j);
         }
         for (_, from, to, msg) in due {
+            if self.faults && self.cut(from, to) {
+                continue;
+            }
             self.step(to, Event::Message { from, msg });
         }
-        let due: Vec<_> = self.snapshots.extract_if(.., |s| s.0 <= now).collect();
+        let due: Vec<_> = self
+            .snapshots
+            .extract_if(.., |s| s.0 <= now && running.contains(&s.2))
+            .collect();
         for (_, from, to, meta, sm) in due {
             if let Some(c) = self.committed.get(&meta.index) {
                 if c.term != meta.term {
@@ -356,13 +569,13 @@ impl Sim {
     /// Now and then a node compacts its log up to what it has applied (and made durable).
     fn compact(&mut self) {
         for id in self.alive() {
-            if !self.rng.chance(2) {
+            if !self.running(id) || !self.rng.chance(2) {
                 continue;
             }
             let node = self.nodes.get_mut(&id).unwrap();
             let engine = node.engine.as_mut().unwrap();
             let applied = engine.applied_index();
-            if applied > engine.persisted_index() {
+            if applied > engine.persisted_index() || node.applied < applied {
                 continue;
             }
             if let Some(meta) = engine.compact(applied) {
@@ -370,7 +583,7 @@ impl Sim {
                 let disk = &mut node.disk;
                 let drop = (meta.index - disk.snap_index()) as usize;
                 disk.log.drain(..drop.min(disk.log.len()));
-                disk.snap = Some((meta, node.sm.clone()));
+                disk.snap = Some(meta);
                 self.compactions += 1;
             }
         }
@@ -379,6 +592,9 @@ impl Sim {
     fn complete_writes(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
+            if self.nodes[&id].paused_until > self.now {
+                continue;
+            }
             while let Some((at, _)) = self.nodes[&id].writes.front() {
                 if *at > self.now {
                     break;
@@ -416,13 +632,7 @@ impl Sim {
         );
     }
 
-    fn complete_install(
-        &mut self,
-        id: NodeId,
-        from: NodeId,
-        meta: SnapshotMeta,
-        sm: BTreeMap<u8, u64>,
-    ) {
+    fn complete_install(&mut self, id: NodeId, from: NodeId, meta: SnapshotMeta, sm: StateMachine) {
         let node = self.nodes.get_mut(&id).unwrap();
         let Some(engine) = node.engine.as_ref() else {
             return;
@@ -441,9 +651,13 @@ impl Sim {
             } else {
                 disk.log.clear();
             }
-            disk.snap = Some((meta.clone(), sm.clone()));
+            disk.snap = Some(meta.clone());
+            disk.sm = sm.clone();
+            disk.applied = meta.index;
             node.sm = sm;
+            node.applied = meta.index;
             self.installs += 1;
+            self.check_state(id, meta.index);
         }
         self.step(id, Event::SnapshotInstalled { from, meta });
         let engine = self.nodes[&id].engine.as_ref().unwrap();
@@ -469,50 +683,78 @@ impl Sim {
         if !self.rng.chance(30) {
             return;
         }
-        let alive = self.alive();
-        if alive.is_empty() {
+        let running: Vec<NodeId> = self
+            .alive()
+            .into_iter()
+            .filter(|id| self.running(*id))
+            .collect();
+        if running.is_empty() {
             return;
         }
+        // Clients with stale leader hints go to any replica that believes it leads.
+        let believers: Vec<NodeId> = running
+            .iter()
+            .copied()
+            .filter(|id| self.nodes[id].engine.as_ref().unwrap().role() == Role::Leader)
+            .collect();
+        let roll = self.rng.below(100);
         let target = match self.leader() {
-            Some(l) if self.rng.chance(80) => l,
-            _ => alive[self.rng.below(alive.len() as u64) as usize],
+            _ if roll < 40 && !believers.is_empty() => {
+                believers[self.rng.below(believers.len() as u64) as usize]
+            }
+            Some(l) if roll < 80 && running.contains(&l) => l,
+            _ => running[self.rng.below(running.len() as u64) as usize],
         };
         let op = self.next_op;
         self.next_op += 1;
         let key = self.rng.below(3) as u8;
-        let is_write = self.rng.chance(60);
-        let value = is_write.then_some(op);
+        let kind = match self.rng.below(10) {
+            0..=3 => Kind::Read,
+            4 => Kind::Put,
+            5..=7 => Kind::Acquire,
+            _ => Kind::Release,
+        };
+        let owner = 1 + self.rng.below(3);
         self.ops.insert(
             op,
             Op {
                 key,
-                value,
-                is_write,
+                kind,
                 invoke: self.now,
                 complete: None,
                 proposed: None,
+                outcome: None,
+                read: None,
             },
         );
-        let event = if is_write {
+        let event = if kind == Kind::Read {
+            Event::Read { id: op }
+        } else {
             Event::Propose {
                 id: op,
-                payload: Payload::Command(encode(op, key)),
+                payload: Payload::Command(encode(&Cmd {
+                    op,
+                    key,
+                    kind,
+                    owner,
+                })),
             }
-        } else {
-            Event::Read { id: op }
         };
         self.step(target, event);
     }
 
     fn inject_faults(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
-            let n = &self.nodes[&id];
+        for id in &ids {
+            let n = &self.nodes[id];
             if n.engine.is_none() && n.down_until <= self.now {
-                self.boot(id);
+                self.boot(*id);
             }
         }
-        if self.faults && self.rng.chance(2) {
+        if !self.faults {
+            return;
+        }
+        if self.rng.chance(2) {
             let alive = self.alive();
             let members = self.initial.members.len();
             // Keep a majority of the initial group alive most of the time, not always.
@@ -522,18 +764,76 @@ impl Sim {
                 self.crash(victim, until);
             }
         }
+        // A process stops (SIGSTOP, a VM stall) and later resumes where it was.
+        if self.rng.chance(1) {
+            let alive = self.alive();
+            if !alive.is_empty() {
+                let victim = match self.leader() {
+                    Some(l) if self.rng.chance(50) => l,
+                    _ => alive[self.rng.below(alive.len() as u64) as usize],
+                };
+                self.nodes.get_mut(&victim).unwrap().paused_until =
+                    self.now + 10 + self.rng.below(50);
+                self.pauses += 1;
+            }
+        }
+        // A node is cut off from the others, clients still reach it.
+        if self.rng.chance(1) && ids.iter().all(|id| self.nodes[id].cut_until <= self.now) {
+            let victim = ids[self.rng.below(ids.len() as u64) as usize];
+            let node = self.nodes.get_mut(&victim).unwrap();
+            node.cut_until = self.now + 20 + self.rng.below(80);
+            node.ticks_cut = 0;
+            self.cuts += 1;
+        }
     }
 
     fn tick(&mut self) {
         self.now += 1;
         self.inject_faults();
         for id in self.alive() {
+            if !self.running(id) {
+                continue;
+            }
+            let rate = self.nodes[&id].rate;
+            if rate < 100 && !self.rng.chance(rate) {
+                continue;
+            }
+            let now = self.now;
+            let node = self.nodes.get_mut(&id).unwrap();
+            let tick = node.engine.as_ref().unwrap().now() + 1;
+            node.tick_times.insert(tick, now);
+            // The runtime keeps a bounded window of tick times; older ticks give no lease.
+            if node.tick_times.len() > 64 {
+                node.tick_times.pop_first();
+            }
+            if node.cut_until > now {
+                node.ticks_cut += 1;
+            }
             self.step(id, Event::Tick);
+            self.check_cut_leader(id);
         }
         self.deliver();
         self.complete_writes();
         self.compact();
         self.client();
+    }
+
+    /// Check-quorum: a leader cut off from every peer for longer than an election timeout (of
+    /// its own ticks) has stepped down.
+    fn check_cut_leader(&self, id: NodeId) {
+        let node = &self.nodes[&id];
+        let engine = node.engine.as_ref().unwrap();
+        let cut = self.faults && node.cut_until > self.now;
+        if cut
+            && engine.role() == Role::Leader
+            && engine.membership().quorum() > 1
+            && node.ticks_cut > engine.config().election_max + 1
+        {
+            self.fail(format!(
+                "node {id} still leads after {} of its ticks cut off from its group",
+                node.ticks_cut
+            ));
+        }
     }
 
     /// Proposes a membership change at the leader until it commits (or gives up).
@@ -598,23 +898,45 @@ impl Sim {
     }
 
     fn check_history(&self) {
-        let index_of: HashMap<RequestId, Index> = self
-            .committed
-            .values()
-            .filter_map(|e| match &e.payload {
-                Payload::Command(b) => Some((decode(b).0, e.index)),
-                _ => None,
-            })
-            .collect();
-        let writes: Vec<(&RequestId, &Op)> = self.ops.iter().filter(|(_, o)| o.is_write).collect();
-        for (id, w) in &writes {
-            if w.complete.is_some() && !index_of.contains_key(id) {
-                self.fail(format!("acknowledged write {id} is not committed"));
+        // The committed order, replayed from scratch, decides every outcome.
+        let mut sm = StateMachine::new();
+        let mut index_of: HashMap<RequestId, (Index, bool)> = HashMap::new();
+        for (index, e) in &self.committed {
+            if let Payload::Command(b) = &e.payload {
+                let cmd = decode(b);
+                let held = execute_cmd(&mut sm, &cmd);
+                index_of.insert(cmd.op, (*index, held));
+            }
+            if self.states.get(index).is_some_and(|s| s != &sm) {
+                self.fail(format!(
+                    "replicas at {index} hold {:?}, the committed order gives {sm:?}",
+                    self.states[index]
+                ));
             }
         }
+        let writes: Vec<(&RequestId, &Op)> =
+            self.ops.iter().filter(|(_, o)| o.is_write()).collect();
+        for (id, w) in &writes {
+            if w.complete.is_none() {
+                continue;
+            }
+            match index_of.get(id) {
+                None => self.fail(format!("acknowledged write {id} is not committed")),
+                Some((_, held)) if Some(*held) != w.outcome => self.fail(format!(
+                    "write {id} ({:?}) was answered {:?}, the committed order says {held}",
+                    w.kind, w.outcome
+                )),
+                Some(_) => {}
+            }
+        }
+        let mut done: Vec<(u64, Index)> = writes
+            .iter()
+            .filter_map(|(id, w)| Some((w.complete?, index_of.get(id)?.0)))
+            .collect();
+        done.sort_unstable();
         for (id1, w1) in &writes {
             for (id2, w2) in &writes {
-                if let (Some(c1), Some(i1), Some(i2)) =
+                if let (Some(c1), Some((i1, _)), Some((i2, _))) =
                     (w1.complete, index_of.get(id1), index_of.get(id2))
                 {
                     if c1 < w2.invoke && i1 > i2 {
@@ -623,53 +945,36 @@ impl Sim {
                 }
             }
         }
-        let reads: Vec<(&RequestId, &Op)> = self
-            .ops
-            .iter()
-            .filter(|(_, o)| !o.is_write && o.complete.is_some())
-            .collect();
-        for (rid, r) in &reads {
-            let at = match r.value {
-                Some(v) => match index_of.get(&v) {
-                    Some(i) => *i,
-                    None => self.fail(format!("read {rid} returned uncommitted write {v}")),
-                },
-                None => 0,
-            };
-            if let Some(v) = r.value {
-                if self.ops[&v].invoke > r.complete.unwrap() {
-                    self.fail(format!("read {rid} returned write {v} from its future"));
-                }
+        for (rid, r) in self.ops.iter().filter(|(_, o)| !o.is_write()) {
+            let Some((value, at)) = r.read else { continue };
+            // Every write acknowledged before the read began is in what it read.
+            let needed = done
+                .iter()
+                .take_while(|(c, _)| *c < r.invoke)
+                .map(|(_, i)| *i)
+                .max()
+                .unwrap_or(0);
+            if at < needed {
+                self.fail(format!(
+                    "stale read {rid}: read at {at}, but a write at {needed} finished before it began"
+                ));
             }
-            for (wid, w) in &writes {
-                if w.key == r.key
-                    && w.complete.is_some_and(|c| c < r.invoke)
-                    && index_of.get(wid).is_some_and(|i| *i > at)
-                {
-                    self.fail(format!(
-                        "stale read {rid}: write {wid} finished before it began"
-                    ));
-                }
-            }
-            for (rid2, r2) in &reads {
-                if r2.key == r.key && r.complete.unwrap() < r2.invoke {
-                    let at2 = r2
-                        .value
-                        .and_then(|v| index_of.get(&v).copied())
-                        .unwrap_or(0);
-                    if at2 < at {
-                        self.fail(format!("reads {rid} then {rid2} go back in time"));
-                    }
-                }
+            let expect = self.states.get(&at).and_then(|s| s.get(&r.key).copied());
+            if value != expect {
+                self.fail(format!("read {rid} returned {value:?}, the state at {at} holds {expect:?}"));
             }
         }
     }
 
-    /// Faults stop: every node comes back, the network heals; a leader must emerge and commit.
+    /// Faults stop: every node comes back, the network heals; a leader must emerge and commit,
+    /// and then every replica converges on the same state.
     fn check_recovery(&mut self) {
         self.faults = false;
         for id in self.nodes.keys().copied().collect::<Vec<_>>() {
-            self.nodes.get_mut(&id).unwrap().down_until = 0;
+            let n = self.nodes.get_mut(&id).unwrap();
+            n.down_until = 0;
+            n.paused_until = 0;
+            n.cut_until = 0;
         }
         let deadline = self.now + 300;
         let op = 1_000_000_000;
@@ -677,17 +982,24 @@ impl Sim {
             op,
             Op {
                 key: 9,
-                value: Some(op),
-                is_write: true,
+                kind: Kind::Put,
                 invoke: self.now,
                 complete: None,
                 proposed: None,
+                outcome: None,
+                read: None,
             },
         );
+        let cmd = Cmd {
+            op,
+            key: 9,
+            kind: Kind::Put,
+            owner: 0,
+        };
         while self.now < deadline {
             self.tick();
             if self.ops[&op].complete.is_some() {
-                return;
+                return self.check_convergence();
             }
             if let Some(l) = self.leader() {
                 if self.ops[&op].proposed.is_none() || self.now.is_multiple_of(50) {
@@ -695,13 +1007,41 @@ impl Sim {
                         l,
                         Event::Propose {
                             id: op,
-                            payload: Payload::Command(encode(op, 9)),
+                            payload: Payload::Command(encode(&cmd)),
                         },
                     );
                 }
             }
         }
         self.fail("no leader committed a write within 300 ticks of the faults stopping")
+    }
+
+    /// Every full replica of the final membership reaches the leader's applied index, with the
+    /// same state.
+    fn check_convergence(&mut self) {
+        let mut target = None;
+        for _ in 0..300 {
+            self.tick();
+            let Some(leader) = self.leader() else { continue };
+            let target = *target.get_or_insert(self.nodes[&leader].applied);
+            let members = self.nodes[&leader].engine.as_ref().unwrap().membership().clone();
+            let full: Vec<NodeId> = members
+                .members
+                .iter()
+                .filter(|(_, k)| **k == MemberKind::Full)
+                .map(|(id, _)| *id)
+                .collect();
+            if full.iter().all(|id| self.nodes[id].applied >= target) {
+                for id in full {
+                    let node = &self.nodes[&id];
+                    if self.states.get(&node.applied) != Some(&node.sm) {
+                        self.fail(format!("replica {id} at {} differs: {:?}", node.applied, node.sm));
+                    }
+                }
+                return;
+            }
+        }
+        self.fail(format!("replicas did not reach the leader's applied index {target:?}"));
     }
 }
 
@@ -712,6 +1052,10 @@ struct Outcome {
     swapped: bool,
     installs: usize,
     compactions: usize,
+    conditional_failures: usize,
+    pauses: usize,
+    cuts: usize,
+    lease_refusals: usize,
 }
 
 fn run(seed: u64) -> Outcome {
@@ -759,12 +1103,21 @@ fn run(seed: u64) -> Outcome {
     sim.check_log_matching();
     sim.check_history();
     let acked = sim.ops.values().filter(|o| o.complete.is_some()).count();
+    let conditional_failures = sim
+        .ops
+        .values()
+        .filter(|o| o.outcome == Some(false))
+        .count();
     Outcome {
         acked,
         committed: sim.committed.len(),
         swapped,
         installs: sim.installs,
         compactions: sim.compactions,
+        conditional_failures,
+        pauses: sim.pauses,
+        cuts: sim.cuts,
+        lease_refusals: sim.lease_refusals,
     }
 }
 
@@ -774,28 +1127,65 @@ fn randomized_groups_stay_safe() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let (mut acked, mut committed, mut swaps, mut installs, mut compactions) = (0, 0, 0, 0, 0);
+    let mut total = Outcome {
+        acked: 0,
+        committed: 0,
+        swapped: false,
+        installs: 0,
+        compactions: 0,
+        conditional_failures: 0,
+        pauses: 0,
+        cuts: 0,
+        lease_refusals: 0,
+    };
+    let mut swaps = 0;
     for seed in 0..seeds {
         let o = run(seed);
-        acked += o.acked;
-        committed += o.committed;
+        total.acked += o.acked;
+        total.committed += o.committed;
         swaps += usize::from(o.swapped);
-        installs += o.installs;
-        compactions += o.compactions;
+        total.installs += o.installs;
+        total.compactions += o.compactions;
+        total.conditional_failures += o.conditional_failures;
+        total.pauses += o.pauses;
+        total.cuts += o.cuts;
+        total.lease_refusals += o.lease_refusals;
     }
     println!(
-        "{seeds} seeds: {acked} client operations acknowledged, {committed} entries committed, \
-         {swaps} of {} log-replica swaps completed, {compactions} log compactions, \
-         {installs} snapshots installed",
-        seeds / 2
+        "{seeds} seeds: {} client operations acknowledged ({} conditional writes refused), {} \
+         entries committed, {swaps} of {} log-replica swaps completed, {} log compactions, {} \
+         snapshots installed, {} pauses, {} partitions, {} reads refused for an expired lease",
+        total.acked,
+        total.conditional_failures,
+        total.committed,
+        seeds / 2,
+        total.compactions,
+        total.installs,
+        total.pauses,
+        total.cuts,
+        total.lease_refusals,
+    );
+    // The faults and the workload must really happen, or the checks above prove nothing.
+    assert!(
+        total.installs >= seeds as usize,
+        "lagging replicas should often catch up by snapshot: {} installs",
+        total.installs
     );
     assert!(
-        installs >= seeds as usize,
-        "lagging replicas should often catch up by snapshot: {installs} installs"
+        total.acked > seeds as usize * 50,
+        "the simulation should make progress: {} acknowledged",
+        total.acked
     );
     assert!(
-        acked > seeds as usize * 50,
-        "the simulation should make progress: {acked} acknowledged"
+        total.conditional_failures > seeds as usize * 5,
+        "conditions should often fail: {}",
+        total.conditional_failures
+    );
+    assert!(
+        total.pauses >= seeds as usize && total.cuts >= seeds as usize,
+        "pauses and partitions should happen: {} and {}",
+        total.pauses,
+        total.cuts
     );
     assert!(
         swaps * 4 >= (seeds as usize / 2) * 3,
