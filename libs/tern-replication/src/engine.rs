@@ -573,7 +573,9 @@ impl Engine {
             } => {
                 let mut expect = (*prev_index, *prev_term);
                 for e in entries {
-                    if Some(e.index) != expect.0.checked_add(1) || e.term < expect.1 || e.term > *term
+                    if Some(e.index) != expect.0.checked_add(1)
+                        || e.term < expect.1
+                        || e.term > *term
                     {
                         return false;
                     }

@@ -530,3 +530,193 @@ fn an_installed_snapshot_replaces_a_conflicting_log_and_keeps_a_matching_one() {
     assert_eq!(e.last_index(), 3, "entries continuing the snapshot stay");
     assert_eq!(e.log(), &[entry(2, 3, b"c")]);
 }
+
+fn applies(cmds: &[Command]) -> Vec<Index> {
+    cmds.iter()
+        .flat_map(|c| match c {
+            Command::Apply(es) => es.iter().map(|e| e.index).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_follower_applies_only_what_its_own_log_holds_durably() {
+    let mut e = engine(2, full3());
+    let entries = vec![entry(1, 1, b"a"), entry(1, 2, b"b")];
+    // The leader says both are committed (it and the third replica have them on disk).
+    let out = e.step(Event::Message {
+        from: 1,
+        msg: Message::Append {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries,
+            commit: 2,
+            sent_at: 1,
+        },
+    });
+    assert!(applies(&out).is_empty(), "applied before durable: {out:?}");
+    let out = e.step(Event::Persisted { index: 1, term: 1 });
+    assert_eq!(applies(&out), vec![1]);
+    let out = e.step(Event::Persisted { index: 2, term: 1 });
+    assert_eq!(applies(&out), vec![2]);
+}
+
+#[test]
+fn a_leader_applies_only_once_its_own_write_is_durable() {
+    let mut e = elect_one();
+    e.step(Event::Persisted { index: 1, term: 1 });
+    e.step(Event::Propose {
+        id: 5,
+        payload: Payload::Command(b"x".to_vec()),
+    });
+    // Both followers have entry 2 on disk before the leader does: it is committed, not applied.
+    let mut out = Vec::new();
+    for from in [2, 3] {
+        out.extend(e.step(Event::Message {
+            from,
+            msg: Message::AppendResponse {
+                term: 1,
+                success: true,
+                index: 2,
+                sent_at: e.now(),
+            },
+        }));
+    }
+    assert_eq!(e.commit_index(), 2);
+    assert!(!applies(&out).contains(&2), "{out:?}");
+    let out = e.step(Event::Persisted { index: 2, term: 1 });
+    assert_eq!(applies(&out), vec![2]);
+}
+
+#[test]
+fn a_leader_no_quorum_answers_steps_down() {
+    let mut e = elect_one();
+    let timeout = e.config().election_max;
+    for _ in 0..timeout + 1 {
+        e.step(Event::Tick);
+    }
+    assert_eq!(e.role(), Role::Follower, "check-quorum");
+    assert_eq!(e.lease_start(), None);
+}
+
+#[test]
+fn forged_or_broken_messages_change_nothing() {
+    let mut e = engine(2, full3());
+    let good = vec![entry(1, 1, b"a"), entry(1, 2, b"b")];
+    e.step(Event::Message {
+        from: 1,
+        msg: Message::Append {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries: good,
+            commit: 2,
+            sent_at: 1,
+        },
+    });
+    e.step(Event::Persisted { index: 2, term: 1 });
+    assert_eq!(e.commit_index(), 2);
+    let before = e.clone();
+    let forged = [
+        // Rewrites a committed entry (once an assert that took the process down).
+        Message::Append {
+            term: 2,
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![entry(2, 1, b"evil")],
+            commit: 0,
+            sent_at: 1,
+        },
+        // Entries that skip an index.
+        Message::Append {
+            term: 1,
+            prev_index: 2,
+            prev_term: 1,
+            entries: vec![entry(1, 3, b"c"), entry(1, 5, b"e")],
+            commit: 2,
+            sent_at: 1,
+        },
+        // Entries from a term after the message's own.
+        Message::Append {
+            term: 1,
+            prev_index: 2,
+            prev_term: 1,
+            entries: vec![entry(7, 3, b"c")],
+            commit: 2,
+            sent_at: 1,
+        },
+        // Indexes that overflow.
+        Message::Append {
+            term: 1,
+            prev_index: u64::MAX,
+            prev_term: 1,
+            entries: vec![entry(1, 0, b"c")],
+            commit: u64::MAX,
+            sent_at: 1,
+        },
+        // A term no election reaches.
+        Message::Vote {
+            term: u64::MAX,
+            last_index: u64::MAX,
+            last_term: u64::MAX,
+            pre: false,
+        },
+    ];
+    for msg in forged {
+        let out = e.step(Event::Message { from: 3, msg });
+        assert!(
+            out.iter()
+                .all(|c| !matches!(c, Command::AppendLog(_) | Command::Apply(_))),
+            "{out:?}"
+        );
+    }
+    assert_eq!(e.log(), before.log());
+    assert_eq!(e.commit_index(), 2);
+    assert!(e.term() < u64::MAX / 2);
+}
+
+#[test]
+fn appends_are_cut_by_bytes() {
+    let mut e = elect_one();
+    e.step(Event::Persisted { index: 1, term: 1 });
+    let big = vec![0u8; e.config().max_batch_bytes / 2];
+    for id in 0..6 {
+        e.step(Event::Propose {
+            id,
+            payload: Payload::Command(big.clone()),
+        });
+    }
+    // Follower 2 is behind from the start: a rejection makes the leader resend everything.
+    let out = e.step(Event::Message {
+        from: 2,
+        msg: Message::AppendResponse {
+            term: 1,
+            success: false,
+            index: 1,
+            sent_at: e.now(),
+        },
+    });
+    let limit = e.config().max_batch_bytes;
+    let appends: Vec<usize> = sends(&out)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::Append { entries, .. } => Some(
+                entries
+                    .iter()
+                    .map(|x| match &x.payload {
+                        Payload::Command(b) => b.len(),
+                        _ => 0,
+                    })
+                    .sum(),
+            ),
+            _ => None,
+        })
+        .collect();
+    assert!(!appends.is_empty(), "{out:?}");
+    assert!(
+        appends.iter().all(|b| *b <= limit),
+        "{appends:?} over {limit}"
+    );
+}

@@ -961,7 +961,9 @@ impl Sim {
             }
             let expect = self.states.get(&at).and_then(|s| s.get(&r.key).copied());
             if value != expect {
-                self.fail(format!("read {rid} returned {value:?}, the state at {at} holds {expect:?}"));
+                self.fail(format!(
+                    "read {rid} returned {value:?}, the state at {at} holds {expect:?}"
+                ));
             }
         }
     }
@@ -1022,9 +1024,16 @@ impl Sim {
         let mut target = None;
         for _ in 0..300 {
             self.tick();
-            let Some(leader) = self.leader() else { continue };
+            let Some(leader) = self.leader() else {
+                continue;
+            };
             let target = *target.get_or_insert(self.nodes[&leader].applied);
-            let members = self.nodes[&leader].engine.as_ref().unwrap().membership().clone();
+            let members = self.nodes[&leader]
+                .engine
+                .as_ref()
+                .unwrap()
+                .membership()
+                .clone();
             let full: Vec<NodeId> = members
                 .members
                 .iter()
@@ -1035,13 +1044,18 @@ impl Sim {
                 for id in full {
                     let node = &self.nodes[&id];
                     if self.states.get(&node.applied) != Some(&node.sm) {
-                        self.fail(format!("replica {id} at {} differs: {:?}", node.applied, node.sm));
+                        self.fail(format!(
+                            "replica {id} at {} differs: {:?}",
+                            node.applied, node.sm
+                        ));
                     }
                 }
                 return;
             }
         }
-        self.fail(format!("replicas did not reach the leader's applied index {target:?}"));
+        self.fail(format!(
+            "replicas did not reach the leader's applied index {target:?}"
+        ));
     }
 }
 
