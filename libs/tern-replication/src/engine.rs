@@ -522,6 +522,15 @@ impl Engine {
         match &msg {
             // A vote request while a leader is alive is ignored outright, its term included.
             Message::Vote { pre: false, .. } if term > self.hs.term && recently_heard => return,
+            // A refused pre-vote tells the term the group is at: a replica that fell behind in
+            // terms (cut off while others held elections) catches up, or its pre-votes, which
+            // ask for its own term plus one, would be refused for ever while its log may be the
+            // one the group needs.
+            Message::VoteResponse {
+                pre: true,
+                granted: false,
+                ..
+            } if term > self.hs.term => self.become_follower(term, None),
             Message::Vote { pre: true, .. } | Message::VoteResponse { pre: true, .. } => {}
             _ if term > self.hs.term => {
                 let leader = matches!(msg, Message::Append { .. }).then_some(from);
@@ -654,11 +663,14 @@ impl Engine {
         sent_at: u64,
     ) {
         if term < self.hs.term {
+            // NOTE: no send time: the sender may lead a later term by now (after a restart, with
+            // a clock started afresh), and must not take this answer to an old append for a
+            // recent acknowledgement of its lease.
             let msg = Message::AppendResponse {
                 term: self.hs.term,
                 success: false,
                 index: 0,
-                sent_at,
+                sent_at: 0,
             };
             return self.send(from, msg);
         }
@@ -793,8 +805,9 @@ impl Engine {
         let Some(p) = self.progress.get_mut(&from) else {
             return;
         };
-        // A snapshot's acknowledgement carries no send time (0): it says nothing about the lease.
-        if sent_at > 0 {
+        // A snapshot's acknowledgement carries no send time (0): it says nothing about the lease;
+        // nor does a time this leader's clock has not reached (an answer to an earlier life).
+        if sent_at > 0 && sent_at <= self.now {
             p.acked_at = Some(p.acked_at.map_or(sent_at, |a| a.max(sent_at)));
         }
         if success {

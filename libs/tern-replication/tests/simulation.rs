@@ -20,7 +20,8 @@
 //! random, so replicas that fall behind catch up by snapshot (itself a disk write a crash may
 //! lose).
 //!
-//! `TERN_SIM_SEEDS=N` runs N seeds (default 200); `TERN_SIM_SEED=S` replays one seed.
+//! `TERN_SIM_SEEDS=N` runs N seeds (default 200); `TERN_SIM_SEED=S` replays one seed, and with
+//! `TERN_SIM_TRACE=1` prints its events.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -207,10 +208,15 @@ struct Sim {
     next_op: RequestId,
     /// index → committed entry, as applied anywhere.
     committed: BTreeMap<Index, Entry>,
+    /// index → the lowest term of a replica that applied it: the entry was committed in that
+    /// term or before.
+    committed_by: BTreeMap<Index, Term>,
     /// index → the state machine after applying it, as the first replica to get there had it.
     states: BTreeMap<Index, StateMachine>,
     leaders: HashMap<Term, NodeId>,
     faults: bool,
+    /// `TERN_SIM_TRACE`: print every event but ticks, with its commands (for one seed).
+    trace: bool,
 }
 
 impl Sim {
@@ -233,9 +239,11 @@ impl Sim {
             ops: BTreeMap::new(),
             next_op: 1,
             committed: BTreeMap::new(),
+            committed_by: BTreeMap::new(),
             states: BTreeMap::from([(0, StateMachine::new())]),
             leaders: HashMap::new(),
             faults: true,
+            trace: std::env::var("TERN_SIM_TRACE").is_ok(),
         };
         for id in 1..=total {
             // A third of the seeds run one replica's timer slow.
@@ -326,7 +334,21 @@ impl Sim {
         let Some(engine) = self.nodes.get_mut(&id).unwrap().engine.as_mut() else {
             return;
         };
+        let shown = self.trace && !matches!(event, Event::Tick);
+        let before = shown.then(|| format!("{event:?}"));
         let commands = engine.step(event);
+        if let Some(event) = before {
+            let e = &*engine;
+            eprintln!(
+                "t{} n{id} [{:?} term {} commit {} last {} persisted {}] {event} -> {commands:?}",
+                self.now,
+                e.role(),
+                e.term(),
+                e.commit_index(),
+                e.last_index(),
+                e.persisted_index()
+            );
+        }
         for c in commands {
             self.execute(id, c);
         }
@@ -424,7 +446,10 @@ impl Sim {
     }
 
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
+        let term = self.nodes[&id].engine.as_ref().unwrap().term();
         for e in entries {
+            let by = self.committed_by.entry(e.index).or_insert(term);
+            *by = (*by).min(term);
             match self.committed.get(&e.index) {
                 Some(c) if c != &e => self.fail(format!(
                     "state machine safety: node {id} applies {e:?} where {c:?} was applied"
@@ -496,10 +521,16 @@ impl Sim {
             self.fail(format!("node {id} leads but is not a full replica"));
         }
         let snap = engine.snapshot().index;
+        // Leader completeness: what was committed in an earlier term is in the new leader's
+        // log. (A replica that stalled may win an old term's election late, after later terms
+        // committed entries it lacks: those it need not hold, and can never commit over.)
         for (index, entry) in self.committed.range(snap + 1..) {
+            if self.committed_by[index] >= term {
+                continue;
+            }
             if engine.entries(index - 1, *index).first() != Some(entry) {
                 self.fail(format!(
-                    "leader completeness: leader {id} of term {term} lacks committed entry {index}"
+                    "leader completeness: leader {id} of term {term} lacks committed entry {index} {entry:?}\n{}\nleader has {:?}", self.describe(), engine.entries(index - 3, *index + 2)
                 ));
             }
         }
@@ -830,8 +861,12 @@ impl Sim {
             && node.ticks_cut > engine.config().election_max + 1
         {
             self.fail(format!(
-                "node {id} still leads after {} of its ticks cut off from its group",
-                node.ticks_cut
+                "node {id} still leads after {} of its ticks cut off from its group (now {}, lease from {:?}, members {:?}, progress {:?})",
+                node.ticks_cut,
+                engine.now(),
+                engine.lease_start(),
+                engine.membership().members,
+                engine.membership().members.keys().map(|m| engine.peer_progress(*m)).collect::<Vec<_>>()
             ));
         }
     }
@@ -1015,7 +1050,35 @@ impl Sim {
                 }
             }
         }
-        self.fail("no leader committed a write within 300 ticks of the faults stopping")
+        self.fail(format!(
+            "no leader committed a write within 300 ticks of the faults stopping:\n{}",
+            self.describe()
+        ))
+    }
+
+    fn describe(&self) -> String {
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| match &n.engine {
+                Some(e) => format!(
+                    "node {id}: {:?} term {} leader {:?} commit {} applied {} (sm {}) persisted {} last {} snap {} members {:?} rate {}",
+                    e.role(),
+                    e.term(),
+                    e.leader(),
+                    e.commit_index(),
+                    e.applied_index(),
+                    n.applied,
+                    e.persisted_index(),
+                    e.last_index(),
+                    e.snapshot().index,
+                    e.membership().members,
+                    n.rate
+                ),
+                None => format!("node {id}: down"),
+            })
+            .collect();
+        states.join("\n")
     }
 
     /// Every full replica of the final membership reaches the leader's applied index, with the
