@@ -128,6 +128,15 @@ impl Bus {
     }
 
     /// Publishes a one-way message (no reply expected).
+    /// The largest message the server takes (its max_payload, as it told this connection; 1 MiB,
+    /// NATS's default, if it has not said).
+    pub fn max_payload(&self) -> usize {
+        match self.client.server_info().max_payload {
+            0 => 1024 * 1024,
+            n => n,
+        }
+    }
+
     pub async fn publish<M: prost::Message>(&self, subject: &str, msg: &M) -> Result<(), BusError> {
         let mut headers = HeaderMap::new();
         trace::inject(&mut headers);

@@ -28,6 +28,9 @@ pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The largest message nats-server accepts, as Tern runs it (the server allows up to 64 MiB).
+pub const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+
 impl NatsServer {
     /// Starts nats-server storing JetStream data under `store_dir`, logging to `log_file`.
     pub fn start(store_dir: &Path, log_file: &Path) -> anyhow::Result<Self> {
@@ -39,7 +42,14 @@ impl NatsServer {
             .append(true)
             .open(log_file)
             .with_context(|| format!("open {}", log_file.display()))?;
+        // NOTE: the default max_payload (1 MiB) is below the JSON form of a valid 400 KB item
+        // (binary is base64, control characters six bytes each): Tern needs 8 MiB.
+        let conf = store_dir.join("tern-nats.conf");
+        std::fs::write(&conf, format!("max_payload: {MAX_PAYLOAD}\n"))
+            .with_context(|| format!("write {}", conf.display()))?;
         let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store_dir)
             .stdin(Stdio::null())

@@ -41,7 +41,20 @@ pub fn init(service: &'static str) -> Telemetry {
         )
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init();
+    exit_on_panic();
     Telemetry { provider }
+}
+
+/// A panic anywhere (a request task, a replica's background loop) ends the process with status
+/// 101 after logging it: a service that lost a task must not live on half-working and answer
+/// health checks; it restarts from its durable state instead.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic: exiting");
+        default(info);
+        std::process::exit(101);
+    }));
 }
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).

@@ -47,12 +47,22 @@ fn partition(t: &TableInfo, hash: u64) -> Result<&PartitionInfo, ApiError> {
         .ok_or_else(|| ApiError::new(ErrorCode::InternalServerError, "no partition owns the key"))
 }
 
+/// Whether an attempt may be repeated elsewhere.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idempotent {
+    Yes,
+    No,
+}
+
 /// Retries `call` on a redirect (or when nothing listens on the node) with fresh metadata.
-/// `t` is the table as the request found it; retries look it up afresh.
+/// `t` is the table as the request found it; retries look it up afresh. A node that times out or
+/// fails (a stalled or cut-off leader) is not tried first again: the next request, or for a
+/// read the next attempt, goes to the following replica, which redirects to the real leader.
 async fn with_redirects<T, F, Fut>(
     r: &Router,
     t: Arc<TableInfo>,
     hash: u64,
+    idempotent: Idempotent,
     mut call: F,
 ) -> Result<T, ApiError>
 where
@@ -67,7 +77,11 @@ where
             t = active_table(r, &table, true).await?;
         }
         let p = partition(&t, hash)?;
-        let node = r.leaders.target(p).unwrap_or(serving_node(p)?).to_string();
+        let node = match r.leaders.target(p) {
+            Some(hint) => hint,
+            None => serving_node(p)?,
+        }
+        .to_string();
         match call(node.clone(), p).await {
             Ok(v) => return Ok(v),
             Err(e @ (BusError::Redirect(_) | BusError::NoResponders(_))) => {
@@ -77,6 +91,14 @@ where
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis((20u64 << attempt).min(250))).await;
             }
+            Err(e) if unanswered(&e) => {
+                r.leaders.learn(p, &node, &e);
+                tracing::debug!(%table, %node, attempt, error = %e, "storage node did not answer");
+                if idempotent == Idempotent::No {
+                    return Err(e.into_api());
+                }
+                last = Some(e);
+            }
             Err(e) => return Err(e.into_api()),
         }
     }
@@ -85,13 +107,22 @@ where
         .unwrap_or_else(|| ApiError::new(ErrorCode::InternalServerError, "Internal server error")))
 }
 
+/// A timeout, a transport failure or an internal error: the node may be stalled or deposed.
+fn unanswered(e: &BusError) -> bool {
+    match e {
+        BusError::Transport(_) | BusError::Timeout { .. } => true,
+        BusError::Api(a) => a.code == ErrorCode::InternalServerError,
+        _ => false,
+    }
+}
+
 pub async fn write(
     r: &Router,
     t: Arc<TableInfo>,
     hash: u64,
     req: WriteRequest,
 ) -> Result<WriteResponse, ApiError> {
-    with_redirects(r, t, hash, |node, p| {
+    with_redirects(r, t, hash, Idempotent::No, |node, p| {
         let mut req = req.clone();
         req.partition_id = p.id;
         req.epoch = p.epoch;
@@ -114,7 +145,7 @@ pub async fn get(
             return Ok(resp);
         }
     }
-    with_redirects(r, t, hash, |node, p| {
+    with_redirects(r, t, hash, Idempotent::Yes, |node, p| {
         let mut req = req.clone();
         req.partition_id = p.id;
         req.epoch = p.epoch;

@@ -85,5 +85,12 @@ mod tests {
         assert_eq!(l.target(&p), Some("b"));
         l.learn(&p, "b", &BusError::Redirect("not-a-replica".into()));
         assert_eq!(l.target(&p), Some("c"));
+        // A stalled leader that times out is not tried first again.
+        let timeout = BusError::Timeout {
+            subject: "x".into(),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        l.learn(&p, "c", &timeout);
+        assert_eq!(l.target(&p), Some("a"));
     }
 }

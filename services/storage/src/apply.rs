@@ -51,10 +51,13 @@ pub fn apply_write(
             batch.remove(store.items(), key.clone());
             None
         }
-        _ => {
+        Ok(WriteKind::Put) => {
             batch.insert(store.items(), key.clone(), req.item.as_ref());
             Some(req.item.clone())
         }
+        // A write this version cannot carry out must not be guessed at: replicas of different
+        // versions would diverge.
+        Err(_) => fatal("apply a write", format!("unknown write kind {}", req.kind)),
     };
     staged.insert(key, new);
     Ok(WriteResponse {

@@ -64,19 +64,23 @@ pub fn entry_to_wire(e: &Entry) -> RaftEntry {
     }
 }
 
-pub fn entry_from_wire(e: RaftEntry) -> Entry {
-    let payload = match EntryKind::try_from(e.kind).unwrap_or(EntryKind::Noop) {
+/// An entry of a kind this version does not know is an error, never a guess: replicas that read
+/// the same entry differently diverge.
+pub fn entry_from_wire(e: RaftEntry) -> anyhow::Result<Entry> {
+    let kind = EntryKind::try_from(e.kind)
+        .map_err(|_| anyhow::anyhow!("log entry {} has unknown kind {}", e.index, e.kind))?;
+    let payload = match kind {
         EntryKind::Noop => Payload::Noop,
         EntryKind::Command => Payload::Command(e.data),
         EntryKind::Membership => {
             Payload::Membership(membership_from_wire(&e.members, &e.log_members))
         }
     };
-    Entry {
+    Ok(Entry {
         term: e.term,
         index: e.index,
         payload,
-    }
+    })
 }
 
 pub fn message_to_wire(m: &Message) -> RaftMessage {
@@ -141,7 +145,12 @@ pub fn message_from_wire(w: RaftMessage) -> Option<Message> {
             term,
             prev_index: w.index,
             prev_term: w.log_term,
-            entries: w.entries.into_iter().map(entry_from_wire).collect(),
+            entries: w
+                .entries
+                .into_iter()
+                .map(entry_from_wire)
+                .collect::<anyhow::Result<_>>()
+                .ok()?,
             commit: w.commit,
             sent_at: w.sent_at,
         },

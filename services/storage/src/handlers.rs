@@ -192,6 +192,11 @@ impl Node {
                 .store
                 .get(req.partition_id, &req.key)
                 .map_err(internal)?;
+            // NOTE: checked after reading, against the clock: a leader that stalled between the
+            // barrier and here may have been replaced, and must not answer with what it read.
+            if req.consistent && !r.lease_holds(req.partition_id) {
+                return Err(BusError::Redirect(String::new()));
+            }
             return Ok(GetResponse { item });
         }
         inner

@@ -624,11 +624,14 @@ impl Replication {
             if !k.starts_with(&prefix) {
                 break;
             }
-            if bytes >= CHUNK_BYTES {
+            // A chunk stays under its size with the next item in it; an item larger than the
+            // chunk size goes alone (items are far below the bus's message limit).
+            let size = k.len() + v.len() + 16;
+            if bytes > 0 && bytes + size > CHUNK_BYTES {
                 done = false;
                 break;
             }
-            bytes += k.len() + v.len();
+            bytes += size;
             chunk.keys.push(k[prefix.len()..].to_vec());
             chunk.values.push(v.to_vec());
         }

@@ -50,6 +50,9 @@ pub struct Config {
     /// kept, for followers a little behind); a follower behind the compacted log catches up by
     /// snapshot.
     pub compact_after: u64,
+    /// ... or once its entries hold this many payload bytes, so memory is bounded by bytes
+    /// whatever the item size.
+    pub compact_bytes: u64,
     /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9101`); empty: none.
     pub metrics_listen: String,
 }
@@ -67,6 +70,7 @@ impl Default for Config {
             replication: true,
             replace_after_ms: 10_000,
             compact_after: 20_000,
+            compact_bytes: 64 * 1024 * 1024,
             metrics_listen: String::new(),
         }
     }
@@ -85,7 +89,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             writer.clone(),
             bus.clone(),
             Duration::from_millis(config.replace_after_ms),
-            config.compact_after.max(2),
+            replication::CompactLimits {
+                entries: config.compact_after.max(2),
+                bytes: config.compact_bytes.max(1024 * 1024),
+            },
         );
         for p in partitions.all() {
             r.open_group(&p).context("recover replica")?;

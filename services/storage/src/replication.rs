@@ -7,10 +7,10 @@
 //! - Committed writes are applied in log order on every replica, conditions included, so every
 //!   replica reaches the same items; the replica that took the client's write answers it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
@@ -35,6 +35,23 @@ use crate::writer::{LogOp, Writer};
 
 /// Logical tick of the engines.
 pub const TICK: Duration = Duration::from_millis(10);
+/// A follower that heard its leader refuses votes this long (in its own ticks, which never run
+/// faster than real time); elections start between this and `ELECTION_MAX` of silence.
+const ELECTION_MIN: Duration = Duration::from_millis(300);
+const ELECTION_MAX: Duration = Duration::from_millis(600);
+const HEARTBEAT: Duration = Duration::from_millis(50);
+/// What the lease gives up for clocks that run at different rates on different machines.
+const DRIFT_MARGIN: Duration = Duration::from_millis(50);
+/// How long after the send of an append a quorum acknowledged the leader may serve consistent
+/// reads alone, in real time: shorter than the followers' vote refusal by the drift margin.
+pub const LEASE: Duration = ELECTION_MIN.saturating_sub(DRIFT_MARGIN);
+/// Tick times a replica remembers, to date its lease (a lease from an older tick has expired).
+const TICK_HISTORY: usize = 128;
+
+/// Whole ticks in `d`.
+pub(crate) fn ticks(d: Duration) -> u64 {
+    (d.as_millis() / TICK.as_millis()) as u64
+}
 /// How long a write (or read barrier) waits for its group before the client is told to retry;
 /// below the router's bus timeout, so the router hears an answer rather than a timeout.
 const COMMIT_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -65,7 +82,20 @@ pub(crate) struct Group {
     pub installing: bool,
     /// No install of our own accord before this engine tick.
     pub install_not_before: u64,
+    /// When recent engine ticks fired: (tick, instant), oldest first.
+    tick_times: VecDeque<(u64, Instant)>,
 }
+
+/// When a replica compacts its log: once this many applied entries, or this many payload bytes,
+/// pile up.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactLimits {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Bytes of a bus message that are not the message itself (headers, subject, framing).
+const MESSAGE_OVERHEAD: usize = 16 * 1024;
 
 /// Messages to send, per destination node.
 pub(crate) type Outbox = HashMap<String, Vec<RaftEnvelope>>;
@@ -106,6 +136,12 @@ pub(crate) struct Inner {
     pub replace_after: Duration,
     /// Applied entries a log holds before it is compacted.
     pub compact_after: u64,
+    /// Payload bytes a log holds before it is compacted.
+    pub compact_bytes: u64,
+    /// Largest append the engine builds: well under the bus's message limit.
+    pub max_append_bytes: usize,
+    /// Largest message the bus carries (the server's max_payload, less headers).
+    pub max_message: usize,
     pub snapshots: crate::heal::SnapshotSessions,
     pub metrics: crate::metrics::ReplicationMetrics,
 }
@@ -117,9 +153,14 @@ impl Replication {
         writer: Writer,
         bus: Bus,
         replace_after: Duration,
-        compact_after: u64,
+        compact: CompactLimits,
     ) -> Self {
         let (persisted, persisted_rx) = mpsc::unbounded_channel();
+        // Room for the headers (trace context) and the batch's own framing.
+        let max_message = bus
+            .max_payload()
+            .saturating_sub(MESSAGE_OVERHEAD)
+            .max(64 * 1024);
         let r = Replication {
             inner: Arc::new(Inner {
                 node,
@@ -132,7 +173,10 @@ impl Replication {
                 next_request: AtomicU64::new(rand_seed() | 1),
                 persisted,
                 replace_after,
-                compact_after,
+                compact_after: compact.entries,
+                compact_bytes: compact.bytes,
+                max_append_bytes: max_message / 2,
+                max_message,
                 snapshots: Default::default(),
                 metrics: Default::default(),
             }),
@@ -209,14 +253,25 @@ impl Replication {
         // An install cut short left the items incomplete: they are rebuilt again.
         let has_items = (me <= FOUNDING_MEMBERS || d.rebuilt) && !d.installing;
         let applied = if has_items { d.applied } else { 0 };
+        let log_end = d.snap.index + d.log.len() as Index;
+        if applied > log_end {
+            // The engine applies only what the own log holds durably, so this means a store
+            // written by an older version: the items already hold these entries, and applying
+            // them again could decide their conditions differently.
+            tracing::error!(
+                partition = info.id,
+                applied,
+                log_end,
+                "items hold entries the durable log lacks: they will not be applied again"
+            );
+        }
         let (hs, log) = (d.hs, d.log);
         let mut cfg = EngineConfig::new(me, info.id ^ rand_seed());
-        (
-            cfg.election_min,
-            cfg.election_max,
-            cfg.heartbeat_interval,
-            cfg.lease,
-        ) = (30, 60, 5, 25);
+        cfg.election_min = ticks(ELECTION_MIN);
+        cfg.election_max = ticks(ELECTION_MAX);
+        cfg.heartbeat_interval = ticks(HEARTBEAT);
+        cfg.lease = ticks(LEASE);
+        cfg.max_batch_bytes = self.inner.max_append_bytes;
         let fresh = hs.term == 0 && log.is_empty() && d.snap.index == 0;
         let mut engine = Engine::restore(cfg, hs, d.snap, log, applied);
         // A new group's first replica stands for election at once rather than after a timeout,
@@ -238,6 +293,7 @@ impl Replication {
             heal: Default::default(),
             installing: false,
             install_not_before: 0,
+            tick_times: VecDeque::with_capacity(TICK_HISTORY),
         };
         let group = Arc::new(Mutex::new(group));
         self.inner.groups.write().insert(info.id, group.clone());
@@ -308,7 +364,7 @@ impl Replication {
             .range(log_key(pid, snap.index + 1)..=log_key(pid, u64::MAX))
         {
             let (_, v) = kv.into_inner()?;
-            let e = codec::entry_from_wire(RaftEntry::decode(v.as_ref())?);
+            let e = codec::entry_from_wire(RaftEntry::decode(v.as_ref())?)?;
             if e.index != snap.index + 1 + log.len() as Index {
                 break;
             }
@@ -318,7 +374,6 @@ impl Replication {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into()?),
             None => 0,
         };
-        let applied = applied.min(snap.index + log.len() as Index);
         Ok(Durable {
             hs,
             snap,
@@ -345,6 +400,20 @@ impl Replication {
             request_id: id,
             write: Some(req),
         };
+        let payload = entry.encode_to_vec();
+        if payload.len() + ENTRY_OVERHEAD > self.inner.max_message {
+            // An entry that cannot travel to the followers would never commit and would block
+            // every entry behind it: refuse it before it reaches the log.
+            tracing::error!(
+                bytes = payload.len(),
+                max_message = self.inner.max_message,
+                "write larger than the bus carries: raise nats-server's max_payload"
+            );
+            return Err(BusError::Api(ApiError::new(
+                ErrorCode::Validation,
+                "Item size has exceeded the maximum allowed size",
+            )));
+        }
         let mut out = Outbox::new();
         {
             let mut g = group.lock();
@@ -354,7 +423,7 @@ impl Replication {
             g.writes.insert(id, tx);
             let cmds = g.engine.step(Event::Propose {
                 id,
-                payload: Payload::Command(entry.encode_to_vec()),
+                payload: Payload::Command(payload),
             });
             self.execute(&mut g, cmds, &mut out);
         }
@@ -371,6 +440,15 @@ impl Replication {
                 "write not committed in time",
             ))),
         }
+    }
+
+    /// Whether this replica leads under a lease that has not run out in real time. A consistent
+    /// read checks this after reading, so a leader that stalled (and may have been replaced
+    /// meanwhile) never answers with what it read.
+    pub fn lease_holds(&self, pid: u64) -> bool {
+        self.group(pid)
+            .and_then(|g| g.lock().lease_expiry())
+            .is_some_and(|expiry| Instant::now() < expiry)
     }
 
     /// Waits until this replica may serve a linearizable read (it leads under a lease).
@@ -425,7 +503,9 @@ impl Replication {
             let mut out = Outbox::new();
             for group in groups {
                 let mut g = group.lock();
+                let at = Instant::now();
                 let cmds = g.engine.step(Event::Tick);
+                g.record_tick(at);
                 self.execute(&mut g, cmds, &mut out);
             }
             self.flush(out);
@@ -447,16 +527,17 @@ impl Replication {
         }
     }
 
+    /// Sends each destination its messages, in batches that fit the bus's message limit, in
+    /// order.
     pub(crate) fn flush(&self, out: Outbox) {
         for (node, messages) in out {
-            let batch = RaftBatch {
-                from_node: self.inner.node.clone(),
-                messages,
-            };
+            let batches = split_batches(&self.inner.node, messages, self.inner.max_message);
             let bus = self.inner.bus.clone();
             tokio::spawn(async move {
-                if let Err(e) = bus.publish(&subjects::storage_raft(&node), &batch).await {
-                    tracing::debug!(error = %e, to = %node, "send replication batch");
+                for batch in batches {
+                    if let Err(e) = bus.publish(&subjects::storage_raft(&node), &batch).await {
+                        tracing::warn!(error = %e, to = %node, "send replication batch");
+                    }
                 }
             });
         }
@@ -574,11 +655,19 @@ impl Replication {
             } else {
                 e.applied_index()
             };
-            if g.installing || held.saturating_sub(e.snapshot().index) < limit {
+            let by_bytes = e.log_bytes() > self.inner.compact_bytes;
+            if g.installing || (held.saturating_sub(e.snapshot().index) < limit && !by_bytes) {
                 return;
             }
-            let mut upto = held - limit / 2;
-            if e.role() == Role::Leader && (e.log().len() as u64) < 4 * limit {
+            // Keep the newest half (of the entries, or of the bytes when size triggered).
+            let mut upto = if by_bytes {
+                half_by_bytes(e, held)
+            } else {
+                held - limit / 2
+            };
+            let within =
+                (e.log().len() as u64) < 4 * limit && e.log_bytes() < 2 * self.inner.compact_bytes;
+            if e.role() == Role::Leader && within {
                 let live = e.membership().members.keys().filter_map(|id| {
                     let (matched, acked) = e.peer_progress(*id)?;
                     let fresh = acked.is_some_and(|a| e.now() < a + 4 * e.config().lease);
@@ -685,10 +774,13 @@ impl Replication {
             let Payload::Command(bytes) = &e.payload else {
                 continue;
             };
-            let Ok(rw) = ReplicatedWrite::decode(bytes.as_slice()) else {
-                continue;
+            // Every replica must apply every committed entry alike: one this version cannot read
+            // stops the replica rather than letting it diverge.
+            let rw = ReplicatedWrite::decode(bytes.as_slice())
+                .unwrap_or_else(|err| fatal("decode a committed write", err));
+            let Some(req) = rw.write else {
+                fatal("decode a committed write", "the entry carries no write")
             };
-            let Some(req) = rw.write else { continue };
             let result = condition_of(&req)
                 .and_then(|c| apply_write(store, &mut batch, &mut latest, &req, c.as_ref()));
             if rw.origin_node == self.inner.node {
@@ -713,6 +805,21 @@ impl Replication {
 }
 
 impl Group {
+    fn record_tick(&mut self, at: Instant) {
+        if self.tick_times.len() == TICK_HISTORY {
+            self.tick_times.pop_front();
+        }
+        self.tick_times.push_back((self.engine.now(), at));
+    }
+
+    /// When this leader's lease runs out, if it holds one: `LEASE` after the real time of the
+    /// tick its quorum's newest acknowledged append was sent at.
+    fn lease_expiry(&self) -> Option<Instant> {
+        let start = self.engine.lease_start()?;
+        let (_, at) = self.tick_times.iter().find(|(tick, _)| *tick == start)?;
+        Some(*at + LEASE)
+    }
+
     fn leader_name(&self) -> String {
         self.engine
             .leader()
@@ -742,6 +849,53 @@ impl Group {
             })
             .collect()
     }
+}
+
+/// Bytes a log entry adds to its payload on the wire (index, term, kind, framing).
+const ENTRY_OVERHEAD: usize = 64;
+
+/// The index up to which dropping the log (up to `held`) leaves the newest half of its bytes.
+fn half_by_bytes(e: &Engine, held: Index) -> Index {
+    let mut keep = e.log_bytes() / 2;
+    let mut upto = held;
+    for entry in e.entries(e.snapshot().index, held).iter().rev() {
+        let size = match &entry.payload {
+            Payload::Command(b) => b.len() as u64,
+            _ => 0,
+        };
+        if keep < size {
+            break;
+        }
+        keep -= size;
+        upto = entry.index - 1;
+    }
+    upto
+}
+
+/// Cuts one destination's messages into batches of at most `max` encoded bytes (a message larger
+/// than that on its own goes alone; the engine keeps appends below it).
+pub(crate) fn split_batches(from: &str, messages: Vec<RaftEnvelope>, max: usize) -> Vec<RaftBatch> {
+    let new = || RaftBatch {
+        from_node: from.to_string(),
+        messages: Vec::new(),
+    };
+    let mut batches = vec![new()];
+    let mut size = 0;
+    for m in messages {
+        let len = m.encoded_len() + 8;
+        let current = batches.last_mut().expect("one batch at least");
+        if size + len > max && !current.messages.is_empty() {
+            batches.push(new());
+            size = 0;
+        }
+        size += len;
+        batches
+            .last_mut()
+            .expect("one batch at least")
+            .messages
+            .push(m);
+    }
+    batches
 }
 
 /// What [`Replication::load`] recovers of one replica.
@@ -788,4 +942,53 @@ fn rand_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     t.as_nanos() as u64 ^ std::process::id() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::raft::RaftMessage;
+
+    fn envelope(bytes: usize) -> RaftEnvelope {
+        RaftEnvelope {
+            partition_id: 1,
+            from: 1,
+            to: 2,
+            msg: Some(RaftMessage {
+                entries: vec![RaftEntry {
+                    data: vec![7; bytes],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn batches_fit_the_message_limit_and_keep_order() {
+        let max = 1024 * 1024;
+        let sizes = [400_000, 400_000, 10, 900_000, 5, 5, 2_000_000, 1];
+        let messages: Vec<_> = sizes.iter().map(|b| envelope(*b)).collect();
+        let batches = split_batches("n", messages, max);
+        for b in &batches {
+            assert!(
+                b.encoded_len() <= max || b.messages.len() == 1,
+                "a batch of {} messages is {} bytes",
+                b.messages.len(),
+                b.encoded_len()
+            );
+        }
+        let order: Vec<usize> = batches
+            .iter()
+            .flat_map(|b| &b.messages)
+            .map(|m| m.msg.as_ref().unwrap().entries[0].data.len())
+            .collect();
+        assert_eq!(order, sizes);
+        assert_eq!(
+            batches.len(),
+            4,
+            "{:?}",
+            batches.iter().map(|b| b.messages.len()).collect::<Vec<_>>()
+        );
+    }
 }
