@@ -34,6 +34,9 @@ pub struct Bus {
     timeout: Duration,
 }
 
+/// Requests one subscription handles at once.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
 impl Bus {
     /// Connects to NATS at `url`, naming the connection after the service instance.
     pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
@@ -184,8 +187,15 @@ impl Bus {
         let client = self.client.clone();
         let handler = std::sync::Arc::new(handler);
         let subject = subject.to_string();
+        // Requests in progress per subscription are bounded: beyond the limit the subscription
+        // is not read, and the client library's bounded buffer (then the server's slow-consumer
+        // rule) holds or drops what comes.
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
                 let handler = handler.clone();
                 let client = client.clone();
                 let span = tracing::info_span!("bus.handle", subject = %subject);
@@ -201,6 +211,7 @@ impl Bus {
                         if let Some(reply) = reply {
                             respond(&client, reply, result).await;
                         }
+                        drop(permit);
                     }
                     .instrument(span),
                 );

@@ -222,3 +222,47 @@ async fn trace_context_travels_in_headers() {
     assert_ne!(parts[1], "0".repeat(32));
     call.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_handles_a_bounded_number_of_requests_at_once() {
+    let env = nats();
+    let server = Bus::connect(&env.url, "server").await.unwrap();
+    let client = Bus::connect(&env.url, "client").await.unwrap();
+    let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (r, p, g) = (running.clone(), peak.clone(), gate.clone());
+    server
+        .serve("bounded", None, move |_: LookupRequest| {
+            let (r, p, g) = (r.clone(), p.clone(), g.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                // Held until the test opens the gate.
+                let _ = g.acquire().await.map(|permit| permit.forget());
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(tern_proto::Empty {})
+            }
+        })
+        .await
+        .unwrap();
+    let sent = tern_bus::MAX_IN_FLIGHT + 200;
+    for _ in 0..sent {
+        client
+            .publish("bounded", &LookupRequest::default())
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.load(Ordering::SeqCst) < tern_bus::MAX_IN_FLIGHT {
+        assert!(std::time::Instant::now() < deadline, "handlers never filled up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(peak.load(Ordering::SeqCst), tern_bus::MAX_IN_FLIGHT);
+    // Releasing them lets the rest through.
+    gate.add_permits(sent);
+    while running.load(Ordering::SeqCst) > 0 {
+        assert!(std::time::Instant::now() < deadline, "handlers never drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
