@@ -664,4 +664,27 @@ mod tests {
         assert!(msg(eval("pk", &[], &[])).contains("Syntax error"));
         assert!(parse_condition("  ", None, None).is_err());
     }
+
+    /// Conditions travel in the replication log as JSON and are replayed after restarts: the
+    /// stored form is pinned.
+    #[test]
+    fn the_logged_condition_format_is_pinned() {
+        let values = HashMap::from([(":v".to_string(), n("3"))]);
+        let names = HashMap::from([("#a".to_string(), "age".to_string())]);
+        let c = parse_condition(
+            "attribute_not_exists(pk) OR (NOT #a >= :v AND attribute_exists(x.y[2]))",
+            Some(&names),
+            Some(&values),
+        )
+        .unwrap();
+        let golden = GOLDEN_CONDITION;
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec(&c).unwrap()).unwrap(),
+            golden
+        );
+        let back: Condition = serde_json::from_str(golden).unwrap();
+        assert_eq!(back, c);
+    }
+
+    const GOLDEN_CONDITION: &str = r#"{"Or":[{"NotExists":[{"Name":"pk"}]},{"And":[{"Not":{"Compare":[{"Path":[{"Name":"age"}]},"Ge",{"Value":{"N":"3"}}]}},{"Exists":[{"Name":"x"},{"Name":"y"},{"Index":2}]}]}]}"#;
 }
