@@ -134,6 +134,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Freezes one service (SIGSTOP), as a stalled machine or a long pause would.
+    pub fn pause(&mut self, name: &str) -> anyhow::Result<()> {
+        self.service(name)?.0.pause()
+    }
+
+    /// Lets a paused service run again (SIGCONT).
+    pub fn resume(&mut self, name: &str) -> anyhow::Result<()> {
+        self.service(name)?.0.resume()
+    }
+
+    /// The process id of a running service.
+    pub fn pid(&mut self, name: &str) -> anyhow::Result<Option<u32>> {
+        Ok(self.service(name)?.0.pid())
+    }
+
+    /// Resident memory of a running service in bytes (`VmRSS`).
+    pub fn rss_bytes(&mut self, name: &str) -> anyhow::Result<Option<u64>> {
+        Ok(self.service(name)?.0.rss_bytes())
+    }
+
     /// Starts a stopped or killed service again and waits until it is healthy.
     pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
         self.service(name)?.0.start()?;

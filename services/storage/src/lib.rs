@@ -70,7 +70,7 @@ impl Default for Config {
             replication: true,
             replace_after_ms: 10_000,
             compact_after: 20_000,
-            compact_bytes: 64 * 1024 * 1024,
+            compact_bytes: 32 * 1024 * 1024,
             metrics_listen: String::new(),
         }
     }

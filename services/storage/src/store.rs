@@ -35,13 +35,24 @@ pub fn item_key(partition_id: u64, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Largest memtable of the items before it is flushed to a table on disk.
+const ITEMS_MEMTABLE: u64 = 32 * 1024 * 1024;
+/// Largest memtable of the replication log (entries live there briefly: compaction drops them).
+const LOG_MEMTABLE: u64 = 16 * 1024 * 1024;
+
 impl Store {
     pub fn open(dir: &Path) -> fjall::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let db = Database::builder(dir).manual_journal_persist(true).open()?;
-        let items = db.keyspace("items", KeyspaceCreateOptions::default)?;
+        // NOTE: memtables are resident until flushed; fjall's 64 MiB default per keyspace, for
+        // items and log alike, would make up most of a node's memory under large items.
+        let items = db.keyspace("items", || {
+            KeyspaceCreateOptions::default().max_memtable_size(ITEMS_MEMTABLE)
+        })?;
         let partitions = db.keyspace("partitions", KeyspaceCreateOptions::default)?;
-        let raft_log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
+        let raft_log = db.keyspace("raft_log", || {
+            KeyspaceCreateOptions::default().max_memtable_size(LOG_MEMTABLE)
+        })?;
         let raft_state = db.keyspace("raft_state", KeyspaceCreateOptions::default)?;
         Ok(Self {
             inner: Arc::new(Inner {
