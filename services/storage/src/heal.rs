@@ -51,6 +51,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 const CHUNK_BYTES: usize = 256 * 1024;
 /// A snapshot session nobody asked for in this long is closed.
 const SESSION_IDLE: Duration = Duration::from_secs(60);
+/// Snapshot sessions a node serves at once: each pins a database snapshot (and with it old
+/// versions the LSM tree may not drop).
+const MAX_SESSIONS: usize = 8;
 pub(crate) const REBUILD_TIMEOUT: Duration = Duration::from_secs(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -592,6 +595,12 @@ impl Replication {
                 .snapshot_at(applied)
                 .ok_or_else(|| internal("applied index outside the log"))?;
             drop(g);
+            if sessions.len() >= MAX_SESSIONS {
+                return Err(BusError::Api(ApiError::new(
+                    ErrorCode::ThrottlingException,
+                    "too many snapshot sessions: retry later",
+                )));
+            }
             let id = rand_id();
             sessions.insert(id, (snap, meta, Instant::now()));
             id

@@ -94,6 +94,11 @@ pub struct CompactLimits {
     pub bytes: u64,
 }
 
+/// KiB of writes in progress on one node before new ones wait (and, after `BUDGET_WAIT`, are
+/// told to slow down).
+const WRITE_BUDGET_KIB: usize = 64 * 1024;
+const BUDGET_WAIT: Duration = Duration::from_millis(500);
+
 /// Bytes of a bus message that are not the message itself (headers, subject, framing).
 const MESSAGE_OVERHEAD: usize = 16 * 1024;
 
@@ -142,6 +147,9 @@ pub(crate) struct Inner {
     pub max_append_bytes: usize,
     /// Largest message the bus carries (the server's max_payload, less headers).
     pub max_message: usize,
+    /// KiB of client writes this node has proposed and not yet answered: what may wait in its
+    /// writer queue and its groups' unreplicated logs.
+    write_budget: Arc<tokio::sync::Semaphore>,
     pub snapshots: crate::heal::SnapshotSessions,
     pub metrics: crate::metrics::ReplicationMetrics,
 }
@@ -177,6 +185,7 @@ impl Replication {
                 compact_bytes: compact.bytes,
                 max_append_bytes: max_message / 2,
                 max_message,
+                write_budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BUDGET_KIB)),
                 snapshots: Default::default(),
                 metrics: Default::default(),
             }),
@@ -414,6 +423,20 @@ impl Replication {
                 "Item size has exceeded the maximum allowed size",
             )));
         }
+        // Backpressure: a node whose disk or followers fall behind stops taking writes instead of
+        // queueing without bound.
+        let kib = (payload.len() / 1024 + 1).min(WRITE_BUDGET_KIB) as u32;
+        let budget = self.inner.write_budget.clone();
+        let _budget = match tokio::time::timeout(BUDGET_WAIT, budget.acquire_many_owned(kib)).await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(BusError::Api(ApiError::new(
+                    ErrorCode::ThrottlingException,
+                    "Too many writes in progress on the partition's storage node: retry",
+                )))
+            }
+        };
         let mut out = Outbox::new();
         {
             let mut g = group.lock();
