@@ -37,11 +37,9 @@ use tern_replication::{Event, MemberKind, Membership, NodeId, Payload, Role};
 
 use crate::apply::fatal;
 use crate::codec;
-use crate::replication::{
-    applied_key, installing_key, rebuilt_key, snapshot_key, Group, Outbox, Replication, TICK,
-};
-use crate::store::{item_key, log_key};
-use prost::Message as _;
+use crate::replica_store::LogAfterInstall;
+use crate::replication::{Group, Outbox, Replication, TICK};
+use crate::store::item_key;
 
 /// How often each leader looks at its group's health.
 const ROUND: Duration = Duration::from_millis(250);
@@ -374,7 +372,6 @@ impl Replication {
         let group = self
             .group(pid)
             .ok_or_else(|| BusError::Redirect(String::new()))?;
-        let store = self.inner().store.clone();
         let log_only = {
             let mut g = group.lock();
             let wanted = if req.install {
@@ -402,11 +399,7 @@ impl Replication {
                 && req.install;
             if !log_only {
                 g.has_items = false;
-                if let Err(e) = store
-                    .raft_state()
-                    .insert(installing_key(pid), Vec::<u8>::new())
-                    .and_then(|_| store.sync())
-                {
+                if let Err(e) = self.inner().replicas.begin_install(pid) {
                     fatal("mark install", e);
                 }
             }
@@ -490,30 +483,17 @@ impl Replication {
                 self.inner().truncate_log_and_wait(pid, meta.index + 1);
             }
             let snap = if installs { &meta } else { e.snapshot() };
-            let mut batch = store.batch();
-            if !log_only {
-                batch.insert(
-                    store.raft_state(),
-                    applied_key(pid),
-                    applied.to_be_bytes().to_vec(),
-                );
-                batch.insert(store.raft_state(), rebuilt_key(pid), Vec::<u8>::new());
-                batch.remove(store.raft_state(), installing_key(pid));
-            }
-            batch.insert(
-                store.raft_state(),
-                snapshot_key(pid),
-                codec::snapshot_to_wire(snap).encode_to_vec(),
-            );
-            let stale = if conflicts {
-                log_key(pid, 0)..=log_key(pid, u64::MAX)
+            let log = if conflicts {
+                LogAfterInstall::Conflicts
             } else {
-                log_key(pid, 0)..=log_key(pid, snap.index)
+                LogAfterInstall::Continues
             };
-            for kv in store.raft_log().range(stale) {
-                batch.remove(store.raft_log(), kv.key().map_err(internal)?);
-            }
-            if let Err(e) = batch.commit().and_then(|_| store.sync()) {
+            let items_at = (!log_only).then_some(applied);
+            if let Err(e) = self
+                .inner()
+                .replicas
+                .finish_install(pid, items_at, snap, log)
+            {
                 fatal("install snapshot", e);
             }
             let from = req.leader_member;
@@ -585,11 +565,11 @@ impl Replication {
                 });
             }
             let snap = store.snapshot();
-            let applied = snap
-                .get(store.raft_state(), applied_key(pid))
-                .map_err(internal)?
-                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0);
+            let applied = self
+                .inner()
+                .replicas
+                .applied_in(&snap, pid)
+                .map_err(internal)?;
             let meta = g
                 .engine
                 .snapshot_at(applied)

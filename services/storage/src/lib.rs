@@ -9,6 +9,7 @@ mod handlers;
 mod heal;
 mod metrics;
 mod partitions;
+mod replica_store;
 mod replication;
 mod store;
 mod writer;

@@ -17,20 +17,19 @@ use prost::Message as _;
 use tern_bus::{Bus, BusError};
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::Replica;
-use tern_proto::raft::{
-    RaftBatch, RaftEntry, RaftEnvelope, RaftHardState, RaftSnapshotMeta, ReplicatedWrite,
-};
+use tern_proto::raft::{RaftBatch, RaftEnvelope, ReplicatedWrite};
 use tern_proto::storage::{CreatePartitionRequest, RebuildRequest, WriteRequest, WriteResponse};
 use tern_proto::subjects;
 use tern_replication::{
     Command, Config as EngineConfig, Engine, Event, HardState, Index, MemberKind, Membership,
-    NodeId, Payload, ProposeError, Role, SnapshotMeta,
+    NodeId, Payload, ProposeError, Role,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{apply_write, condition_of, fatal, Staged};
 use crate::codec;
-use crate::store::{log_key, Store};
+use crate::replica_store::ReplicaStore;
+use crate::store::Store;
 use crate::writer::{LogOp, Writer};
 
 /// Logical tick of the engines.
@@ -132,6 +131,8 @@ impl Inner {
 pub(crate) struct Inner {
     pub node: String,
     pub store: Store,
+    /// Every durable key of the replicas besides their items.
+    pub replicas: ReplicaStore,
     writer: Writer,
     pub bus: Bus,
     groups: RwLock<HashMap<u64, Arc<Mutex<Group>>>>,
@@ -172,6 +173,7 @@ impl Replication {
         let r = Replication {
             inner: Arc::new(Inner {
                 node,
+                replicas: ReplicaStore::new(store.clone()),
                 store,
                 writer,
                 bus,
@@ -258,11 +260,14 @@ impl Replication {
             self.inner.store.drop_items(info.id)?;
         }
         let founding = Membership::new((1..=FOUNDING_MEMBERS).map(|i| (i, MemberKind::Full)));
-        let d = self.load(info.id, founding)?;
+        let d = self
+            .inner
+            .replicas
+            .load(info.id, founding, FOUNDING_MEMBERS)?;
         // An install cut short left the items incomplete: they are rebuilt again.
         let has_items = (me <= FOUNDING_MEMBERS || d.rebuilt) && !d.installing;
         let applied = if has_items { d.applied } else { 0 };
-        let log_end = d.snap.index + d.log.len() as Index;
+        let log_end = d.log_end();
         if applied > log_end {
             // The engine applies only what the own log holds durably, so this means a store
             // written by an older version: the items already hold these entries, and applying
@@ -328,69 +333,8 @@ impl Replication {
 
     pub fn close_group(&self, pid: u64) -> anyhow::Result<()> {
         self.inner.groups.write().remove(&pid);
-        let store = &self.inner.store;
-        for kv in store
-            .raft_log()
-            .range(log_key(pid, 0)..=log_key(pid, u64::MAX))
-        {
-            store.raft_log().remove(kv.key()?)?;
-        }
-        store.raft_state().remove(pid.to_be_bytes())?;
-        store.raft_state().remove(applied_key(pid))?;
-        store.raft_state().remove(rebuilt_key(pid))?;
-        store.raft_state().remove(snapshot_key(pid))?;
-        store.raft_state().remove(installing_key(pid))?;
-        store.sync()?;
+        self.inner.replicas.clear(pid)?;
         Ok(())
-    }
-
-    /// The durable state of a replica.
-    fn load(&self, pid: u64, founding: Membership) -> anyhow::Result<Durable> {
-        let store = &self.inner.store;
-        let hs = match store.raft_state().get(pid.to_be_bytes())? {
-            Some(v) => {
-                let h = RaftHardState::decode(v.as_ref())?;
-                HardState {
-                    term: h.term,
-                    voted_for: (h.voted_for != 0).then_some(h.voted_for),
-                }
-            }
-            None => HardState::default(),
-        };
-        let snap = match store.raft_state().get(snapshot_key(pid))? {
-            Some(v) => codec::snapshot_from_wire(&RaftSnapshotMeta::decode(v.as_ref())?),
-            None => SnapshotMeta {
-                max_member_id: FOUNDING_MEMBERS,
-                membership: founding,
-                ..Default::default()
-            },
-        };
-        // The log continues the snapshot; anything before it (a removal not yet flushed) or after
-        // a gap is not part of it.
-        let mut log = Vec::new();
-        for kv in store
-            .raft_log()
-            .range(log_key(pid, snap.index + 1)..=log_key(pid, u64::MAX))
-        {
-            let (_, v) = kv.into_inner()?;
-            let e = codec::entry_from_wire(RaftEntry::decode(v.as_ref())?)?;
-            if e.index != snap.index + 1 + log.len() as Index {
-                break;
-            }
-            log.push(e);
-        }
-        let applied = match store.raft_state().get(applied_key(pid))? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into()?),
-            None => 0,
-        };
-        Ok(Durable {
-            hs,
-            snap,
-            log,
-            applied,
-            rebuilt: store.raft_state().get(rebuilt_key(pid))?.is_some(),
-            installing: store.raft_state().get(installing_key(pid))?.is_some(),
-        })
     }
 
     pub(crate) fn group(&self, pid: u64) -> Option<Arc<Mutex<Group>>> {
@@ -715,23 +659,7 @@ impl Replication {
         let Some(meta) = g.engine.compact(upto) else {
             return;
         };
-        let store = &self.inner.store;
-        let mut batch = store.batch();
-        batch.insert(
-            store.raft_state(),
-            snapshot_key(g.pid),
-            codec::snapshot_to_wire(&meta).encode_to_vec(),
-        );
-        for kv in store
-            .raft_log()
-            .range(log_key(g.pid, before)..=log_key(g.pid, meta.index))
-        {
-            match kv.key() {
-                Ok(k) => batch.remove(store.raft_log(), k),
-                Err(e) => fatal("read log for compaction", e),
-            }
-        }
-        if let Err(e) = batch.commit() {
+        if let Err(e) = self.inner.replicas.compact(g.pid, before, &meta) {
             fatal("compact log", e);
         }
         self.inner
@@ -743,16 +671,7 @@ impl Replication {
 
     /// The vote must be durable before any message that depends on it leaves.
     fn persist_hard_state(&self, pid: u64, hs: HardState) {
-        let store = &self.inner.store;
-        let v = RaftHardState {
-            term: hs.term,
-            voted_for: hs.voted_for.unwrap_or(0),
-        };
-        if let Err(e) = store
-            .raft_state()
-            .insert(pid.to_be_bytes(), v.encode_to_vec())
-            .and_then(|_| store.sync())
-        {
+        if let Err(e) = self.inner.replicas.save_hard_state(pid, hs) {
             fatal("persist hard state", e);
         }
     }
@@ -812,11 +731,7 @@ impl Replication {
                 }
             }
         }
-        batch.insert(
-            store.raft_state(),
-            applied_key(g.pid),
-            last.to_be_bytes().to_vec(),
-        );
+        self.inner.replicas.stage_applied(&mut batch, g.pid, last);
         if let Err(e) = batch.commit() {
             fatal("apply committed entries", e);
         }
@@ -921,45 +836,6 @@ pub(crate) fn split_batches(from: &str, messages: Vec<RaftEnvelope>, max: usize)
     batches
 }
 
-/// What [`Replication::load`] recovers of one replica.
-struct Durable {
-    hs: HardState,
-    snap: SnapshotMeta,
-    /// The entries after the snapshot.
-    log: Vec<tern_replication::Entry>,
-    applied: Index,
-    rebuilt: bool,
-    installing: bool,
-}
-
-/// A replica's record in `raft_state` besides its hard state (`pid` alone): `pid ++ tag`.
-fn state_key(pid: u64, tag: u8) -> Vec<u8> {
-    let mut k = pid.to_be_bytes().to_vec();
-    k.push(tag);
-    k
-}
-
-/// The index of the last entry applied to the items, written in the same batch as they are.
-pub(crate) fn applied_key(pid: u64) -> Vec<u8> {
-    state_key(pid, b'a')
-}
-
-/// Present once a replica's items were rebuilt from a snapshot (founding members always have
-/// items).
-pub(crate) fn rebuilt_key(pid: u64) -> Vec<u8> {
-    state_key(pid, b'r')
-}
-
-/// The metadata of the snapshot the replica's compacted log stands for.
-pub(crate) fn snapshot_key(pid: u64) -> Vec<u8> {
-    state_key(pid, b's')
-}
-
-/// Present while a snapshot is being installed: the items are incomplete until it goes.
-pub(crate) fn installing_key(pid: u64) -> Vec<u8> {
-    state_key(pid, b'i')
-}
-
 fn rand_seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -970,7 +846,7 @@ fn rand_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_proto::raft::RaftMessage;
+    use tern_proto::raft::{RaftEntry, RaftMessage};
 
     fn envelope(bytes: usize) -> RaftEnvelope {
         RaftEnvelope {
