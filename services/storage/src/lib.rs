@@ -5,6 +5,7 @@
 
 mod apply;
 mod codec;
+mod compaction;
 mod handlers;
 mod heal;
 mod metrics;

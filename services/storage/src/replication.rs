@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{apply_write, condition_of, fatal, Staged};
 use crate::codec;
+use crate::compaction::{compaction_point, LogView};
 use crate::replica_store::ReplicaStore;
 use crate::store::Store;
 use crate::writer::{LogOp, Writer};
@@ -613,42 +614,48 @@ impl Replication {
     /// behind. A leader keeps what its live followers still need unless its log has grown four
     /// times past the limit; a follower beyond that catches up by snapshot.
     pub(crate) fn compact(&self, group: &Mutex<Group>) {
-        let limit = self.inner.compact_after;
+        let limits = CompactLimits {
+            entries: self.inner.compact_after,
+            bytes: self.inner.compact_bytes,
+        };
         let upto = {
             let g = group.lock();
             let e = &g.engine;
+            if g.installing {
+                return;
+            }
+            let live_followers = (e.role() == Role::Leader).then(|| {
+                e.membership()
+                    .members
+                    .keys()
+                    .filter_map(|id| {
+                        let (matched, acked) = e.peer_progress(*id)?;
+                        let fresh = acked.is_some_and(|a| e.now() < a + 4 * e.config().lease);
+                        fresh.then_some(matched)
+                    })
+                    .collect()
+            });
             let held = if g.has_items {
                 g.applied
             } else {
                 e.applied_index()
             };
-            let by_bytes = e.log_bytes() > self.inner.compact_bytes;
-            if g.installing || (held.saturating_sub(e.snapshot().index) < limit && !by_bytes) {
-                return;
-            }
-            // Keep the newest half (of the entries, or of the bytes when size triggered).
-            let mut upto = if by_bytes {
-                half_by_bytes(e, held)
-            } else {
-                held - limit / 2
+            let view = LogView {
+                has_items: g.has_items,
+                held,
+                snapshot: e.snapshot().index,
+                entries: e.log().len() as u64,
+                bytes: e.log_bytes(),
+                live_followers,
             };
-            let within =
-                (e.log().len() as u64) < 4 * limit && e.log_bytes() < 2 * self.inner.compact_bytes;
-            if e.role() == Role::Leader && within {
-                let live = e.membership().members.keys().filter_map(|id| {
-                    let (matched, acked) = e.peer_progress(*id)?;
-                    let fresh = acked.is_some_and(|a| e.now() < a + 4 * e.config().lease);
-                    fresh.then_some(matched)
-                });
-                upto = live.fold(upto, Index::min);
+            match compaction_point(&view, limits, || half_by_bytes(e, held)) {
+                Some(upto) => upto,
+                None => return,
             }
-            if upto <= e.snapshot().index {
-                return;
-            }
-            upto
         };
         // The items up to `upto` (written, not yet synced) must be durable before their log goes.
-        if let Err(e) = self.inner.store.sync() {
+        // NOTE: an fsync: the worker thread hands its other tasks on while it blocks.
+        if let Err(e) = tokio::task::block_in_place(|| self.inner.store.sync()) {
             fatal("sync before compaction", e);
         }
         let mut g = group.lock();
