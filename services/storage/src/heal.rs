@@ -37,6 +37,7 @@ use tern_replication::{Event, MemberKind, Membership, NodeId, Payload, Role};
 
 use crate::apply::fatal;
 use crate::codec;
+use crate::repair::{self, GroupView, MemberView, Placed, Step};
 use crate::replica_store::LogAfterInstall;
 use crate::replication::{Group, Outbox, Replication, TICK};
 use crate::store::item_key;
@@ -66,14 +67,6 @@ pub struct HealState {
     /// The membership and leader MemDS last accepted from us.
     reported: Option<(Vec<Replica>, String)>,
     next_id: NodeId,
-}
-
-#[derive(Clone, Debug)]
-struct Placed {
-    replacing: Option<NodeId>,
-    id: NodeId,
-    node: String,
-    az: String,
 }
 
 enum Task {
@@ -114,102 +107,90 @@ impl Replication {
         }
     }
 
-    /// Decides the group's next repair step; membership proposals are made right here.
+    /// Decides the group's next repair step ([`repair::next_step`]) and carries it out:
+    /// membership proposals right here, calls to other services as a task.
     fn heal_step(&self, g: &mut Group, out: &mut Outbox) -> Option<Task> {
-        let e = &g.engine;
-        if e.role() != Role::Leader || g.heal.busy || e.now() < g.heal.not_before {
+        if g.engine.role() != Role::Leader {
             return None;
         }
-        let me = e.id();
-        let pending = e.membership_change_pending();
-        if !pending {
-            let report = (g.replicas(), self.inner().node.clone());
-            if g.heal.reported.as_ref() != Some(&report) {
-                return Some(Task::Report(report.0, report.1));
+        let view = self.repair_view(g);
+        match repair::next_step(&view)? {
+            Step::Report(replicas, leader) => Some(Task::Report(replicas, leader)),
+            Step::Place(req, replacing) => {
+                if let Some(d) = replacing {
+                    tracing::warn!(partition = g.pid, member = d, node = %req.replacing_node, "member silent too long: placing a replacement");
+                }
+                g.heal.next_id = req.member_id + 1;
+                Some(Task::Place(req, replacing))
             }
-        }
-        if pending || !e.has_lease() {
-            return None;
-        }
-        let now = e.now();
-        let grace = (self.inner().replace_after.as_millis() / TICK.as_millis()) as u64;
-        let since = g.leader_since;
-        let silent = |id: NodeId| {
-            e.peer_progress(id)
-                .is_some_and(|(_, acked)| now.saturating_sub(acked.unwrap_or(0).max(since)) > grace)
-        };
-        let members = e.membership().members.clone();
-        let dead = members.keys().copied().find(|id| *id != me && silent(*id));
-
-        if let Some(p) = g.heal.placed.clone() {
-            let change = match p.replacing {
-                Some(old) if members.contains_key(&old) => {
-                    if !silent(old) {
-                        // It came back before it was removed: keep it, drop the replacement.
-                        g.heal.placed = None;
-                        return Some(Task::DropOrphan(p.node));
+            Step::KeepReturned { orphan_node } => {
+                g.heal.placed = None;
+                Some(Task::DropOrphan(orphan_node))
+            }
+            Step::ForgetPlaced => {
+                g.heal.placed = None;
+                None
+            }
+            Step::Propose(members) => {
+                if let Some(p) = g.heal.placed.clone() {
+                    if members.contains_key(&p.id) && !g.engine.membership().contains(p.id) {
+                        tracing::info!(partition = g.pid, member = p.id, node = %p.node, "adding a log replica");
+                        g.addrs.insert(p.id, (p.node, p.az));
+                    } else if let Some(old) = p.replacing {
+                        tracing::info!(partition = g.pid, member = old, node = ?g.node_of(old), "removing a silent member");
                     }
-                    let mut m = members.clone();
-                    m.remove(&old);
-                    tracing::info!(partition = g.pid, member = old, node = ?g.node_of(old), "removing a silent member");
-                    m
                 }
-                _ if !members.contains_key(&p.id) => {
-                    g.addrs.insert(p.id, (p.node.clone(), p.az.clone()));
-                    let mut m = members.clone();
-                    m.insert(p.id, MemberKind::Log);
-                    tracing::info!(partition = g.pid, member = p.id, node = %p.node, "adding a log replica");
-                    m
-                }
-                _ => {
-                    g.heal.placed = None;
-                    return None;
-                }
-            };
-            self.propose_membership(g, change, out);
-            return None;
+                self.propose_membership(g, members, out);
+                None
+            }
+            Step::Rebuild(id, node) => Some(Task::Rebuild(id, node)),
         }
+    }
 
-        let id = e
+    /// The group as the repair planner sees it.
+    fn repair_view(&self, g: &Group) -> GroupView {
+        let e = &g.engine;
+        let me = e.id();
+        let members = e
+            .membership()
+            .members
+            .iter()
+            .map(|(id, kind)| {
+                let (matched, acked_at) = if *id == me {
+                    (e.persisted_index(), Some(e.now()))
+                } else {
+                    e.peer_progress(*id).unwrap_or((0, None))
+                };
+                let view = MemberView {
+                    kind: *kind,
+                    node: g.node_of(*id).map(str::to_string),
+                    matched,
+                    acked_at,
+                };
+                (*id, view)
+            })
+            .collect();
+        let unused_id = e
             .unused_member_id()
             .max(g.addrs.keys().max().map_or(0, |m| m + 1))
             .max(g.heal.next_id);
-        let member_nodes: Vec<String> = members
-            .keys()
-            .filter_map(|m| g.node_of(*m).map(str::to_string))
-            .collect();
-        if let Some(d) = dead.filter(|_| members.len() >= 3) {
-            let replacing_node = g.node_of(d).unwrap_or_default().to_string();
-            tracing::warn!(partition = g.pid, member = d, node = %replacing_node, "member silent too long: placing a replacement");
-            g.heal.next_id = id + 1;
-            let req = PlaceReplicaRequest {
-                partition_id: g.pid,
-                member_id: id,
-                member_nodes,
-                replacing_node,
-            };
-            return Some(Task::Place(req, Some(d)));
+        GroupView {
+            partition_id: g.pid,
+            me,
+            leading: e.role() == Role::Leader,
+            has_lease: e.has_lease(),
+            waiting: g.heal.busy || e.now() < g.heal.not_before,
+            change_pending: e.membership_change_pending(),
+            members,
+            now: e.now(),
+            leader_since: g.leader_since,
+            grace: crate::replication::ticks(self.inner().replace_after),
+            commit: e.commit_index(),
+            placed: g.heal.placed.clone(),
+            unused_id,
+            report: (g.replicas(), self.inner().node.clone()),
+            reported: g.heal.reported.clone(),
         }
-        if members.len() < 3 {
-            g.heal.next_id = id + 1;
-            let req = PlaceReplicaRequest {
-                partition_id: g.pid,
-                member_id: id,
-                member_nodes,
-                replacing_node: String::new(),
-            };
-            return Some(Task::Place(req, None));
-        }
-        let commit = e.commit_index();
-        let ready_log_replica = members.iter().find(|(id, kind)| {
-            **kind == MemberKind::Log && e.peer_progress(**id).is_some_and(|(m, _)| m >= commit)
-        });
-        if let Some((&id, _)) = ready_log_replica {
-            if let Some(node) = g.node_of(id) {
-                return Some(Task::Rebuild(id, node.to_string()));
-            }
-        }
-        None
     }
 
     fn propose_membership(

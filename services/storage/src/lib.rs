@@ -10,6 +10,7 @@ mod handlers;
 mod heal;
 mod metrics;
 mod partitions;
+mod repair;
 mod replica_store;
 mod replication;
 mod store;
