@@ -79,17 +79,6 @@ pub struct RaftEntry {
     pub log_members: Vec<u64>,
 }
 
-/// A replicated write: the client's request plus who waits for its answer.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ReplicatedWrite {
-    #[prost(string, tag = "1")]
-    pub origin_node: String,
-    #[prost(uint64, tag = "2")]
-    pub request_id: u64,
-    #[prost(message, optional, tag = "3")]
-    pub write: Option<crate::storage::WriteRequest>,
-}
-
 /// The durable vote state of one replica.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RaftHardState {

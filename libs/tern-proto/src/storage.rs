@@ -31,6 +31,18 @@ pub struct WriteRequest {
     pub return_old: bool,
 }
 
+/// A write as the replication log carries it (the storage state machine's command; the
+/// replication engine sees opaque bytes): the client's request plus who waits for its answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReplicatedWrite {
+    #[prost(string, tag = "1")]
+    pub origin_node: String,
+    #[prost(uint64, tag = "2")]
+    pub request_id: u64,
+    #[prost(message, optional, tag = "3")]
+    pub write: Option<WriteRequest>,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WriteResponse {
     #[prost(bytes = "bytes", optional, tag = "1")]

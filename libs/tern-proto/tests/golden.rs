@@ -4,8 +4,8 @@
 //! says how old data is read.
 
 use tern_proto::memds::{AttributeDefinition, KeySchema, PartitionInfo, Replica, TableInfo};
-use tern_proto::raft::{RaftEntry, RaftHardState, RaftSnapshotMeta, ReplicatedWrite};
-use tern_proto::storage::WriteRequest;
+use tern_proto::raft::{RaftEntry, RaftHardState, RaftSnapshotMeta};
+use tern_proto::storage::{ReplicatedWrite, WriteRequest};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -17,8 +17,10 @@ use prost::Message as _;
 use tern_bus::{Bus, BusError};
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::Replica;
-use tern_proto::raft::{RaftBatch, RaftEnvelope, ReplicatedWrite};
-use tern_proto::storage::{CreatePartitionRequest, RebuildRequest, WriteRequest, WriteResponse};
+use tern_proto::raft::{RaftBatch, RaftEnvelope};
+use tern_proto::storage::{
+    CreatePartitionRequest, RebuildRequest, ReplicatedWrite, WriteRequest, WriteResponse,
+};
 use tern_proto::subjects;
 use tern_replication::{
     Command, Config as EngineConfig, Engine, Event, HardState, Index, MemberKind, Membership,
