@@ -179,8 +179,10 @@ fn commit_batch(
 ) {
     let mut batch = store.batch();
     let mut log_done = Vec::new();
+    let mut staged_logs = HashMap::new();
     for log in logs {
-        stage_log(store, &mut batch, &log).unwrap_or_else(|e| fatal("stage log entries", e));
+        stage_log(store, &mut batch, &mut staged_logs, &log)
+            .unwrap_or_else(|e| fatal("stage log entries", e));
         log_done.push(log.done);
     }
     let mut latest = Staged::new();
@@ -224,19 +226,209 @@ fn commit_batch(
     }
 }
 
-/// Adds a group's log entries to the batch, removing any entries at or after `from`.
-fn stage_log(store: &Store, batch: &mut fjall::OwnedWriteBatch, log: &LogOp) -> fjall::Result<()> {
-    let from = crate::store::log_key(log.partition_id, log.from);
-    let to = crate::store::log_key(log.partition_id, u64::MAX);
+/// Adds a group's log entries to the batch, removing any entries at or after `from`: those on
+/// disk, and those an earlier op of this batch staged (`staged`: partition → last index staged).
+fn stage_log(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    staged: &mut HashMap<u64, u64>,
+    log: &LogOp,
+) -> fjall::Result<()> {
+    let pid = log.partition_id;
+    let from = crate::store::log_key(pid, log.from);
+    let to = crate::store::log_key(pid, u64::MAX);
     for kv in store.raft_log().range(from..=to) {
         batch.remove(store.raft_log(), kv.key()?);
+    }
+    if let Some(last) = staged.remove(&pid) {
+        // NOTE: within one batch the last write of a key wins, so these removals undo the
+        // earlier op's inserts, and the inserts below come after them.
+        for index in log.from..=last {
+            batch.remove(store.raft_log(), crate::store::log_key(pid, index));
+        }
     }
     for (index, bytes) in &log.entries {
         batch.insert(
             store.raft_log(),
-            crate::store::log_key(log.partition_id, *index),
+            crate::store::log_key(pid, *index),
             bytes.as_slice(),
         );
     }
+    if let Some((last, _)) = log.entries.last() {
+        staged.insert(pid, *last);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tern_proto::storage::WriteKind;
+
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn pending() -> Pending {
+        Pending {
+            keys: Mutex::new(HashMap::new()),
+            durable: watch::channel(0).0,
+        }
+    }
+
+    fn put(
+        key: &[u8],
+        value: &str,
+        condition: Option<&str>,
+    ) -> (WriteOp, oneshot::Receiver<Result<WriteResponse, ApiError>>) {
+        let (reply, rx) = oneshot::channel();
+        let condition = condition.map(|c| tern_model::parse_condition(c, None, None).unwrap());
+        let req = WriteRequest {
+            partition_id: 1,
+            key: key.to_vec(),
+            kind: WriteKind::Put as i32,
+            item: bytes::Bytes::from(format!(r#"{{"pk":{{"S":"{value}"}}}}"#)),
+            ..Default::default()
+        };
+        (
+            WriteOp {
+                req,
+                condition,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn log(pid: u64, from: u64, entries: &[(u64, &str)], done: Arc<AtomicUsize>) -> LogOp {
+        LogOp {
+            partition_id: pid,
+            from,
+            entries: entries
+                .iter()
+                .map(|(i, b)| (*i, b.as_bytes().to_vec()))
+                .collect(),
+            done: Box::new(move || {
+                done.fetch_add(1, Ordering::SeqCst);
+            }),
+        }
+    }
+
+    fn log_on_disk(store: &Store, pid: u64) -> Vec<(u64, String)> {
+        store
+            .raft_log()
+            .range(crate::store::log_key(pid, 0)..=crate::store::log_key(pid, u64::MAX))
+            .map(|kv| {
+                let (k, v) = kv.into_inner().unwrap();
+                let index = u64::from_be_bytes(k[8..16].try_into().unwrap());
+                (index, String::from_utf8(v.to_vec()).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn queued_writes_share_one_batch_and_one_fsync() {
+        let (_dir, store) = store();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut replies = Vec::new();
+        for i in 0..100u32 {
+            let (op, reply) = put(&i.to_be_bytes(), "v", None);
+            tx.send(Msg::Write(op)).ok().unwrap();
+            replies.push(reply);
+        }
+        let (stop, stopped) = oneshot::channel();
+        tx.send(Msg::Stop(stop)).ok().unwrap();
+        let p = Arc::new(pending());
+        writer_loop(store.clone(), p.clone(), rx, 1024);
+        assert_eq!(*p.durable.borrow(), 1, "one batch for all 100");
+        for mut r in replies {
+            assert!(r.try_recv().unwrap().is_ok());
+        }
+        assert!(stopped.blocking_recv().is_ok());
+        // One at a time when group commit is off.
+        let (tx, rx) = mpsc::unbounded_channel();
+        for i in 0..5u32 {
+            tx.send(Msg::Write(put(&i.to_be_bytes(), "w", None).0))
+                .ok()
+                .unwrap();
+        }
+        drop(tx);
+        let p = Arc::new(pending());
+        writer_loop(store, p.clone(), rx, 1);
+        assert_eq!(*p.durable.borrow(), 5);
+    }
+
+    #[test]
+    fn conditions_in_a_batch_see_the_writes_before_them() {
+        let (_dir, store) = store();
+        let (first, r1) = put(b"k", "first", Some("attribute_not_exists(pk)"));
+        let (second, r2) = put(b"k", "second", Some("attribute_not_exists(pk)"));
+        commit_batch(
+            &store,
+            &pending(),
+            1,
+            vec![first, second].into_iter(),
+            std::iter::empty(),
+        );
+        assert!(r1.blocking_recv().unwrap().is_ok());
+        let refused = r2.blocking_recv().unwrap().unwrap_err();
+        assert_eq!(refused.code, ErrorCode::ConditionalCheckFailed);
+        let stored = store.get(1, b"k").unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&stored).contains("first"));
+    }
+
+    #[test]
+    fn a_log_op_truncates_what_an_earlier_op_of_its_batch_staged() {
+        let (_dir, store) = store();
+        let done = Arc::new(AtomicUsize::new(0));
+        let on_disk = log(7, 1, &[(1, "a"), (2, "b")], done.clone());
+        commit_batch(
+            &store,
+            &pending(),
+            1,
+            std::iter::empty(),
+            vec![on_disk].into_iter(),
+        );
+        let logs = vec![
+            log(7, 3, &[(3, "c"), (4, "d"), (5, "e")], done.clone()),
+            // A new leader's entries replace 2.. in the same batch.
+            log(7, 2, &[(2, "B")], done.clone()),
+            log(8, 1, &[(1, "other")], done.clone()),
+        ];
+        commit_batch(&store, &pending(), 2, std::iter::empty(), logs.into_iter());
+        assert_eq!(
+            log_on_disk(&store, 7),
+            vec![(1, "a".into()), (2, "B".into())]
+        );
+        assert_eq!(log_on_disk(&store, 8), vec![(1, "other".into())]);
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            4,
+            "every op hears it is durable"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_of_a_key_not_yet_durable_waits_for_its_batch() {
+        let p = Arc::new(pending());
+        p.keys.lock().insert(b"k".to_vec(), 3);
+        let seq = p.batch_of(b"k").expect("pending");
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.wait_durable(seq).await }
+        });
+        p.durable.send_replace(2);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "batch 3 is not durable yet");
+        p.durable.send_replace(3);
+        tokio::time::timeout(std::time::Duration::from_secs(2), waiter)
+            .await
+            .expect("durable wakes the reader")
+            .unwrap();
+    }
 }
