@@ -48,7 +48,9 @@ async fn storage_memory_stays_bounded_under_large_items() {
     create_table(&c, "big", Some(ScalarAttributeType::N)).await;
 
     let items = total_mb * 1024 * 1024 / ITEM_BYTES as u64;
-    tracing::info!("--- {WRITERS} writers put {items} items of {ITEM_BYTES} bytes into one partition");
+    tracing::info!(
+        "--- {WRITERS} writers put {items} items of {ITEM_BYTES} bytes into one partition"
+    );
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let writers: Vec<_> = (0..WRITERS)

@@ -254,7 +254,10 @@ async fn a_subscription_handles_a_bounded_number_of_requests_at_once() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while running.load(Ordering::SeqCst) < tern_bus::MAX_IN_FLIGHT {
-        assert!(std::time::Instant::now() < deadline, "handlers never filled up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "handlers never filled up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -262,7 +265,10 @@ async fn a_subscription_handles_a_bounded_number_of_requests_at_once() {
     // Releasing them lets the rest through.
     gate.add_permits(sent);
     while running.load(Ordering::SeqCst) > 0 {
-        assert!(std::time::Instant::now() < deadline, "handlers never drained");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "handlers never drained"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -119,15 +119,25 @@ impl ReplicaStore {
         })
     }
 
-    /// Term and vote, durable when this returns (blocks for an fsync).
-    pub fn save_hard_state(&self, pid: u64, hs: HardState) -> fjall::Result<()> {
+    /// Adds term and vote to a batch (the group commit's, which fsyncs it).
+    pub fn stage_hard_state(&self, batch: &mut fjall::OwnedWriteBatch, pid: u64, hs: HardState) {
         let v = RaftHardState {
             term: hs.term,
             voted_for: hs.voted_for.unwrap_or(0),
         };
-        self.store
-            .raft_state()
-            .insert(pid.to_be_bytes(), v.encode_to_vec())?;
+        batch.insert(
+            self.store.raft_state(),
+            pid.to_be_bytes().to_vec(),
+            v.encode_to_vec(),
+        );
+    }
+
+    /// Term and vote, durable when this returns (blocks for an fsync).
+    #[cfg(test)]
+    pub fn save_hard_state(&self, pid: u64, hs: HardState) -> fjall::Result<()> {
+        let mut batch = self.store.batch();
+        self.stage_hard_state(&mut batch, pid, hs);
+        batch.commit()?;
         self.store.sync()
     }
 

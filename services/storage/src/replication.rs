@@ -33,7 +33,7 @@ use crate::codec;
 use crate::compaction::{compaction_point, LogView};
 use crate::replica_store::ReplicaStore;
 use crate::store::Store;
-use crate::writer::{LogOp, Writer};
+use crate::writer::{LogOp, StateOp, Writer};
 
 /// Logical tick of the engines.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -86,6 +86,19 @@ pub(crate) struct Group {
     pub install_not_before: u64,
     /// When recent engine ticks fired: (tick, instant), oldest first.
     tick_times: VecDeque<(u64, Instant)>,
+    /// Tells this replica from an earlier one of the same partition on this node.
+    uid: u64,
+    /// Hard-state writes queued and not yet durable; while there are any, messages wait in
+    /// `held` (a vote or a term must be on disk before anything that depends on it leaves).
+    hard_state_writes: u32,
+    held: Outbox,
+}
+
+/// What the group commit reports durable for a replica.
+#[derive(Debug)]
+enum Durability {
+    Log { pid: u64, index: Index, term: u64 },
+    HardState { pid: u64, uid: u64 },
 }
 
 /// When a replica compacts its log: once this many applied entries, or this many payload bytes,
@@ -140,7 +153,7 @@ pub(crate) struct Inner {
     pub bus: Bus,
     groups: RwLock<HashMap<u64, Arc<Mutex<Group>>>>,
     next_request: AtomicU64,
-    persisted: mpsc::UnboundedSender<(u64, Index, u64)>,
+    persisted: mpsc::UnboundedSender<Durability>,
     /// A member unacknowledged this long is replaced.
     pub replace_after: Duration,
     /// Applied entries a log holds before it is compacted.
@@ -311,6 +324,9 @@ impl Replication {
             installing: false,
             install_not_before: 0,
             tick_times: VecDeque::with_capacity(TICK_HISTORY),
+            uid: rand_seed() ^ info.id.rotate_left(17),
+            hard_state_writes: 0,
+            held: Outbox::new(),
         };
         let group = Arc::new(Mutex::new(group));
         self.inner.groups.write().insert(info.id, group.clone());
@@ -482,16 +498,30 @@ impl Replication {
         }
     }
 
-    async fn persisted_forever(self, mut rx: mpsc::UnboundedReceiver<(u64, Index, u64)>) {
-        while let Some((pid, index, term)) = rx.recv().await {
+    async fn persisted_forever(self, mut rx: mpsc::UnboundedReceiver<Durability>) {
+        while let Some(durable) = rx.recv().await {
+            let pid = match durable {
+                Durability::Log { pid, .. } | Durability::HardState { pid, .. } => pid,
+            };
             let Some(group) = self.group(pid) else {
                 continue;
             };
             let mut out = Outbox::new();
             {
                 let mut g = group.lock();
-                let cmds = g.engine.step(Event::Persisted { index, term });
-                self.execute(&mut g, cmds, &mut out);
+                match durable {
+                    Durability::Log { index, term, .. } => {
+                        let cmds = g.engine.step(Event::Persisted { index, term });
+                        self.execute(&mut g, cmds, &mut out);
+                    }
+                    Durability::HardState { uid, .. } if uid == g.uid => {
+                        g.hard_state_writes -= 1;
+                        if g.hard_state_writes == 0 {
+                            out = std::mem::take(&mut g.held);
+                        }
+                    }
+                    Durability::HardState { .. } => {}
+                }
             }
             self.flush(out);
         }
@@ -526,9 +556,18 @@ impl Replication {
                         to,
                         msg: Some(codec::message_to_wire(&msg)),
                     };
-                    out.entry(node.clone()).or_default().push(env);
+                    let node = node.clone();
+                    let out = if g.hard_state_writes > 0 {
+                        &mut g.held
+                    } else {
+                        &mut *out
+                    };
+                    out.entry(node).or_default().push(env);
                 }
-                Command::PersistHardState(hs) => self.persist_hard_state(g.pid, hs),
+                Command::PersistHardState(hs) => {
+                    g.hard_state_writes += 1;
+                    self.persist_hard_state(g, hs);
+                }
                 Command::AppendLog(entries) => self.append_log(g.pid, entries),
                 Command::Apply(entries) => self.apply(g, entries),
                 Command::Proposed { id, result: Err(e) } => {
@@ -679,10 +718,17 @@ impl Replication {
     }
 
     /// The vote must be durable before any message that depends on it leaves.
-    fn persist_hard_state(&self, pid: u64, hs: HardState) {
-        if let Err(e) = self.inner.replicas.save_hard_state(pid, hs) {
-            fatal("persist hard state", e);
-        }
+    /// Queues term and vote to the group commit; messages wait until it is durable.
+    fn persist_hard_state(&self, g: &Group, hs: HardState) {
+        let (pid, uid) = (g.pid, g.uid);
+        let replicas = self.inner.replicas.clone();
+        let persisted = self.inner.persisted.clone();
+        self.inner.writer.write_state(StateOp {
+            stage: Box::new(move |batch| replicas.stage_hard_state(batch, pid, hs)),
+            done: Box::new(move || {
+                let _ = persisted.send(Durability::HardState { pid, uid });
+            }),
+        });
     }
 
     fn append_log(&self, pid: u64, entries: Vec<tern_replication::Entry>) {
@@ -698,7 +744,7 @@ impl Replication {
             from: entries[0].index,
             entries: encoded,
             done: Box::new(move || {
-                let _ = persisted.send((pid, index, term));
+                let _ = persisted.send(Durability::Log { pid, index, term });
             }),
         });
     }

@@ -31,7 +31,15 @@ pub struct WriteOp {
 enum Msg {
     Write(WriteOp),
     Log(LogOp),
+    State(StateOp),
     Stop(oneshot::Sender<()>),
+}
+
+/// A small durable record (a replica's term and vote) to write with the next batch; `stage` adds
+/// it to the batch (the writer knows no key layout), `done` runs after the fsync.
+pub struct StateOp {
+    pub stage: Box<dyn FnOnce(&mut fjall::OwnedWriteBatch) + Send>,
+    pub done: Box<dyn FnOnce() + Send>,
 }
 
 /// Replication log entries of one group to make durable, sharing the group commit's fsync with
@@ -119,6 +127,13 @@ impl Writer {
         }
     }
 
+    /// Queues a durable record; `op.done` runs once it is durable.
+    pub fn write_state(&self, op: StateOp) {
+        if self.tx.send(Msg::State(op)).is_err() {
+            tracing::debug!("state write after the writer stopped");
+        }
+    }
+
     pub fn pending(&self) -> &Pending {
         &self.pending
     }
@@ -141,6 +156,7 @@ fn writer_loop(
     let mut seq = 0u64;
     let mut ops = Vec::with_capacity(max_batch);
     let mut logs = Vec::new();
+    let mut states = Vec::new();
     while let Some(msg) = rx.blocking_recv() {
         let mut next = Some(msg);
         let mut stop = None;
@@ -148,15 +164,21 @@ fn writer_loop(
             match msg {
                 Msg::Write(op) => ops.push(op),
                 Msg::Log(op) => logs.push(op),
+                Msg::State(op) => states.push(op),
                 Msg::Stop(done) => stop = Some(done),
             }
             if stop.is_none() && ops.len() + logs.len() < max_batch {
                 next = rx.try_recv().ok();
             }
         }
-        if !ops.is_empty() || !logs.is_empty() {
+        if !ops.is_empty() || !logs.is_empty() || !states.is_empty() {
             seq += 1;
-            commit_batch(&store, &pending, seq, ops.drain(..), logs.drain(..));
+            let batch = Batch {
+                ops: ops.drain(..).collect(),
+                logs: logs.drain(..).collect(),
+                states: states.drain(..).collect(),
+            };
+            commit_batch(&store, &pending, seq, batch);
         }
         if let Some(done) = stop {
             let _ = done.send(());
@@ -170,24 +192,30 @@ type Reply = (
     Result<WriteResponse, ApiError>,
 );
 
-fn commit_batch(
-    store: &Store,
-    pending: &Pending,
-    seq: u64,
-    ops: impl Iterator<Item = WriteOp>,
-    logs: impl Iterator<Item = LogOp>,
-) {
+/// What one group commit carries.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<WriteOp>,
+    logs: Vec<LogOp>,
+    states: Vec<StateOp>,
+}
+
+fn commit_batch(store: &Store, pending: &Pending, seq: u64, work: Batch) {
     let mut batch = store.batch();
     let mut log_done = Vec::new();
     let mut staged_logs = HashMap::new();
-    for log in logs {
+    for log in work.logs {
         stage_log(store, &mut batch, &mut staged_logs, &log)
             .unwrap_or_else(|e| fatal("stage log entries", e));
         log_done.push(log.done);
     }
+    for state in work.states {
+        (state.stage)(&mut batch);
+        log_done.push(state.done);
+    }
     let mut latest = Staged::new();
     let mut replies: Vec<Reply> = Vec::new();
-    for op in ops {
+    for op in work.ops {
         let result = apply_write(
             store,
             &mut batch,
@@ -368,13 +396,11 @@ mod tests {
         let (_dir, store) = store();
         let (first, r1) = put(b"k", "first", Some("attribute_not_exists(pk)"));
         let (second, r2) = put(b"k", "second", Some("attribute_not_exists(pk)"));
-        commit_batch(
-            &store,
-            &pending(),
-            1,
-            vec![first, second].into_iter(),
-            std::iter::empty(),
-        );
+        let work = Batch {
+            ops: vec![first, second],
+            ..Default::default()
+        };
+        commit_batch(&store, &pending(), 1, work);
         assert!(r1.blocking_recv().unwrap().is_ok());
         let refused = r2.blocking_recv().unwrap().unwrap_err();
         assert_eq!(refused.code, ErrorCode::ConditionalCheckFailed);
@@ -387,20 +413,22 @@ mod tests {
         let (_dir, store) = store();
         let done = Arc::new(AtomicUsize::new(0));
         let on_disk = log(7, 1, &[(1, "a"), (2, "b")], done.clone());
-        commit_batch(
-            &store,
-            &pending(),
-            1,
-            std::iter::empty(),
-            vec![on_disk].into_iter(),
-        );
+        let work = Batch {
+            logs: vec![on_disk],
+            ..Default::default()
+        };
+        commit_batch(&store, &pending(), 1, work);
         let logs = vec![
             log(7, 3, &[(3, "c"), (4, "d"), (5, "e")], done.clone()),
             // A new leader's entries replace 2.. in the same batch.
             log(7, 2, &[(2, "B")], done.clone()),
             log(8, 1, &[(1, "other")], done.clone()),
         ];
-        commit_batch(&store, &pending(), 2, std::iter::empty(), logs.into_iter());
+        let work = Batch {
+            logs,
+            ..Default::default()
+        };
+        commit_batch(&store, &pending(), 2, work);
         assert_eq!(
             log_on_disk(&store, 7),
             vec![(1, "a".into()), (2, "B".into())]

@@ -262,3 +262,87 @@ pub async fn metric_sum(cluster: &Cluster, nodes: &[&str], name: &str) -> f64 {
     }
     sum
 }
+
+// ---- storage nodes under faults (shared by large_items.rs and stalled_leader.rs) ----
+
+pub const NODES: [&str; 3] = ["storage-a", "storage-b", "storage-c"];
+
+/// The error codes DynamoDB uses to say "slow down": the only acceptable failures under load.
+pub const THROTTLING: [&str; 3] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+];
+
+/// `len` pseudo-random bytes, the same for the same seed.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut bytes = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+    bytes
+}
+
+/// The `/metrics` text of one storage node.
+pub async fn node_metrics(cluster: &tern_cluster::Cluster, node: &str) -> String {
+    let (_, url) = cluster
+        .storage_metrics()
+        .into_iter()
+        .find(|(n, _)| n == node)
+        .unwrap_or_else(|| panic!("no storage node {node}"));
+    let (status, text) = raw_get(url.trim_end_matches("/metrics"), "/metrics").await;
+    assert_eq!(status, 200, "metrics of {node}");
+    text
+}
+
+/// Every sample of `name` in Prometheus text: (labels, value).
+pub fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series[name.len()..].to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `tern_storage_groups_led` of each storage node.
+pub async fn groups_led(cluster: &tern_cluster::Cluster) -> Vec<(String, f64)> {
+    let mut led = Vec::new();
+    for node in NODES {
+        let text = node_metrics(cluster, node).await;
+        led.push((
+            node.to_string(),
+            metric(&text, "tern_storage_groups_led").unwrap_or(0.0),
+        ));
+    }
+    led
+}
+
+/// The one node leading the (single) group, once exactly one node says it leads.
+pub async fn wait_single_leader(cluster: &tern_cluster::Cluster, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let led = groups_led(cluster).await;
+        let leaders: Vec<_> = led.iter().filter(|(_, n)| *n > 0.0).collect();
+        if leaders.len() == 1 && leaders[0].1 == 1.0 {
+            return leaders[0].0.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single leader within {within:?}: groups led {led:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Resident memory of the storage nodes, for the record.
+pub fn storage_rss(cluster: &mut tern_cluster::Cluster) -> String {
+    NODES
+        .iter()
+        .map(|n| match cluster.rss_bytes(n).ok().flatten() {
+            Some(b) => format!("{n} {} MiB", b / (1024 * 1024)),
+            None => format!("{n} down"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
