@@ -305,20 +305,26 @@ impl Engine {
 
     /// The newest tick a quorum has acknowledged (the leader counts as acknowledging now).
     fn quorum_ack_tick(&self) -> Option<u64> {
-        let mut acked: Vec<u64> = self
+        self.quorum_value(self.now, |p| p.acked_at)
+    }
+
+    /// The largest value a quorum of members has reached: this replica at `own`, each peer at
+    /// what `of` says of its progress (a peer it says nothing of counts as not there).
+    fn quorum_value(&self, own: u64, of: impl Fn(&Progress) -> Option<u64>) -> Option<u64> {
+        let mut values: Vec<u64> = self
             .membership
             .members
             .keys()
             .filter_map(|id| {
                 if *id == self.cfg.id {
-                    Some(self.now)
+                    Some(own)
                 } else {
-                    self.progress.get(id).and_then(|p| p.acked_at)
+                    self.progress.get(id).and_then(&of)
                 }
             })
             .collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        acked.get(self.membership.quorum() - 1).copied()
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values.get(self.membership.quorum() - 1).copied()
     }
 
     /// Drops the entries up to `index` (which the snapshot will stand for) from the log.
@@ -912,20 +918,9 @@ impl Engine {
     }
 
     fn maybe_commit(&mut self) {
-        let mut matched: Vec<Index> = self
-            .membership
-            .members
-            .keys()
-            .map(|id| {
-                if *id == self.cfg.id {
-                    self.persisted
-                } else {
-                    self.progress.get(id).map_or(0, |p| p.matched)
-                }
-            })
-            .collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let n = matched[self.membership.quorum() - 1];
+        let Some(n) = self.quorum_value(self.persisted, |p| Some(p.matched)) else {
+            return;
+        };
         // NOTE: only an entry of the current term commits by counting replicas (Raft's figure 8).
         if n > self.commit && self.term_at(n) == Some(self.hs.term) {
             self.commit = n;
