@@ -39,8 +39,12 @@ pub enum Condition {
     NotExists(Vec<PathElem>),
     Compare(Operand, CmpOp, Operand),
     Not(Box<Condition>),
-    And(Box<Condition>, Box<Condition>),
-    Or(Box<Condition>, Box<Condition>),
+    /// Every term holds (two or more terms). A chain `a AND b AND c` is one level, not nested:
+    /// conditions travel in the replication log, whose decoders bound nesting depth. The JSON of
+    /// two terms is the same as when this held a pair, so logged conditions read back alike.
+    And(Vec<Condition>),
+    /// Some term holds (two or more terms), flat like `And`.
+    Or(Vec<Condition>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +203,15 @@ struct Parser<'a> {
     used_values: BTreeSet<String>,
 }
 
+/// A single term as itself, several joined by `join`.
+fn one_or(mut terms: Vec<Condition>, join: fn(Vec<Condition>) -> Condition) -> Condition {
+    if terms.len() == 1 {
+        terms.pop().expect("one term")
+    } else {
+        join(terms)
+    }
+}
+
 /// Parses a ConditionExpression, substituting names and values; unused names or values are
 /// errors, as in DynamoDB.
 pub fn parse_condition(
@@ -341,21 +354,21 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Condition> {
-        let mut left = self.and()?;
+        let mut terms = vec![self.and()?];
         while self.keyword("OR") {
             self.next();
-            left = Condition::Or(Box::new(left), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
-        Ok(left)
+        Ok(one_or(terms, Condition::Or))
     }
 
     fn and(&mut self) -> Result<Condition> {
-        let mut left = self.not()?;
+        let mut terms = vec![self.not()?];
         while self.keyword("AND") {
             self.next();
-            left = Condition::And(Box::new(left), Box::new(self.not()?));
+            terms.push(self.not()?);
         }
-        Ok(left)
+        Ok(one_or(terms, Condition::And))
     }
 
     fn not(&mut self) -> Result<Condition> {
@@ -549,8 +562,8 @@ impl Condition {
                 _ => false,
             },
             Condition::Not(c) => !c.eval(item),
-            Condition::And(a, b) => a.eval(item) && b.eval(item),
-            Condition::Or(a, b) => a.eval(item) || b.eval(item),
+            Condition::And(terms) => terms.iter().all(|c| c.eval(item)),
+            Condition::Or(terms) => terms.iter().any(|c| c.eval(item)),
         }
     }
 }
@@ -687,4 +700,20 @@ mod tests {
     }
 
     const GOLDEN_CONDITION: &str = r#"{"Or":[{"NotExists":[{"Name":"pk"}]},{"And":[{"Not":{"Compare":[{"Path":[{"Name":"age"}]},"Ge",{"Value":{"N":"3"}}]}},{"Exists":[{"Name":"x"},{"Name":"y"},{"Index":2}]}]}]}"#;
+
+    /// A long AND chain (far past the 128 levels serde_json decodes) crosses the log as one level.
+    #[test]
+    fn long_and_or_chains_stay_flat() {
+        let values = HashMap::from([(":v".to_string(), n("1"))]);
+        let terms: Vec<String> = (0..250).map(|i| format!("a{i} = :v")).collect();
+        let expr = format!("{} OR b = :v", terms.join(" AND "));
+        let c = parse_condition(&expr, None, Some(&values)).unwrap();
+        let Condition::Or(ref alternatives) = c else {
+            panic!("{c:?}");
+        };
+        assert!(matches!(&alternatives[0], Condition::And(t) if t.len() == 250));
+        let json = serde_json::to_vec(&c).unwrap();
+        let back: Condition = serde_json::from_slice(&json).expect("decodes within serde's depth");
+        assert_eq!(back, c);
+    }
 }

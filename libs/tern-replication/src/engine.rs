@@ -82,6 +82,10 @@ pub struct Engine {
     heartbeat_due: u64,
     /// Tick this replica last became leader (check-quorum counts from here at the earliest).
     leader_since: u64,
+    /// The runtime's word that this replica's state machine is whole: a full member whose state
+    /// is being rebuilt votes and acknowledges, but must not lead (it could not serve reads or
+    /// apply writes).
+    may_lead: bool,
     pending_reads: Vec<(RequestId, Index)>,
     /// Follower: (leader, index, sent_at) to acknowledge once the log is durable up to index.
     pending_ack: Option<(NodeId, Index, u64)>,
@@ -146,6 +150,7 @@ impl Engine {
             progress: BTreeMap::new(),
             heartbeat_due: 0,
             leader_since: 0,
+            may_lead: true,
             pending_reads: Vec::new(),
             pending_ack: None,
             rng,
@@ -283,6 +288,17 @@ impl Engine {
     /// snapshot's history and every membership entry since, plus one.
     pub fn unused_member_id(&self) -> NodeId {
         max_member_id(&self.log, self.snap.max_member_id) + 1
+    }
+
+    /// Whether this replica may stand for election (its state machine is whole); a leader told
+    /// it may not steps down.
+    pub fn set_may_lead(&mut self, may_lead: bool) -> Vec<Command> {
+        self.may_lead = may_lead;
+        if !may_lead && self.role != Role::Follower {
+            let term = self.hs.term;
+            self.become_follower(term, None);
+        }
+        std::mem::take(&mut self.out)
     }
 
     /// Feeds one event; returns the commands to carry out, in order.
@@ -451,7 +467,7 @@ impl Engine {
 
     fn start_pre_vote(&mut self) {
         self.reset_election_deadline();
-        if !self.membership.can_lead(self.cfg.id) {
+        if !self.membership.can_lead(self.cfg.id) || !self.may_lead {
             return;
         }
         self.pre_candidate = true;

@@ -720,3 +720,34 @@ fn appends_are_cut_by_bytes() {
         "{appends:?} over {limit}"
     );
 }
+
+#[test]
+fn a_replica_without_its_state_never_stands_for_election() {
+    let mut e = engine(2, full3());
+    assert!(e.set_may_lead(false).is_empty());
+    for _ in 0..200 {
+        let out = e.step(Event::Tick);
+        assert!(sends(&out).is_empty(), "it campaigned: {out:?}");
+    }
+    assert!(e.step(Event::Campaign).is_empty());
+    // It still votes: the group needs its log.
+    let out = e.step(Event::Message {
+        from: 1,
+        msg: Message::Vote {
+            term: 1,
+            last_index: 0,
+            last_term: 0,
+            pre: true,
+        },
+    });
+    assert!(
+        sends(&out)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::VoteResponse { granted: true, .. })),
+        "{out:?}"
+    );
+    // A leader that loses its state steps down.
+    let mut leader = elect_one();
+    let out = leader.set_may_lead(false);
+    assert_eq!(leader.role(), Role::Follower, "{out:?}");
+}

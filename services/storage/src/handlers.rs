@@ -184,7 +184,8 @@ impl Node {
             // served by any replica from what it has applied.
             if req.consistent {
                 r.read_barrier(req.partition_id).await?;
-            } else if !r.has_items(req.partition_id) {
+            }
+            if !r.has_items(req.partition_id) {
                 // A log replica (or one being rebuilt) holds no items to read.
                 return Err(BusError::Redirect(String::new()));
             }

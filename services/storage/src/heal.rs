@@ -379,7 +379,8 @@ impl Replication {
                 && g.engine.membership().members.get(&me) != Some(&MemberKind::Full)
                 && req.install;
             if !log_only {
-                g.has_items = false;
+                // Not a leader (checked above), so this changes no role.
+                let _ = g.set_has_items(false);
                 if let Err(e) = self.inner().replicas.begin_install(pid) {
                     fatal("mark install", e);
                 }
@@ -486,7 +487,8 @@ impl Replication {
             if log_only {
                 0
             } else {
-                g.has_items = true;
+                let cmds = g.set_has_items(true);
+                self.execute(&mut g, cmds, &mut out);
                 g.applied = applied;
                 let upto = g.engine.applied_index();
                 let catch_up = g.engine.entries(applied, upto).to_vec();

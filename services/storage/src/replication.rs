@@ -304,6 +304,8 @@ impl Replication {
         cfg.max_batch_bytes = self.inner.max_append_bytes;
         let fresh = hs.term == 0 && log.is_empty() && d.snap.index == 0;
         let mut engine = Engine::restore(cfg, hs, d.snap, log, applied);
+        // NOTE: a full member whose items are incomplete must not lead until they are rebuilt.
+        engine.set_may_lead(has_items);
         // A new group's first replica stands for election at once rather than after a timeout,
         // so the table's first write does not wait for one.
         let campaign = if fresh && me == 1 {
@@ -798,6 +800,12 @@ impl Replication {
 }
 
 impl Group {
+    /// Records whether the items are whole; only then may this replica lead.
+    pub(crate) fn set_has_items(&mut self, has_items: bool) -> Vec<Command> {
+        self.has_items = has_items;
+        self.engine.set_may_lead(has_items)
+    }
+
     fn record_tick(&mut self, at: Instant) {
         if self.tick_times.len() == TICK_HISTORY {
             self.tick_times.pop_front();
