@@ -247,7 +247,7 @@ impl Sim {
         };
         for id in 1..=total {
             // A third of the seeds run one replica's timer slow.
-            let rate = if seed % 3 == 0 && id == 1 + seed % total {
+            let rate = if seed.is_multiple_of(3) && id == 1 + seed % total {
                 50 + sim.rng.below(40)
             } else {
                 100

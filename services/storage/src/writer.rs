@@ -174,9 +174,9 @@ fn writer_loop(
         if !ops.is_empty() || !logs.is_empty() || !states.is_empty() {
             seq += 1;
             let batch = Batch {
-                ops: ops.drain(..).collect(),
-                logs: logs.drain(..).collect(),
-                states: states.drain(..).collect(),
+                ops: std::mem::take(&mut ops),
+                logs: std::mem::take(&mut logs),
+                states: std::mem::take(&mut states),
             };
             commit_batch(&store, &pending, seq, batch);
         }
