@@ -13,6 +13,8 @@ mod partitions;
 mod repair;
 mod replica_store;
 mod replication;
+mod snapshot_install;
+mod snapshot_source;
 mod store;
 mod writer;
 

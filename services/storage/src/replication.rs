@@ -167,7 +167,7 @@ pub(crate) struct Inner {
     /// KiB of client writes this node has proposed and not yet answered: what may wait in its
     /// writer queue and its groups' unreplicated logs.
     write_budget: Arc<tokio::sync::Semaphore>,
-    pub snapshots: crate::heal::SnapshotSessions,
+    pub snapshots: crate::snapshot_source::SnapshotSessions,
     pub metrics: crate::metrics::ReplicationMetrics,
 }
 
