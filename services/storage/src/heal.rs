@@ -177,11 +177,14 @@ impl Replication {
         members: std::collections::BTreeMap<NodeId, MemberKind>,
         out: &mut Outbox,
     ) {
-        let cmds = g.engine.step(Event::Propose {
-            id: 0,
-            payload: Payload::Membership(Membership { members }),
-        });
-        self.execute(g, cmds, out);
+        self.step(
+            g,
+            Event::Propose {
+                id: 0,
+                payload: Payload::Membership(Membership { members }),
+            },
+            out,
+        );
     }
 
     async fn run_task(self, group: Arc<Mutex<Group>>, task: Task) {

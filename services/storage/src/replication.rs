@@ -409,11 +409,14 @@ impl Replication {
                 return Err(BusError::Redirect(g.leader_name()));
             }
             g.writes.insert(id, tx);
-            let cmds = g.engine.step(Event::Propose {
-                id,
-                payload: Payload::Command(payload),
-            });
-            self.execute(&mut g, cmds, &mut out);
+            self.step(
+                &mut g,
+                Event::Propose {
+                    id,
+                    payload: Payload::Command(payload),
+                },
+                &mut out,
+            );
         }
         self.flush(out);
         let proposed = std::time::Instant::now();
@@ -450,8 +453,7 @@ impl Replication {
         {
             let mut g = group.lock();
             g.reads.insert(id, tx);
-            let cmds = g.engine.step(Event::Read { id });
-            self.execute(&mut g, cmds, &mut out);
+            self.step(&mut g, Event::Read { id }, &mut out);
         }
         self.flush(out);
         match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
@@ -473,11 +475,14 @@ impl Replication {
             g.addrs
                 .entry(env.from)
                 .or_insert_with(|| (batch.from_node.clone(), String::new()));
-            let cmds = g.engine.step(Event::Message {
-                from: env.from,
-                msg,
-            });
-            self.execute(&mut g, cmds, &mut out);
+            self.step(
+                &mut g,
+                Event::Message {
+                    from: env.from,
+                    msg,
+                },
+                &mut out,
+            );
         }
         self.flush(out);
     }
@@ -492,9 +497,8 @@ impl Replication {
             for group in groups {
                 let mut g = group.lock();
                 let at = Instant::now();
-                let cmds = g.engine.step(Event::Tick);
+                self.step(&mut g, Event::Tick, &mut out);
                 g.record_tick(at);
-                self.execute(&mut g, cmds, &mut out);
             }
             self.flush(out);
         }
@@ -513,11 +517,10 @@ impl Replication {
                 let mut g = group.lock();
                 match durable {
                     Durability::Log { index, term, .. } => {
-                        let cmds = g.engine.step(Event::Persisted { index, term });
-                        self.execute(&mut g, cmds, &mut out);
+                        self.step(&mut g, Event::Persisted { index, term }, &mut out);
                     }
                     Durability::HardState { uid, .. } if uid == g.uid => {
-                        g.hard_state_writes -= 1;
+                        g.hard_state_writes = g.hard_state_writes.saturating_sub(1);
                         if g.hard_state_writes == 0 {
                             out = std::mem::take(&mut g.held);
                         }
@@ -543,6 +546,13 @@ impl Replication {
                 }
             });
         }
+    }
+
+    /// Feeds one event to a replica's engine and carries out what it asks (messages go to `out`,
+    /// sent by the caller once the replica's lock is released).
+    pub(crate) fn step(&self, g: &mut Group, event: Event, out: &mut Outbox) {
+        let cmds = g.engine.step(event);
+        self.execute(g, cmds, out);
     }
 
     pub(crate) fn execute(&self, g: &mut Group, cmds: Vec<Command>, out: &mut Outbox) {

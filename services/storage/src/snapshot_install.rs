@@ -192,11 +192,14 @@ impl Replication {
                 fatal("install snapshot", e);
             }
             let from = req.leader_member;
-            let cmds = g.engine.step(Event::SnapshotInstalled {
-                from,
-                meta: meta.clone(),
-            });
-            self.execute(&mut g, cmds, &mut out);
+            self.step(
+                &mut g,
+                Event::SnapshotInstalled {
+                    from,
+                    meta: meta.clone(),
+                },
+                &mut out,
+            );
             if log_only {
                 0
             } else {
