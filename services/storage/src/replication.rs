@@ -520,6 +520,9 @@ impl Replication {
                         self.step(&mut g, Event::Persisted { index, term }, &mut out);
                     }
                     Durability::HardState { uid, .. } if uid == g.uid => {
+                        if g.hard_state_writes == 0 {
+                            tracing::error!(partition = pid, "hard state durable twice");
+                        }
                         g.hard_state_writes = g.hard_state_writes.saturating_sub(1);
                         if g.hard_state_writes == 0 {
                             out = std::mem::take(&mut g.held);
