@@ -201,7 +201,16 @@ struct Parser<'a> {
     values: Option<&'a HashMap<String, AttributeValue>>,
     used_names: BTreeSet<String>,
     used_values: BTreeSet<String>,
+    /// Parentheses and NOTs open around the current position.
+    depth: usize,
 }
+
+/// DynamoDB's limit on the size of one expression.
+pub const MAX_EXPRESSION_BYTES: usize = 4096;
+/// Parentheses and NOTs nested in one expression. DynamoDB bounds expressions by size and
+/// operator count; the parser bounds its recursion here, far above any real expression, so no
+/// input can exhaust a stack.
+const MAX_NESTING: usize = 100;
 
 /// A single term as itself, several joined by `join`.
 fn one_or(mut terms: Vec<Condition>, join: fn(Vec<Condition>) -> Condition) -> Condition {
@@ -309,6 +318,13 @@ impl<'a> Parser<'a> {
         names: Option<&'a HashMap<String, String>>,
         values: Option<&'a HashMap<String, AttributeValue>>,
     ) -> Result<Self> {
+        if src.len() > MAX_EXPRESSION_BYTES {
+            return Err(ApiError::validation(format!(
+                "Invalid {kind}: Expression size has exceeded the maximum allowed size; \
+                 expression size: {}",
+                src.len()
+            )));
+        }
         Ok(Parser {
             kind,
             src,
@@ -318,6 +334,7 @@ impl<'a> Parser<'a> {
             values,
             used_names: BTreeSet::new(),
             used_values: BTreeSet::new(),
+            depth: 0,
         })
     }
 }
@@ -374,15 +391,30 @@ impl Parser<'_> {
     fn not(&mut self) -> Result<Condition> {
         if self.keyword("NOT") {
             self.next();
-            return Ok(Condition::Not(Box::new(self.not()?)));
+            let inner = self.nested(Self::not)?;
+            return Ok(Condition::Not(Box::new(inner)));
         }
         self.primary()
+    }
+
+    /// Parses one more level down, refusing to go deeper than `MAX_NESTING`.
+    fn nested(&mut self, parse: fn(&mut Self) -> Result<Condition>) -> Result<Condition> {
+        if self.depth >= MAX_NESTING {
+            return Err(ApiError::validation(format!(
+                "Invalid {}: The expression is nested too deeply; maximum depth: {MAX_NESTING}",
+                self.kind
+            )));
+        }
+        self.depth += 1;
+        let c = parse(self);
+        self.depth -= 1;
+        c
     }
 
     fn primary(&mut self) -> Result<Condition> {
         if self.peek() == &Tok::LParen {
             self.next();
-            let c = self.or()?;
+            let c = self.nested(Self::or)?;
             self.expect(Tok::RParen)?;
             return Ok(c);
         }
@@ -715,5 +747,35 @@ mod tests {
         let json = serde_json::to_vec(&c).unwrap();
         let back: Condition = serde_json::from_slice(&json).expect("decodes within serde's depth");
         assert_eq!(back, c);
+    }
+
+    /// Inputs that once overflowed the router's stack answer ValidationException.
+    #[test]
+    fn no_expression_exhausts_the_stack() {
+        let nots = format!("{}attribute_exists(id)", "NOT ".repeat(20_000));
+        let e = parse_condition(&nots, None, None).unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::Validation);
+        assert!(
+            e.message.contains("Expression size has exceeded"),
+            "{}",
+            e.message
+        );
+        // Within the size limit, as deep as the limit allows.
+        for (open, close) in [("(", ")"), ("NOT (", ")"), ("NOT ", "")] {
+            let depth = MAX_EXPRESSION_BYTES / (open.len() + close.len()) - 20;
+            let expr = format!(
+                "{}attribute_exists(id){}",
+                open.repeat(depth),
+                close.repeat(depth)
+            );
+            assert!(expr.len() <= MAX_EXPRESSION_BYTES);
+            let e = parse_condition(&expr, None, None).unwrap_err();
+            assert!(e.message.contains("nested too deeply"), "{}", e.message);
+        }
+        // A realistic nesting still parses.
+        let ok = format!("{}attribute_exists(id){}", "(".repeat(50), ")".repeat(50));
+        assert!(parse_condition(&ok, None, None).is_ok());
+        let long = "a".repeat(MAX_EXPRESSION_BYTES + 1);
+        assert!(parse_projection(&long, None).is_err());
     }
 }
