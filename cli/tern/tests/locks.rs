@@ -18,6 +18,7 @@ use common::*;
 use tern_proto::memds::{LookupRequest, TableReply};
 use tern_proto::storage::{SnapshotChunk, SnapshotChunkRequest};
 use tern_proto::subjects;
+use tern_storage_client::StorageClient;
 use tokio::sync::watch;
 
 const TABLE: &str = "locks";
@@ -199,7 +200,7 @@ async fn client_loop(c: Client, me: u64, ledger: Arc<Mutex<Ledger>>, stop: watch
 
 /// Every item of one replica of the partition, with the log position they are at.
 async fn replica_items(
-    bus: &tern_bus::Bus,
+    storage: &StorageClient,
     node: &str,
     partition: u64,
 ) -> Option<(u64, BTreeMap<Vec<u8>, Vec<u8>>)> {
@@ -209,10 +210,7 @@ async fn replica_items(
         ..Default::default()
     };
     loop {
-        let chunk: SnapshotChunk = bus
-            .call(&subjects::storage_snapshot(node), &req)
-            .await
-            .ok()?;
+        let chunk: SnapshotChunk = storage.snapshot_chunk(node, &req).await.ok()?;
         for (k, v) in chunk.keys.iter().zip(&chunk.values) {
             items.insert(k.clone(), v.clone());
         }
@@ -238,12 +236,13 @@ async fn compare_replicas(tc: &TestCluster) {
         .await
         .expect("look up the table");
     let table = reply.table.expect("table metadata");
+    let storage = StorageClient::new(bus.clone());
     for p in &table.partitions {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut seen = Vec::new();
             for r in p.replicas.iter().filter(|r| !r.log) {
-                if let Some(s) = replica_items(bus, &r.node_id, p.id).await {
+                if let Some(s) = replica_items(&storage, &r.node_id, p.id).await {
                     seen.push((r.node_id.clone(), s));
                 }
             }

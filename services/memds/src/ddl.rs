@@ -13,12 +13,10 @@ use prost::Message;
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::{CreateTableRequest, PartitionInfo, TableInfo, TableReply, TableStatus};
 use tern_proto::storage::{CreatePartitionRequest, DropPartitionRequest};
-use tern_proto::{subjects, Empty};
+use tern_storage_client::StorageClient;
 
 use crate::tables::key;
 use crate::{placement, Memds};
-
-const STORAGE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn create_table(m: &Memds, req: CreateTableRequest) -> Result<TableReply, ApiError> {
     let mut table = req
@@ -178,7 +176,7 @@ pub async fn drive(m: &Memds, name: &str) {
 }
 
 async fn create_replicas(m: &Memds, table: &TableInfo) -> Result<(), tern_bus::BusError> {
-    let bus = m.bus.with_timeout(STORAGE_CALL_TIMEOUT);
+    let storage = StorageClient::new(m.bus.clone());
     for p in &table.partitions {
         // The first replica, the designated leader, is created last: it campaigns at once, and
         // its peers are there to answer.
@@ -188,20 +186,18 @@ async fn create_replicas(m: &Memds, table: &TableInfo) -> Result<(), tern_bus::B
                 table_id: table.table_id.clone(),
                 partition: Some(p.clone()),
             };
-            bus.call::<_, Empty>(&subjects::storage_create_partition(&r.node_id), &req)
-                .await?;
+            storage.create_partition(&r.node_id, &req).await?;
         }
     }
     Ok(())
 }
 
 async fn drop_replicas(m: &Memds, table: &TableInfo) -> Result<(), tern_bus::BusError> {
-    let bus = m.bus.with_timeout(STORAGE_CALL_TIMEOUT);
+    let storage = StorageClient::new(m.bus.clone());
     for p in &table.partitions {
         for r in &p.replicas {
             let req = DropPartitionRequest { partition_id: p.id };
-            bus.call::<_, Empty>(&subjects::storage_drop_partition(&r.node_id), &req)
-                .await?;
+            storage.drop_partition(&r.node_id, &req).await?;
         }
     }
     Ok(())

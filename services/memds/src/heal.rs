@@ -15,12 +15,11 @@ use tern_proto::memds::{
     PlaceReplicaRequest, PlaceReplicaResponse, Replica, ReportPartitionRequest, TableInfo,
 };
 use tern_proto::storage::{CreatePartitionRequest, DropPartitionRequest};
-use tern_proto::{subjects, Empty};
+use tern_proto::Empty;
+use tern_storage_client::StorageClient;
 
 use crate::tables::key;
 use crate::Memds;
-
-const STORAGE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Chooses a node for a new member of the group and creates the (empty) replica there.
 pub async fn place_replica(
@@ -69,9 +68,8 @@ pub async fn place_replica(
         table_id: table.table_id.clone(),
         partition: Some(info),
     };
-    m.bus
-        .with_timeout(STORAGE_CALL_TIMEOUT)
-        .call::<_, Empty>(&subjects::storage_create_partition(&node), &create)
+    StorageClient::new(m.bus.clone())
+        .create_partition(&node, &create)
         .await
         .map_err(|e| {
             ApiError::new(
@@ -228,10 +226,8 @@ pub async fn report_partition(m: &Memds, req: ReportPartitionRequest) -> Result<
 /// its stale replica, which is no member and never leads).
 async fn drop_removed(m: Memds, node: String, partition_id: u64) {
     let req = DropPartitionRequest { partition_id };
-    let r = m
-        .bus
-        .with_timeout(STORAGE_CALL_TIMEOUT)
-        .call::<_, Empty>(&subjects::storage_drop_partition(&node), &req)
+    let r = StorageClient::new(m.bus.clone())
+        .drop_partition(&node, &req)
         .await;
     match r {
         Ok(_) => tracing::info!(partition = partition_id, node = %node, "removed replica dropped"),

@@ -7,7 +7,6 @@ use tern_bus::BusError;
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::{PartitionInfo, TableInfo, TableStatus};
 use tern_proto::storage::{GetRequest, GetResponse, WriteRequest, WriteResponse};
-use tern_proto::subjects;
 
 use crate::metrics::inc;
 use crate::Router;
@@ -126,8 +125,8 @@ pub async fn write(
         let mut req = req.clone();
         req.partition_id = p.id;
         req.epoch = p.epoch;
-        let bus = r.bus.clone();
-        async move { bus.call(&subjects::storage_write(&node), &req).await }
+        let storage = r.storage.clone();
+        async move { storage.write(&node, &req).await }
     })
     .await
 }
@@ -149,8 +148,8 @@ pub async fn get(
         let mut req = req.clone();
         req.partition_id = p.id;
         req.epoch = p.epoch;
-        let bus = r.bus.clone();
-        async move { bus.call(&subjects::storage_get(&node), &req).await }
+        let storage = r.storage.clone();
+        async move { storage.get(&node, &req).await }
     })
     .await
 }
@@ -169,8 +168,5 @@ async fn get_in_zone(
         epoch: p.epoch,
         ..req.clone()
     };
-    r.bus
-        .call(&subjects::storage_get(&local.node_id), &req)
-        .await
-        .ok()
+    r.storage.get(&local.node_id, &req).await.ok()
 }

@@ -53,6 +53,7 @@ impl Default for Config {
 /// Everything a request handler needs.
 pub(crate) struct Router {
     pub bus: Bus,
+    pub storage: tern_storage_client::StorageClient,
     pub cache: cache::RouteCache,
     pub metrics: metrics::Metrics,
     pub leaders: leaders::Leaders,
@@ -72,6 +73,7 @@ pub async fn run(
     let router = Arc::new(Router {
         cache: cache::RouteCache::new(bus.clone(), config.cache_mode, metrics.clone()),
         bus: bus.clone(),
+        storage: tern_storage_client::StorageClient::new(bus.clone()),
         metrics,
         leaders: leaders::Leaders::default(),
         instance: config.instance.clone(),

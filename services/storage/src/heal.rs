@@ -35,8 +35,7 @@ use crate::replication::{Group, Outbox, Replication};
 const ROUND: Duration = Duration::from_millis(250);
 /// After a failed placement or rebuild, the next attempt waits this long.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
-pub(crate) const REBUILD_TIMEOUT: Duration = Duration::from_secs(300);
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The leader's view of its group's repair; reset when leadership changes.
 #[derive(Default)]
@@ -241,12 +240,7 @@ impl Replication {
                     source_node: me,
                     ..Default::default()
                 };
-                let r = self
-                    .inner()
-                    .bus
-                    .with_timeout(REBUILD_TIMEOUT)
-                    .call::<_, Empty>(&subjects::storage_rebuild(&node), &req)
-                    .await;
+                let r = self.inner().storage.rebuild(&node, &req).await;
                 match r {
                     Ok(_) => {
                         tracing::info!(partition = pid, member = id, node = %node, ms = started.elapsed().as_millis() as u64, "items rebuilt: promoting to a full replica");
@@ -274,9 +268,8 @@ impl Replication {
             }
             Task::DropOrphan(node) => {
                 let req = DropPartitionRequest { partition_id: pid };
-                bus.call::<_, Empty>(&subjects::storage_drop_partition(&node), &req)
-                    .await
-                    .is_ok()
+                let storage = &self.inner().storage;
+                storage.drop_partition(&node, &req).await.is_ok()
             }
         };
         let mut g = group.lock();

@@ -26,6 +26,7 @@ use tern_replication::{
     Command, Config as EngineConfig, Engine, Event, HardState, Index, MemberKind, Membership,
     NodeId, Payload, ProposeError, Role,
 };
+use tern_storage_client::StorageClient;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{apply_write, condition_of, fatal, Staged};
@@ -151,6 +152,8 @@ pub(crate) struct Inner {
     pub replicas: ReplicaStore,
     writer: Writer,
     pub bus: Bus,
+    /// Calls to other storage nodes (rebuilds, snapshots, drops).
+    pub storage: StorageClient,
     groups: RwLock<HashMap<u64, Arc<Mutex<Group>>>>,
     next_request: AtomicU64,
     persisted: mpsc::UnboundedSender<Durability>,
@@ -192,6 +195,7 @@ impl Replication {
                 replicas: ReplicaStore::new(store.clone()),
                 store,
                 writer,
+                storage: StorageClient::new(bus.clone()),
                 bus,
                 groups: RwLock::default(),
                 // NOTE: entries proposed before a restart may still apply after it; starting the
@@ -654,11 +658,9 @@ impl Replication {
             leader_member: g.engine.id(),
         };
         tracing::info!(partition = g.pid, member = to, node = %node, index, "follower is behind the compacted log: sending a snapshot");
-        let bus = self.inner.bus.with_timeout(crate::heal::REBUILD_TIMEOUT);
+        let storage = self.inner.storage.clone();
         tokio::spawn(async move {
-            let r = bus
-                .call::<_, tern_proto::Empty>(&subjects::storage_rebuild(&node), &req)
-                .await;
+            let r = storage.rebuild(&node, &req).await;
             if let Err(e) = r {
                 tracing::warn!(partition = req.partition_id, node = %node, error = %e, "snapshot install failed");
             }

@@ -9,12 +9,12 @@ use parking_lot::Mutex;
 use tern_bus::BusError;
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::storage::{RebuildRequest, SnapshotChunk, SnapshotChunkRequest};
-use tern_proto::{subjects, Empty};
+use tern_proto::Empty;
 use tern_replication::{Event, MemberKind, Role};
 
 use crate::apply::fatal;
 use crate::codec;
-use crate::heal::{CALL_TIMEOUT, RETRY_AFTER};
+use crate::heal::RETRY_AFTER;
 use crate::replica_store::LogAfterInstall;
 use crate::replication::{ticks, Group, Outbox, Replication};
 use crate::store::item_key;
@@ -121,12 +121,12 @@ impl Replication {
         if !log_only {
             store.drop_items(pid).map_err(internal)?;
         }
-        let bus = self.inner().bus.with_timeout(CALL_TIMEOUT);
+        let storage = &self.inner().storage;
         let (mut session, mut after, mut items) = (0, Vec::new(), 0usize);
         let (applied, meta) = loop {
-            let chunk: SnapshotChunk = bus
-                .call(
-                    &subjects::storage_snapshot(&req.source_node),
+            let chunk: SnapshotChunk = storage
+                .snapshot_chunk(
+                    &req.source_node,
                     &SnapshotChunkRequest {
                         partition_id: pid,
                         session,
