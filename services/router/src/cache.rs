@@ -14,12 +14,10 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use tern_bus::{Bus, BusError};
+use tern_bus::BusError;
+use tern_memds_client::MemdsClient;
 use tern_model::{ApiError, ErrorCode};
-use tern_proto::memds::{
-    LookupBatchRequest, LookupBatchResponse, LookupRequest, TableInfo, TableReply,
-};
-use tern_proto::subjects;
+use tern_proto::memds::{TableInfo, TableReply};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::metrics::{inc, Metrics};
@@ -40,7 +38,7 @@ const MAX_BATCH: usize = 1024;
 #[derive(Clone)]
 pub struct RouteCache {
     entries: Entries,
-    bus: Bus,
+    memds: MemdsClient,
     mode: CacheMode,
     metrics: Metrics,
     refresh: mpsc::UnboundedSender<String>,
@@ -48,18 +46,18 @@ pub struct RouteCache {
 
 impl RouteCache {
     /// Must be called inside a tokio runtime: it starts the background lookup task.
-    pub fn new(bus: Bus, mode: CacheMode, metrics: Metrics) -> Self {
+    pub fn new(memds: MemdsClient, mode: CacheMode, metrics: Metrics) -> Self {
         let entries = Entries::default();
         let (refresh, rx) = mpsc::unbounded_channel();
         tokio::spawn(refresh_in_batches(
             entries.clone(),
-            bus.clone(),
+            memds.clone(),
             metrics.clone(),
             rx,
         ));
         Self {
             entries,
-            bus,
+            memds,
             mode,
             metrics,
             refresh,
@@ -87,14 +85,7 @@ impl RouteCache {
     /// Asks MemDS and refreshes the cache with the answer.
     pub async fn lookup(&self, table: &str) -> Result<Arc<TableInfo>, ApiError> {
         inc(&self.metrics.memds_lookups);
-        let req = LookupRequest {
-            table_name: table.to_string(),
-        };
-        match self
-            .bus
-            .call::<_, TableReply>(subjects::MEMDS_LOOKUP, &req)
-            .await
-        {
+        match self.memds.lookup(table).await {
             Ok(TableReply { table: Some(t) }) => {
                 let t = Arc::new(t);
                 self.entries.write().insert(table.to_string(), t.clone());
@@ -120,7 +111,7 @@ impl RouteCache {
 /// Sends queued background lookups to MemDS in batches and applies the answers to the cache.
 async fn refresh_in_batches(
     entries: Entries,
-    bus: Bus,
+    memds: MemdsClient,
     metrics: Metrics,
     mut rx: mpsc::UnboundedReceiver<String>,
 ) {
@@ -139,13 +130,9 @@ async fn refresh_in_batches(
         metrics
             .memds_lookups
             .fetch_add(names.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let (entries, bus) = (entries.clone(), bus.clone());
+        let (entries, memds) = (entries.clone(), memds.clone());
         tokio::spawn(async move {
-            let req = LookupBatchRequest { table_names: names };
-            match bus
-                .call::<_, LookupBatchResponse>(subjects::MEMDS_LOOKUP_BATCH, &req)
-                .await
-            {
+            match memds.lookup_batch(names).await {
                 Ok(reply) => {
                     let mut map = entries.write();
                     for t in reply.tables {

@@ -52,8 +52,8 @@ impl Default for Config {
 
 /// Everything a request handler needs.
 pub(crate) struct Router {
-    pub bus: Bus,
     pub storage: tern_storage_client::StorageClient,
+    pub memds: tern_memds_client::MemdsClient,
     pub cache: cache::RouteCache,
     pub metrics: metrics::Metrics,
     pub leaders: leaders::Leaders,
@@ -71,9 +71,13 @@ pub async fn run(
         .with_timeout(Duration::from_millis(config.bus_timeout_ms));
     let metrics = metrics::Metrics::default();
     let router = Arc::new(Router {
-        cache: cache::RouteCache::new(bus.clone(), config.cache_mode, metrics.clone()),
-        bus: bus.clone(),
+        cache: cache::RouteCache::new(
+            tern_memds_client::MemdsClient::new(bus.clone()),
+            config.cache_mode,
+            metrics.clone(),
+        ),
         storage: tern_storage_client::StorageClient::new(bus.clone()),
+        memds: tern_memds_client::MemdsClient::new(bus.clone()),
         metrics,
         leaders: leaders::Leaders::default(),
         instance: config.instance.clone(),

@@ -3,10 +3,8 @@
 use serde_json::{json, Value};
 use tern_model::ApiError;
 use tern_proto::memds::{
-    AttributeDefinition, CreateTableRequest, KeySchema, ListTablesRequest, ListTablesResponse,
-    TableInfo, TableNameRequest, TableReply,
+    AttributeDefinition, CreateTableRequest, KeySchema, ListTablesRequest, TableInfo,
 };
-use tern_proto::subjects;
 
 use crate::json::{null_member, Request};
 use crate::Router;
@@ -21,12 +19,9 @@ fn invalid(msg: impl Into<String>) -> ApiError {
 pub async fn create_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let table = parse_create_table(req)?;
     let name = table.name.clone();
-    let reply: TableReply = r
-        .bus
-        .call(
-            subjects::MEMDS_CREATE_TABLE,
-            &CreateTableRequest { table: Some(table) },
-        )
+    let reply = r
+        .memds
+        .create_table(&CreateTableRequest { table: Some(table) })
         .await
         .map_err(|e| e.into_api())?;
     r.cache.invalidate(&name);
@@ -208,14 +203,9 @@ fn parse_billing(req: &Request) -> Result<(String, u64, u64), ApiError> {
 
 pub async fn describe_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let name = req.table_name()?;
-    let reply: TableReply = r
-        .bus
-        .call(
-            subjects::MEMDS_DESCRIBE_TABLE,
-            &TableNameRequest {
-                table_name: name.to_string(),
-            },
-        )
+    let reply = r
+        .memds
+        .describe_table(name)
         .await
         .map_err(|e| e.into_api())?;
     let t = reply.table.unwrap_or_default();
@@ -224,16 +214,7 @@ pub async fn describe_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
 
 pub async fn delete_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let name = req.table_name()?;
-    let reply: TableReply = r
-        .bus
-        .call(
-            subjects::MEMDS_DELETE_TABLE,
-            &TableNameRequest {
-                table_name: name.to_string(),
-            },
-        )
-        .await
-        .map_err(|e| e.into_api())?;
+    let reply = r.memds.delete_table(name).await.map_err(|e| e.into_api())?;
     r.cache.invalidate(name);
     let t = reply.table.unwrap_or_default();
     Ok(json!({ "TableDescription": describe(&t) })
@@ -260,15 +241,12 @@ pub async fn list_tables(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         }
         None => String::new(),
     };
-    let reply: ListTablesResponse = r
-        .bus
-        .call(
-            subjects::MEMDS_LIST_TABLES,
-            &ListTablesRequest {
-                exclusive_start: start,
-                limit: limit as u32,
-            },
-        )
+    let reply = r
+        .memds
+        .list_tables(&ListTablesRequest {
+            exclusive_start: start,
+            limit: limit as u32,
+        })
         .await
         .map_err(|e| e.into_api())?;
     let mut out = json!({ "TableNames": reply.names });

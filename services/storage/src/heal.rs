@@ -25,7 +25,6 @@ use tern_proto::memds::{
     PlaceReplicaRequest, PlaceReplicaResponse, Replica, ReportPartitionRequest,
 };
 use tern_proto::storage::{DropPartitionRequest, RebuildRequest};
-use tern_proto::{subjects, Empty};
 use tern_replication::{Event, MemberKind, Membership, NodeId, Payload, Role};
 
 use crate::repair::{self, GroupView, MemberView, Placed, Step};
@@ -35,7 +34,6 @@ use crate::replication::{Group, Outbox, Replication};
 const ROUND: Duration = Duration::from_millis(250);
 /// After a failed placement or rebuild, the next attempt waits this long.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(2);
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The leader's view of its group's repair; reset when leadership changes.
 #[derive(Default)]
@@ -187,7 +185,7 @@ impl Replication {
     }
 
     async fn run_task(self, group: Arc<Mutex<Group>>, task: Task) {
-        let bus = self.inner().bus.with_timeout(CALL_TIMEOUT);
+        let memds = &self.inner().memds;
         let pid = group.lock().pid;
         let ok = match task {
             Task::Report(replicas, leader) => {
@@ -196,10 +194,7 @@ impl Replication {
                     replicas: replicas.clone(),
                     leader: leader.clone(),
                 };
-                match bus
-                    .call::<_, Empty>(subjects::MEMDS_REPORT_PARTITION, &req)
-                    .await
-                {
+                match memds.report_partition(&req).await {
                     Ok(_) => {
                         group.lock().heal.reported = Some((replicas, leader));
                         true
@@ -210,27 +205,22 @@ impl Replication {
                     }
                 }
             }
-            Task::Place(req, replacing) => {
-                match bus
-                    .call::<_, PlaceReplicaResponse>(subjects::MEMDS_PLACE_REPLICA, &req)
-                    .await
-                {
-                    Ok(PlaceReplicaResponse { replica: Some(r) }) => {
-                        group.lock().heal.placed = Some(Placed {
-                            replacing,
-                            id: r.member_id,
-                            node: r.node_id,
-                            az: r.az,
-                        });
-                        true
-                    }
-                    Ok(_) => false,
-                    Err(e) => {
-                        tracing::warn!(partition = pid, error = %e, "no replacement replica placed");
-                        false
-                    }
+            Task::Place(req, replacing) => match memds.place_replica(&req).await {
+                Ok(PlaceReplicaResponse { replica: Some(r) }) => {
+                    group.lock().heal.placed = Some(Placed {
+                        replacing,
+                        id: r.member_id,
+                        node: r.node_id,
+                        az: r.az,
+                    });
+                    true
                 }
-            }
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(partition = pid, error = %e, "no replacement replica placed");
+                    false
+                }
+            },
             Task::Rebuild(id, node) => {
                 let me = self.inner().node.clone();
                 tracing::info!(partition = pid, member = id, node = %node, "rebuilding a log replica's items");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
 use tern_bus::{Bus, BusError};
+use tern_memds_client::MemdsClient;
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::Replica;
 use tern_proto::raft::{RaftBatch, RaftEnvelope};
@@ -154,6 +155,8 @@ pub(crate) struct Inner {
     pub bus: Bus,
     /// Calls to other storage nodes (rebuilds, snapshots, drops).
     pub storage: StorageClient,
+    /// Calls to MemDS (placing replicas, reporting memberships).
+    pub memds: MemdsClient,
     groups: RwLock<HashMap<u64, Arc<Mutex<Group>>>>,
     next_request: AtomicU64,
     persisted: mpsc::UnboundedSender<Durability>,
@@ -196,6 +199,7 @@ impl Replication {
                 store,
                 writer,
                 storage: StorageClient::new(bus.clone()),
+                memds: MemdsClient::new(bus.clone()),
                 bus,
                 groups: RwLock::default(),
                 // NOTE: entries proposed before a restart may still apply after it; starting the
