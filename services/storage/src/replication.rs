@@ -391,6 +391,10 @@ impl Replication {
                 max_message = self.inner.max_message,
                 "write larger than the bus carries: raise nats-server's max_payload"
             );
+            self.inner
+                .metrics
+                .writes_too_large
+                .fetch_add(1, Ordering::Relaxed);
             return Err(BusError::Api(ApiError::new(
                 ErrorCode::Validation,
                 "Item size has exceeded the maximum allowed size",
@@ -404,10 +408,14 @@ impl Replication {
         {
             Ok(Ok(permit)) => permit,
             _ => {
+                self.inner
+                    .metrics
+                    .writes_throttled
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(BusError::Api(ApiError::new(
                     ErrorCode::ThrottlingException,
                     "Too many writes in progress on the partition's storage node: retry",
-                )))
+                )));
             }
         };
         let mut out = Outbox::new();
@@ -445,9 +453,17 @@ impl Replication {
     /// read checks this after reading, so a leader that stalled (and may have been replaced
     /// meanwhile) never answers with what it read.
     pub fn lease_holds(&self, pid: u64) -> bool {
-        self.group(pid)
+        let holds = self
+            .group(pid)
             .and_then(|g| g.lock().lease_expiry())
-            .is_some_and(|expiry| Instant::now() < expiry)
+            .is_some_and(|expiry| Instant::now() < expiry);
+        if !holds {
+            self.inner
+                .metrics
+                .lease_expired_reads
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        holds
     }
 
     /// Waits until this replica may serve a linearizable read (it leads under a lease).
