@@ -169,13 +169,7 @@ impl ReplicaStore {
             key(pid, SNAPSHOT),
             codec::snapshot_to_wire(meta).encode_to_vec(),
         );
-        for kv in self
-            .store
-            .raft_log()
-            .range(log_key(pid, before)..=log_key(pid, meta.index))
-        {
-            batch.remove(self.store.raft_log(), kv.key()?);
-        }
+        self.stage_log_removal(&mut batch, pid, before, meta.index)?;
         batch.commit()
     }
 
@@ -214,27 +208,30 @@ impl ReplicaStore {
             LogAfterInstall::Conflicts => u64::MAX,
             LogAfterInstall::Continues => snap.index,
         };
-        for kv in self
-            .store
-            .raft_log()
-            .range(log_key(pid, 0)..=log_key(pid, upto))
-        {
-            batch.remove(self.store.raft_log(), kv.key()?);
-        }
+        self.stage_log_removal(&mut batch, pid, 0, upto)?;
         batch.commit()?;
         self.store.sync()
+    }
+
+    /// Adds the removal of the log entries `from..=to` of a replica to `batch`.
+    fn stage_log_removal(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        pid: u64,
+        from: Index,
+        to: Index,
+    ) -> fjall::Result<()> {
+        let log = self.store.raft_log();
+        for kv in log.range(log_key(pid, from)..=log_key(pid, to)) {
+            batch.remove(log, kv.key()?);
+        }
+        Ok(())
     }
 
     /// Forgets a replica's log and state (durable on return); its items are the caller's.
     pub fn clear(&self, pid: u64) -> fjall::Result<()> {
         let mut batch = self.store.batch();
-        for kv in self
-            .store
-            .raft_log()
-            .range(log_key(pid, 0)..=log_key(pid, u64::MAX))
-        {
-            batch.remove(self.store.raft_log(), kv.key()?);
-        }
+        self.stage_log_removal(&mut batch, pid, 0, u64::MAX)?;
         let state = self.store.raft_state();
         batch.remove(state, pid.to_be_bytes().to_vec());
         for tag in [APPLIED, REBUILT, SNAPSHOT, INSTALLING] {

@@ -852,8 +852,13 @@ impl Group {
     /// tick its quorum's newest acknowledged append was sent at.
     fn lease_expiry(&self) -> Option<Instant> {
         let start = self.engine.lease_start()?;
-        let (_, at) = self.tick_times.iter().find(|(tick, _)| *tick == start)?;
-        Some(*at + LEASE)
+        // Ticks are recorded one after another, so the tick's place is its distance from the
+        // oldest one kept.
+        let oldest = self.tick_times.front()?.0;
+        let (tick, at) = self
+            .tick_times
+            .get(usize::try_from(start.checked_sub(oldest)?).ok()?)?;
+        (*tick == start).then_some(*at + LEASE)
     }
 
     fn leader_name(&self) -> String {
