@@ -66,15 +66,29 @@ async fn up(data_dir: PathBuf, port: u16, cache_mode: String) -> anyhow::Result<
     spec.router_port = Some(port);
     spec.env.push(("TERN_ROUTER_CACHE_MODE".into(), cache_mode));
     println!("starting tern in {} ...", data_dir.display());
-    let cluster = Cluster::start(spec).await?;
+    let mut cluster = Cluster::start(spec).await?;
     println!("nats: {}", cluster.nats_url());
     println!("logs: {}", data_dir.join("logs").display());
     println!("router metrics: {}/metrics", cluster.endpoint());
     for (node, url) in cluster.storage_metrics() {
         println!("{node} metrics: {url}");
     }
+    println!("pids: {}", data_dir.join("run").display());
     println!("endpoint: {}", cluster.endpoint());
-    tern_telemetry::shutdown_signal().await;
+    // Every process is watched: one that exits is reported and restarted, with backoff.
+    let shutdown = tern_telemetry::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                for event in cluster.supervise() {
+                    println!("{event}");
+                }
+            }
+        }
+    }
     println!("stopping ...");
     cluster.stop().await;
     println!("stopped");

@@ -44,6 +44,11 @@ impl Bus {
             .name(name)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
+            // Reconnects forever (the default), at most a second apart: a restarted nats-server
+            // is found again within a second of listening (the default backs off to 4 s).
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(100 * attempts.saturating_sub(1).min(10) as u64)
+            })
             .connect(url)
             .await
             .map_err(|e| BusError::Transport(format!("connect to {url}: {e}")))?;

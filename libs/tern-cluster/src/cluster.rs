@@ -6,7 +6,45 @@ use anyhow::{bail, Context};
 use tern_bus::Bus;
 use tern_proto::{subjects, HealthRequest, HealthResponse};
 
+use crate::process::log_tail;
 use crate::{NatsServer, ServiceProcess};
+
+/// The process name of the cluster's nats-server (for [`Cluster::supervise`] and pid files).
+pub const NATS: &str = "nats-server";
+
+/// A process that exits sooner than this after its start counts as failing again: its next
+/// restart waits twice as long.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+const FIRST_DELAY: Duration = Duration::from_millis(200);
+const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Restart pacing of one supervised process.
+struct Backoff {
+    started: Instant,
+    delay: Duration,
+    restart_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            delay: FIRST_DELAY,
+            restart_at: None,
+        }
+    }
+
+    /// The process exited now: when to start it again.
+    fn exited(&mut self, now: Instant) -> Duration {
+        if now.duration_since(self.started) >= STABLE_AFTER {
+            self.delay = FIRST_DELAY;
+        }
+        let wait = self.delay;
+        self.delay = (self.delay * 2).min(MAX_DELAY);
+        self.restart_at = Some(now + wait);
+        wait
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct StorageNodeSpec {
@@ -57,6 +95,9 @@ pub struct Cluster {
     /// Storage node id → port of its `/metrics`.
     metrics_ports: BTreeMap<String, u16>,
     bus: Bus,
+    /// Holds `<name>.pid` of every running process.
+    run_dir: PathBuf,
+    backoff: BTreeMap<String, Backoff>,
 }
 
 impl Cluster {
@@ -89,15 +130,21 @@ impl Cluster {
             services.insert(name, (proc, service, instance));
         }
         let bus = Bus::connect(&nats.url(), "tern-cluster").await?;
+        let run_dir = spec.data_dir.join("run");
+        std::fs::create_dir_all(&run_dir).context("create run dir")?;
         let mut cluster = Self {
             services,
             nats,
             router_port,
             metrics_ports,
             bus,
+            run_dir,
+            backoff: BTreeMap::new(),
         };
-        for (proc, _, _) in cluster.services.values_mut() {
-            proc.start()?;
+        cluster.write_pid(NATS, cluster.nats.pid());
+        cluster.backoff.insert(NATS.into(), Backoff::new());
+        for name in cluster.service_names() {
+            cluster.start_process(&name)?;
         }
         cluster.wait_healthy(Duration::from_secs(60)).await?;
         Ok(cluster)
@@ -156,7 +203,7 @@ impl Cluster {
 
     /// Starts a stopped or killed service again and waits until it is healthy.
     pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
-        self.service(name)?.0.start()?;
+        self.start_process(name)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         self.wait_one(name, deadline).await
     }
@@ -213,6 +260,115 @@ impl Cluster {
         }
         self.bus.drain().await;
         self.nats.stop();
+        for name in self.service_names() {
+            self.write_pid(&name, None);
+        }
+        self.write_pid(NATS, None);
+    }
+
+    /// The process id of nats-server while it runs.
+    pub fn nats_pid(&self) -> Option<u32> {
+        self.nats.pid()
+    }
+
+    /// nats-server itself: for monitoring queries, kills and restarts in tests.
+    pub fn nats(&mut self) -> &mut NatsServer {
+        &mut self.nats
+    }
+
+    fn start_process(&mut self, name: &str) -> anyhow::Result<()> {
+        let proc = &mut self.service(name)?.0;
+        proc.start()?;
+        let pid = proc.pid();
+        self.write_pid(name, pid);
+        self.backoff
+            .entry(name.to_string())
+            .or_insert_with(Backoff::new)
+            .started = Instant::now();
+        Ok(())
+    }
+
+    fn write_pid(&self, name: &str, pid: Option<u32>) {
+        let path = self.run_dir.join(format!("{name}.pid"));
+        let _ = match pid {
+            Some(pid) => std::fs::write(&path, format!("{pid}\n")),
+            None => std::fs::remove_file(&path),
+        };
+    }
+
+    /// One pass of supervision (`tern up` runs it a few times a second): every process that
+    /// exited on its own, nats-server included, is reported with its exit status and the last
+    /// lines of its log, and started again after a pause that doubles while it keeps failing soon
+    /// after start (0.2 s, up to 30 s), as compose's restart policy does. Returns what happened,
+    /// for the operator.
+    pub fn supervise(&mut self) -> Vec<String> {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        let mut exited: Vec<(String, String, std::path::PathBuf)> = Vec::new();
+        if let Some(status) = self.nats.exit_status() {
+            exited.push((NATS.into(), status.to_string(), self.nats.log_file().into()));
+        }
+        for (name, (proc, _, _)) in self.services.iter_mut() {
+            if let Some(status) = proc.exit_status() {
+                exited.push((name.clone(), status.to_string(), proc.log_file().into()));
+            }
+        }
+        for (name, status, log) in exited {
+            let backoff = self
+                .backoff
+                .entry(name.clone())
+                .or_insert_with(Backoff::new);
+            if backoff.restart_at.is_some() {
+                continue;
+            }
+            let ran = now.duration_since(backoff.started);
+            let wait = backoff.exited(now);
+            let mut text = format!(
+                "{name} exited ({status}) after {:.1} s; restarting in {:.1} s; last lines of {}:",
+                ran.as_secs_f64(),
+                wait.as_secs_f64(),
+                log.display()
+            );
+            for line in log_tail(&log, 5) {
+                text.push_str("\n    ");
+                text.push_str(&line);
+            }
+            tracing::warn!(process = %name, %status, "process exited; restarting");
+            events.push(text);
+        }
+        let due: Vec<String> = self
+            .backoff
+            .iter()
+            .filter(|(_, b)| b.restart_at.is_some_and(|at| at <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let result = if name == NATS {
+                let r = self.nats.restart();
+                self.write_pid(NATS, self.nats.pid());
+                if let Some(b) = self.backoff.get_mut(NATS) {
+                    b.started = Instant::now();
+                }
+                r
+            } else {
+                self.start_process(&name)
+            };
+            let b = self.backoff.get_mut(&name).expect("due came from the map");
+            match result {
+                Ok(()) => {
+                    b.restart_at = None;
+                    events.push(format!("{name} restarted"));
+                }
+                Err(e) => {
+                    let wait = b.exited(Instant::now());
+                    events.push(format!(
+                        "{name} did not start ({e:#}); trying again in {:.1} s",
+                        wait.as_secs_f64()
+                    ));
+                }
+            }
+        }
+        events
     }
 
     fn service(&mut self, name: &str) -> anyhow::Result<&mut (ServiceProcess, String, String)> {

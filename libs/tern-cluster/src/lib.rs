@@ -5,9 +5,9 @@ mod cluster;
 mod nats;
 mod process;
 
-pub use cluster::{Cluster, ClusterSpec, StorageNodeSpec};
+pub use cluster::{Cluster, ClusterSpec, StorageNodeSpec, NATS};
 pub use nats::NatsServer;
-pub use process::ServiceProcess;
+pub use process::{log_tail, ServiceProcess};
 
 use std::net::TcpListener;
 

@@ -37,6 +37,8 @@ pub fn init(service: &'static str) -> Telemetry {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colours only for a terminal: log files stay plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_target(false),
         )
         .with(tracing_opentelemetry::layer().with_tracer(tracer))

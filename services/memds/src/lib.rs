@@ -74,7 +74,7 @@ pub(crate) struct Memds {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let bus = Bus::connect_instance(&config.nats_url, "memds", &config.instance).await?;
     let kv = kv::open_bucket(bus.client(), &config.bucket).await?;
-    let tables = Tables::load_and_watch(kv.clone()).await?;
+    let (tables, watcher) = Tables::load_and_watch(kv.clone()).await?;
     let memds = Memds {
         config: Arc::new(config.clone()),
         bus: bus.clone(),
@@ -90,11 +90,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let reconciler = tokio::spawn(ddl::reconcile_forever(memds.clone()));
     tracing::info!(instance = %config.instance, bucket = %config.bucket, "memds ready");
 
-    shutdown.await;
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        _ = watcher => Err(anyhow::anyhow!(
+            "the metadata change feed ended: this instance's view of the tables would go stale"
+        )),
+    };
     tracing::info!("memds stopping");
     reconciler.abort();
     bus.drain().await;
-    Ok(())
+    result
 }
 
 async fn serve(m: &Memds) -> Result<(), BusError> {

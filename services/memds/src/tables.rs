@@ -28,8 +28,10 @@ pub struct Tables {
 }
 
 impl Tables {
-    /// Loads every table, then follows the bucket's changes in a background task.
-    pub async fn load_and_watch(kv: Store) -> anyhow::Result<Self> {
+    /// Loads every table, then follows the bucket's changes in a background task, which ends
+    /// only if the bucket's change feed does (then this instance's view would go stale: MemDS
+    /// exits, and its supervisor starts it again).
+    pub async fn load_and_watch(kv: Store) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
         let tables = Tables::default();
         let mut keys = kv.keys().await.context("list metadata keys")?;
         while let Some(key) = keys.next().await {
@@ -40,7 +42,7 @@ impl Tables {
         }
         let mut watch = kv.watch_all().await.context("watch metadata")?;
         let t = tables.clone();
-        tokio::spawn(async move {
+        let watcher = tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
                 match entry {
                     Ok(e) => t.apply(&e.key, e.revision, e.operation, &e.value),
@@ -50,7 +52,7 @@ impl Tables {
             tracing::error!("metadata watch ended");
         });
         tracing::info!(tables = tables.len(), "metadata loaded");
-        Ok(tables)
+        Ok((tables, watcher))
     }
 
     /// Applies one bucket change, ignoring any older than what is held.
