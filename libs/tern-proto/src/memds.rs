@@ -69,6 +69,12 @@ pub struct PartitionInfo {
     /// Node id of the last known leader, a hint.
     #[prost(string, tag = "6")]
     pub leader: String,
+    /// The version (leader term, commit index) of the report `replicas` and `leader` came from;
+    /// zero until the group's first report.
+    #[prost(uint64, tag = "7")]
+    pub reported_term: u64,
+    #[prost(uint64, tag = "8")]
+    pub reported_index: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, prost::Enumeration)]
@@ -228,4 +234,11 @@ pub struct ReportPartitionRequest {
     pub replicas: Vec<Replica>,
     #[prost(string, tag = "3")]
     pub leader: String,
+    /// The version of this report: the reporting leader's term and commit index when it made
+    /// it. MemDS refuses a report older than the one it recorded, so a deposed leader's late
+    /// report cannot undo a newer membership.
+    #[prost(uint64, tag = "4")]
+    pub term: u64,
+    #[prost(uint64, tag = "5")]
+    pub commit_index: u64,
 }

@@ -19,7 +19,7 @@ struct PartitionInfoV2 {
     replicas: Vec<Replica>,
     #[prost(string, tag = "6")]
     leader: String,
-    #[prost(uint64, tag = "7")]
+    #[prost(uint64, tag = "9")]
     split_parent: u64,
 }
 

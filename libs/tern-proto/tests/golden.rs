@@ -117,6 +117,9 @@ fn table_metadata() {
                 log: false,
             }],
             leader: "storage-b".into(),
+            // Zero until the first report: not on the wire, so the bytes are unchanged.
+            reported_term: 0,
+            reported_index: 0,
         }],
     };
     pinned(&t, GOLDEN_TABLE);

@@ -156,6 +156,21 @@ pub async fn drive(m: &Memds, name: &str) {
                 .map_err(|e| e.to_string())
         }
         TableStatus::Deleting => {
+            // The tombstone is durable before the table's metadata goes: a replica that turns
+            // up later is then known to be garbage, never mistaken for unknown data.
+            let tombstone = crate::tables::tombstone_key(&table.table_id);
+            let bytes = Bytes::from(table.encode_to_vec());
+            match m.kv.put(&tombstone, bytes.clone()).await {
+                Ok(rev) => m.tables.apply(
+                    &tombstone,
+                    rev,
+                    async_nats::jetstream::kv::Operation::Put,
+                    &bytes,
+                ),
+                Err(e) => {
+                    return tracing::warn!(table = name, error = %e, "write tombstone; will retry")
+                }
+            }
             if let Err(e) = drop_replicas(m, &table).await {
                 return tracing::warn!(table = name, error = %e, "drop partitions; will retry");
             }

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use prost::Message;
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::{
-    PlaceReplicaRequest, PlaceReplicaResponse, Replica, ReportPartitionRequest, TableInfo,
+    PartitionInfo, PlaceReplicaRequest, PlaceReplicaResponse, Replica, ReportPartitionRequest,
+    TableInfo,
 };
 use tern_proto::storage::{CreatePartitionRequest, DropPartitionRequest};
 use tern_proto::Empty;
@@ -180,7 +181,7 @@ pub async fn report_partition(m: &Memds, req: ReportPartitionRequest) -> Result<
                 r.az = live.get(&r.node_id).cloned().unwrap_or_default();
             }
         }
-        if p.replicas == replicas && p.leader == req.leader {
+        if !is_current(p, &req)? {
             return Ok(Empty {});
         }
         let removed: Vec<String> = p
@@ -191,6 +192,8 @@ pub async fn report_partition(m: &Memds, req: ReportPartitionRequest) -> Result<
             .collect();
         p.replicas = replicas;
         p.leader = req.leader.clone();
+        p.reported_term = req.term;
+        p.reported_index = req.commit_index;
         let bytes = Bytes::from(table.encode_to_vec());
         match m.kv.update(key(&name), bytes.clone(), entry.revision).await {
             Ok(rev) => {
@@ -222,6 +225,37 @@ pub async fn report_partition(m: &Memds, req: ReportPartitionRequest) -> Result<
     ))
 }
 
+/// Whether a report changes what is recorded (members, leader, or a newer version of the same):
+/// `Ok(false)` if it repeats it exactly, an error if it is
+/// older (its leader term and commit index, compared in that order, are below the recorded
+/// report's: a deposed leader's late report, or a report overtaken on the way).
+fn is_current(p: &PartitionInfo, req: &ReportPartitionRequest) -> Result<bool, ApiError> {
+    let recorded = (p.reported_term, p.reported_index);
+    let version = (req.term, req.commit_index);
+    if version < recorded {
+        tracing::info!(
+            partition = req.partition_id,
+            leader = %req.leader,
+            ?version,
+            ?recorded,
+            "stale membership report refused"
+        );
+        return Err(ApiError::new(
+            ErrorCode::ConditionalCheckFailed,
+            format!(
+                "stale report for partition {}: term {} index {} is older than the recorded term {} index {}",
+                req.partition_id, req.term, req.commit_index, recorded.0, recorded.1
+            ),
+        ));
+    }
+    let same_members = p.replicas.len() == req.replicas.len()
+        && p.replicas
+            .iter()
+            .zip(&req.replicas)
+            .all(|(a, b)| a.node_id == b.node_id && a.member_id == b.member_id && a.log == b.log);
+    Ok(!(same_members && p.leader == req.leader && version == recorded))
+}
+
 /// Removes a replica that left its group from its node (best effort: a node that is down keeps
 /// its stale replica, which is no member and never leads).
 async fn drop_removed(m: Memds, node: String, partition_id: u64) {
@@ -237,39 +271,93 @@ async fn drop_removed(m: Memds, node: String, partition_id: u64) {
     }
 }
 
-/// Replicas a node reports that no table's metadata lists on it: left behind by a member removed
-/// while its node was down, a placement whose leader died before adding it, or a table deleted
-/// while the node was down. Each is dropped once it has been a stray for `grace` without a break
-/// (a replacement is created moments before its leader reports it as a member).
+/// Replicas a node reports that the metadata does not list on it. One of a deleted table (a
+/// durable tombstone names it) is dropped at once. One of a live table whose recorded, fenced
+/// membership leaves the node out (a member removed while its node was down, a placement whose
+/// leader died before adding it) is dropped once it has stayed so for `grace` without a break (a
+/// replacement is created moments before its leader reports it as a member). One that no table
+/// and no tombstone names is **kept**, with a warning: missing metadata is never a reason to
+/// delete data.
 #[derive(Default)]
 pub struct Strays {
     since: parking_lot::Mutex<HashMap<(String, u64), std::time::Instant>>,
+    /// Unknown replicas already warned about, so each is logged once.
+    unknown: parking_lot::Mutex<BTreeSet<(String, u64)>>,
+}
+
+/// What the metadata says of a replica a node reports.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Known {
+    /// Listed as a member on that node.
+    Member,
+    /// Its table is deleted (tombstone).
+    Deleted,
+    /// Its table exists but its membership does not list the node.
+    NotMember,
+    /// No table or tombstone names the partition.
+    Unknown,
+}
+
+pub fn classify(tables: &crate::Tables, node: &str, pid: u64) -> Known {
+    if tables.is_deleted(pid) {
+        return Known::Deleted;
+    }
+    let all = tables.all();
+    let Some(p) = all
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.id == pid)
+    else {
+        return Known::Unknown;
+    };
+    if p.replicas.iter().any(|r| r.node_id == node) {
+        Known::Member
+    } else {
+        Known::NotMember
+    }
 }
 
 impl Strays {
     /// Notes the node's report; returns the partitions to drop from it now.
-    pub fn check(&self, m: &Memds, node: &str, partition_ids: &[u64], grace: Duration) -> Vec<u64> {
-        let tables = m.tables.all();
-        let listed = |pid: u64| {
-            tables.iter().any(|t| {
-                t.partitions
-                    .iter()
-                    .any(|p| p.id == pid && p.replicas.iter().any(|r| r.node_id == node))
-            })
-        };
+    pub fn check(
+        &self,
+        tables: &crate::Tables,
+        node: &str,
+        partition_ids: &[u64],
+        grace: Duration,
+    ) -> Vec<u64> {
         let mut since = self.since.lock();
         since.retain(|(n, pid), _| n != node || partition_ids.contains(pid));
         let now = std::time::Instant::now();
         let mut drop = Vec::new();
         for &pid in partition_ids {
-            if listed(pid) {
-                since.remove(&(node.to_string(), pid));
-                continue;
-            }
-            let first = *since.entry((node.to_string(), pid)).or_insert(now);
-            if now.duration_since(first) >= grace {
-                since.remove(&(node.to_string(), pid));
-                drop.push(pid);
+            let k = (node.to_string(), pid);
+            match classify(tables, node, pid) {
+                Known::Member => {
+                    since.remove(&k);
+                }
+                Known::Deleted => {
+                    since.remove(&k);
+                    drop.push(pid);
+                }
+                Known::Unknown => {
+                    since.remove(&k);
+                    if self.unknown.lock().insert(k) {
+                        tracing::warn!(
+                            partition = pid,
+                            node,
+                            "a replica no table and no tombstone names: kept (metadata may be \
+                             missing; it is never deleted for that)"
+                        );
+                    }
+                }
+                Known::NotMember => {
+                    let first = *since.entry(k.clone()).or_insert(now);
+                    if now.duration_since(first) >= grace {
+                        since.remove(&k);
+                        drop.push(pid);
+                    }
+                }
             }
         }
         drop
@@ -279,7 +367,7 @@ impl Strays {
 /// Drops stray replicas a node reported (see [`Strays`]).
 pub fn drop_strays(m: &Memds, node: &str, partition_ids: &[u64]) {
     let grace = Duration::from_millis(m.config.stray_grace_ms);
-    for pid in m.strays.check(m, node, partition_ids, grace) {
+    for pid in m.strays.check(&m.tables, node, partition_ids, grace) {
         tracing::info!(partition = pid, node, "dropping a replica no group lists");
         tokio::spawn(drop_removed(m.clone(), node.to_string(), pid));
     }
@@ -362,6 +450,125 @@ mod tests {
             err.message.contains("no live storage node"),
             "{}",
             err.message
+        );
+    }
+
+    fn replica(node: &str, id: u64) -> Replica {
+        Replica {
+            node_id: node.into(),
+            member_id: id,
+            ..Default::default()
+        }
+    }
+
+    fn report(term: u64, index: u64, nodes: &[&str]) -> ReportPartitionRequest {
+        ReportPartitionRequest {
+            partition_id: 7,
+            replicas: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| replica(n, i as u64 + 1))
+                .collect(),
+            leader: nodes[0].into(),
+            term,
+            commit_index: index,
+        }
+    }
+
+    #[test]
+    fn a_stale_membership_report_is_refused() {
+        let mut p = PartitionInfo {
+            id: 7,
+            replicas: report(0, 0, &["a", "b", "c"]).replicas,
+            leader: "a".into(),
+            reported_term: 6,
+            reported_index: 90,
+            ..Default::default()
+        };
+        // A deposed leader of term 5 reports late, with a higher commit index: refused.
+        let late = report(5, 100, &["b", "c", "d"]);
+        let err = is_current(&p, &late).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ConditionalCheckFailed);
+        assert!(err.message.contains("stale report"), "{}", err.message);
+        // Same term, older commit index: refused too.
+        assert!(is_current(&p, &report(6, 89, &["b", "c", "d"])).is_err());
+        // The same report again: nothing to record; the same members at a newer version: the
+        // version is recorded.
+        assert!(!is_current(&p, &report(6, 90, &["a", "b", "c"])).unwrap());
+        assert!(is_current(&p, &report(6, 95, &["a", "b", "c"])).unwrap());
+        // Newer (same term, later index; or a later term with a lower index): recorded.
+        assert!(is_current(&p, &report(6, 91, &["b", "c", "d"])).unwrap());
+        assert!(is_current(&p, &report(7, 10, &["b", "c", "d"])).unwrap());
+        p.reported_term = 0;
+        p.reported_index = 0;
+        assert!(is_current(&p, &report(1, 1, &["b", "c", "d"])).unwrap());
+    }
+
+    fn tables_with(pid: u64, nodes: &[&str]) -> crate::Tables {
+        let t = crate::Tables::default();
+        let info = TableInfo {
+            name: "t".into(),
+            table_id: "id1".into(),
+            partitions: vec![PartitionInfo {
+                id: pid,
+                replicas: nodes.iter().map(|n| replica(n, 1)).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        t.apply(
+            &key("t"),
+            1,
+            async_nats::jetstream::kv::Operation::Put,
+            &info.encode_to_vec(),
+        );
+        t
+    }
+
+    #[test]
+    fn a_replica_no_metadata_names_is_never_dropped() {
+        let tables = tables_with(1, &["a", "b", "c"]);
+        let strays = Strays::default();
+        // Partition 99 is unknown (its metadata may be lost): kept, however long it is reported.
+        assert_eq!(classify(&tables, "a", 99), Known::Unknown);
+        for _ in 0..3 {
+            assert!(strays
+                .check(&tables, "a", &[1, 99], Duration::ZERO)
+                .is_empty());
+        }
+        // A member is kept; a replica of a live table on a node it does not list goes after grace.
+        assert_eq!(classify(&tables, "a", 1), Known::Member);
+        assert_eq!(classify(&tables, "d", 1), Known::NotMember);
+        assert_eq!(strays.check(&tables, "d", &[1], Duration::ZERO), vec![1]);
+        assert!(strays
+            .check(&tables, "d", &[1], Duration::from_secs(60))
+            .is_empty());
+    }
+
+    #[test]
+    fn a_replica_of_a_tombstoned_table_is_dropped() {
+        let tables = tables_with(1, &["a", "b", "c"]);
+        let gone = TableInfo {
+            name: "old".into(),
+            table_id: "id0".into(),
+            partitions: vec![PartitionInfo {
+                id: 5,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let tomb = crate::tables::tombstone_key("id0");
+        tables.apply(
+            &tomb,
+            2,
+            async_nats::jetstream::kv::Operation::Put,
+            &gone.encode_to_vec(),
+        );
+        assert_eq!(classify(&tables, "a", 5), Known::Deleted);
+        let strays = Strays::default();
+        assert_eq!(
+            strays.check(&tables, "a", &[1, 5], Duration::from_secs(60)),
+            vec![5]
         );
     }
 

@@ -72,6 +72,7 @@ pub fn place(
             hash_end,
             leader: replicas[0].node_id.clone(),
             replicas,
+            ..Default::default()
         });
     }
     Ok(partitions)

@@ -19,12 +19,21 @@ fn name_of(key: &str) -> Option<&str> {
     key.strip_prefix("table.")
 }
 
+/// Bucket key of a deleted table's tombstone: its metadata as it was when deletion finished,
+/// kept so that a replica of it that turns up later (on a node that was down) is known to be
+/// garbage. Replicas of partitions no table and no tombstone names are never dropped.
+pub fn tombstone_key(table_id: &str) -> String {
+    format!("tombstone.{table_id}")
+}
+
 /// A table's metadata with the bucket revision it came from.
 type Versioned = (u64, Arc<TableInfo>);
 
 #[derive(Clone, Default)]
 pub struct Tables {
     map: Arc<RwLock<HashMap<String, Versioned>>>,
+    /// Partitions of deleted tables (from tombstones).
+    deleted: Arc<RwLock<std::collections::HashSet<u64>>>,
 }
 
 impl Tables {
@@ -57,6 +66,18 @@ impl Tables {
 
     /// Applies one bucket change, ignoring any older than what is held.
     pub fn apply(&self, key: &str, revision: u64, op: Operation, value: &[u8]) {
+        if key.starts_with("tombstone.") {
+            if op == Operation::Put {
+                match TableInfo::decode(value) {
+                    Ok(t) => self
+                        .deleted
+                        .write()
+                        .extend(t.partitions.iter().map(|p| p.id)),
+                    Err(e) => tracing::error!(key, error = %e, "undecodable tombstone"),
+                }
+            }
+            return;
+        }
         let Some(name) = name_of(key) else { return };
         let mut map = self.map.write();
         if map.get(name).is_some_and(|(rev, _)| *rev >= revision) {
@@ -73,6 +94,11 @@ impl Tables {
                 map.remove(name);
             }
         }
+    }
+
+    /// Whether a durable tombstone names the partition (its table was deleted).
+    pub fn is_deleted(&self, partition_id: u64) -> bool {
+        self.deleted.read().contains(&partition_id)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<TableInfo>> {

@@ -49,7 +49,8 @@ pub struct HealState {
 }
 
 enum Task {
-    Report(Vec<Replica>, String),
+    /// Members and leader, with the report's version (term, commit index).
+    Report(Vec<Replica>, String, (u64, u64)),
     Place(PlaceReplicaRequest, Option<NodeId>),
     Rebuild(NodeId, String),
     DropOrphan(String),
@@ -90,7 +91,11 @@ impl Replication {
         }
         let view = self.repair_view(g);
         match repair::next_step(&view)? {
-            Step::Report(replicas, leader) => Some(Task::Report(replicas, leader)),
+            Step::Report(replicas, leader) => Some(Task::Report(
+                replicas,
+                leader,
+                (g.engine.term(), g.engine.commit_index()),
+            )),
             Step::Place(req, replacing) => {
                 if let Some(d) = replacing {
                     tracing::warn!(partition = g.pid, member = d, node = %req.replacing_node, "member silent too long: placing a replacement");
@@ -188,11 +193,13 @@ impl Replication {
         let memds = &self.inner().memds;
         let pid = group.lock().pid;
         let ok = match task {
-            Task::Report(replicas, leader) => {
+            Task::Report(replicas, leader, (term, commit_index)) => {
                 let req = ReportPartitionRequest {
                     partition_id: pid,
                     replicas: replicas.clone(),
                     leader: leader.clone(),
+                    term,
+                    commit_index,
                 };
                 match memds.report_partition(&req).await {
                     Ok(_) => {
