@@ -21,9 +21,11 @@ pub enum ErrorCode {
     MissingAuthenticationToken = 15,
     UnrecognizedClient = 16,
     AccessDenied = 17,
+    /// A request body above the largest request DynamoDB accepts (HTTP 413).
+    RequestEntityTooLarge = 18,
 }
 
-const ALL: [ErrorCode; 17] = [
+const ALL: [ErrorCode; 18] = [
     ErrorCode::Validation,
     ErrorCode::ResourceNotFound,
     ErrorCode::ResourceInUse,
@@ -41,6 +43,7 @@ const ALL: [ErrorCode; 17] = [
     ErrorCode::MissingAuthenticationToken,
     ErrorCode::UnrecognizedClient,
     ErrorCode::AccessDenied,
+    ErrorCode::RequestEntityTooLarge,
 ];
 
 impl ErrorCode {
@@ -66,6 +69,7 @@ impl ErrorCode {
             MissingAuthenticationToken => "MissingAuthenticationTokenException",
             UnrecognizedClient => "UnrecognizedClientException",
             AccessDenied => "AccessDeniedException",
+            RequestEntityTooLarge => "RequestEntityTooLargeException",
         }
     }
 
@@ -79,6 +83,7 @@ impl ErrorCode {
             | MissingAuthenticationToken
             | UnrecognizedClient
             | AccessDenied
+            | RequestEntityTooLarge
             | ServiceUnavailable => "com.amazon.coral.service",
             _ => "com.amazonaws.dynamodb.v20120810",
         };
@@ -89,6 +94,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InternalServerError => 500,
             ErrorCode::ServiceUnavailable => 503,
+            ErrorCode::RequestEntityTooLarge => 413,
             _ => 400,
         }
     }

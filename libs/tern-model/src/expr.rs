@@ -203,10 +203,87 @@ struct Parser<'a> {
     used_values: BTreeSet<String>,
     /// Parentheses and NOTs open around the current position.
     depth: usize,
+    /// Operators and functions seen so far.
+    operators: usize,
 }
 
 /// DynamoDB's limit on the size of one expression.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
+/// DynamoDB's limit on operators and functions in one expression.
+pub const MAX_OPERATORS: usize = 300;
+/// DynamoDB's limit on the length of one expression attribute name or value placeholder.
+pub const MAX_PLACEHOLDER_BYTES: usize = 255;
+/// DynamoDB's limit on all substitution variables of a request: names and values together.
+pub const MAX_SUBSTITUTION_BYTES: usize = 2 * 1024 * 1024;
+
+/// Checks ExpressionAttributeNames and ExpressionAttributeValues as DynamoDB does before it reads
+/// any expression: not empty, keys that are placeholders (`#…`, `:…`) of at most 255 bytes,
+/// names not empty, and all of it at most 2 MB.
+pub fn validate_substitutions(
+    names: Option<&HashMap<String, String>>,
+    values: Option<&HashMap<String, AttributeValue>>,
+) -> Result<()> {
+    let mut total = 0usize;
+    if let Some(names) = names {
+        if names.is_empty() {
+            return Err(ApiError::validation(
+                "ExpressionAttributeNames must not be empty",
+            ));
+        }
+        for (k, v) in sorted(names) {
+            placeholder_key("ExpressionAttributeNames", k, '#')?;
+            if v.is_empty() {
+                return Err(ApiError::validation(format!(
+                    "ExpressionAttributeNames contains invalid value: Empty attribute name; key: \"{k}\""
+                )));
+            }
+            total += k.len() + v.len();
+        }
+    }
+    if let Some(values) = values {
+        if values.is_empty() {
+            return Err(ApiError::validation(
+                "ExpressionAttributeValues must not be empty",
+            ));
+        }
+        for (k, v) in sorted(values) {
+            placeholder_key("ExpressionAttributeValues", k, ':')?;
+            total += k.len() + crate::value::value_size(v);
+        }
+    }
+    if total > MAX_SUBSTITUTION_BYTES {
+        return Err(ApiError::validation(format!(
+            "ExpressionAttributeNames and ExpressionAttributeValues exceed the maximum allowed size \
+             of {MAX_SUBSTITUTION_BYTES} bytes; size: {total}"
+        )));
+    }
+    Ok(())
+}
+
+/// Map entries in key order, so the first offending key is the same on every call.
+fn sorted<V>(m: &HashMap<String, V>) -> Vec<(&String, &V)> {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
+fn placeholder_key(field: &str, k: &str, sigil: char) -> Result<()> {
+    let body = k.strip_prefix(sigil).unwrap_or("");
+    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(ApiError::validation(format!(
+            "{field} contains invalid key: Syntax error; key: \"{k}\""
+        )));
+    }
+    if k.len() > MAX_PLACEHOLDER_BYTES {
+        return Err(ApiError::validation(format!(
+            "{field} contains invalid key: The key is longer than {MAX_PLACEHOLDER_BYTES} bytes; \
+             key length: {}",
+            k.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Parentheses and NOTs nested in one expression. DynamoDB bounds expressions by size and
 /// operator count; the parser bounds its recursion here, far above any real expression, so no
 /// input can exhaust a stack.
@@ -335,6 +412,7 @@ impl<'a> Parser<'a> {
             used_names: BTreeSet::new(),
             used_values: BTreeSet::new(),
             depth: 0,
+            operators: 0,
         })
     }
 }
@@ -361,6 +439,19 @@ impl Parser<'_> {
         matches!(self.peek(), Tok::Ident(w) if w.eq_ignore_ascii_case(k))
     }
 
+    /// Counts one operator or function against DynamoDB's limit of 300.
+    fn operator(&mut self) -> Result<()> {
+        self.operators += 1;
+        if self.operators > MAX_OPERATORS {
+            return Err(ApiError::validation(format!(
+                "Invalid {}: The expression contains too many operators; the maximum is \
+                 {MAX_OPERATORS}",
+                self.kind
+            )));
+        }
+        Ok(())
+    }
+
     fn expect(&mut self, t: Tok) -> Result<()> {
         if self.peek() == &t {
             self.next();
@@ -374,6 +465,7 @@ impl Parser<'_> {
         let mut terms = vec![self.and()?];
         while self.keyword("OR") {
             self.next();
+            self.operator()?;
             terms.push(self.and()?);
         }
         Ok(one_or(terms, Condition::Or))
@@ -383,6 +475,7 @@ impl Parser<'_> {
         let mut terms = vec![self.not()?];
         while self.keyword("AND") {
             self.next();
+            self.operator()?;
             terms.push(self.not()?);
         }
         Ok(one_or(terms, Condition::And))
@@ -391,6 +484,7 @@ impl Parser<'_> {
     fn not(&mut self) -> Result<Condition> {
         if self.keyword("NOT") {
             self.next();
+            self.operator()?;
             let inner = self.nested(Self::not)?;
             return Ok(Condition::Not(Box::new(inner)));
         }
@@ -428,6 +522,7 @@ impl Parser<'_> {
             return Err(self.error());
         };
         self.next();
+        self.operator()?;
         let right = self.operand()?;
         Ok(Condition::Compare(left, op, right))
     }
@@ -444,6 +539,7 @@ impl Parser<'_> {
             }
         };
         self.next();
+        self.operator()?;
         self.expect(Tok::LParen)?;
         let path = self.path()?;
         self.expect(Tok::RParen)?;
@@ -637,6 +733,68 @@ mod tests {
     }
 
     #[test]
+    fn at_most_300_operators() {
+        // 150 comparisons joined by 149 ANDs: 299 operators.
+        let terms = |k: usize| vec!["a = b"; k].join(" AND ");
+        assert!(parse_condition(&terms(150), None, None).is_ok());
+        // 151 comparisons, 150 ANDs: 301.
+        let err = parse_condition(&terms(151), None, None).unwrap_err();
+        assert_eq!(err.code, crate::ErrorCode::Validation);
+        assert!(
+            err.message.contains("too many operators"),
+            "{}",
+            err.message
+        );
+        // Functions and NOT count too, and the check is done before any deeper parse.
+        let fns = vec!["attribute_exists(a)"; 151].join(" OR ");
+        assert!(parse_condition(&fns, None, None)
+            .unwrap_err()
+            .message
+            .contains("too many operators"));
+    }
+
+    #[test]
+    fn substitutions_within_dynamodb_limits() {
+        let names = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let msg = |n: Option<&HashMap<String, String>>,
+                   v: Option<&HashMap<String, AttributeValue>>| {
+            validate_substitutions(n, v).unwrap_err().message
+        };
+        assert!(validate_substitutions(Some(&names(&[("#a", "x")])), None).is_ok());
+        assert_eq!(
+            msg(Some(&HashMap::new()), None),
+            "ExpressionAttributeNames must not be empty"
+        );
+        assert_eq!(
+            msg(None, Some(&HashMap::new())),
+            "ExpressionAttributeValues must not be empty"
+        );
+        assert_eq!(
+            msg(Some(&names(&[("a", "x")])), None),
+            "ExpressionAttributeNames contains invalid key: Syntax error; key: \"a\""
+        );
+        let values: HashMap<String, AttributeValue> =
+            [("v".to_string(), AttributeValue::Null)].into();
+        assert_eq!(
+            msg(None, Some(&values)),
+            "ExpressionAttributeValues contains invalid key: Syntax error; key: \"v\""
+        );
+        let long = format!("#{}", "a".repeat(255));
+        assert!(msg(Some(&names(&[(long.as_str(), "x")])), None).contains("longer than 255"));
+        assert!(msg(Some(&names(&[("#a", "")])), None).contains("Empty attribute name"));
+        // 2 MB of substitutions in all.
+        let big: HashMap<String, AttributeValue> = (0..9)
+            .map(|i| (format!(":v{i}"), AttributeValue::S("x".repeat(256 * 1024))))
+            .collect();
+        assert!(msg(None, Some(&big)).contains("maximum allowed size"));
+    }
+
+    #[test]
     fn functions_and_logic() {
         assert!(eval("attribute_exists(pk)", &[], &[]).unwrap());
         assert!(!eval("attribute_not_exists(pk)", &[], &[]).unwrap());
@@ -737,13 +895,14 @@ mod tests {
     #[test]
     fn long_and_or_chains_stay_flat() {
         let values = HashMap::from([(":v".to_string(), n("1"))]);
-        let terms: Vec<String> = (0..250).map(|i| format!("a{i} = :v")).collect();
+        // 149 comparisons, 148 ANDs, one OR, one more comparison: 299 operators.
+        let terms: Vec<String> = (0..149).map(|i| format!("a{i} = :v")).collect();
         let expr = format!("{} OR b = :v", terms.join(" AND "));
         let c = parse_condition(&expr, None, Some(&values)).unwrap();
         let Condition::Or(ref alternatives) = c else {
             panic!("{c:?}");
         };
-        assert!(matches!(&alternatives[0], Condition::And(t) if t.len() == 250));
+        assert!(matches!(&alternatives[0], Condition::And(t) if t.len() == 149));
         let json = serde_json::to_vec(&c).unwrap();
         let back: Condition = serde_json::from_slice(&json).expect("decodes within serde's depth");
         assert_eq!(back, c);

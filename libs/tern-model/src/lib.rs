@@ -10,7 +10,10 @@ mod number;
 mod value;
 
 pub use error::{ApiError, ErrorCode, Result, ValidationErrors};
-pub use expr::{parse_condition, parse_projection, project, CmpOp, Condition, Operand, PathElem};
+pub use expr::{
+    parse_condition, parse_projection, project, validate_substitutions, CmpOp, Condition, Operand,
+    PathElem,
+};
 pub use key::{KeySchema, KeyType, PrimaryKey, ScalarType};
 pub use names::validate_table_name;
 pub use number::Number;

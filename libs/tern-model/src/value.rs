@@ -297,7 +297,8 @@ fn number_size(n: &Number) -> usize {
     n.significant_digits().div_ceil(2) + 1
 }
 
-fn value_size(v: &AttributeValue) -> usize {
+/// DynamoDB's size of one attribute value.
+pub fn value_size(v: &AttributeValue) -> usize {
     match v {
         AttributeValue::S(s) => s.len(),
         AttributeValue::N(n) => number_size(n),

@@ -4,8 +4,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,20 +36,130 @@ async fn metrics(State(r): State<Arc<Router>>) -> String {
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
-async fn handle(State(r): State<Arc<Router>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Bounds on the work one router takes on at once: requests in flight, and the request bodies
+/// they hold (by Content-Length, in KiB). Beyond either, a request is answered
+/// ThrottlingException at once (the SDKs retry it with backoff) instead of queueing without
+/// bound.
+pub struct Admission {
+    requests: Arc<tokio::sync::Semaphore>,
+    body_kib: Arc<tokio::sync::Semaphore>,
+    body_kib_total: u32,
+    timeout: Duration,
+}
+
+/// What an admitted request holds until it is answered.
+pub struct Admitted {
+    _request: tokio::sync::OwnedSemaphorePermit,
+    _body: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Admission {
+    pub fn new(config: &crate::Config) -> Self {
+        let body_kib_total = (config.max_in_flight_body_mb.max(17) * 1024).min(u32::MAX as usize);
+        Self {
+            requests: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
+            body_kib: Arc::new(tokio::sync::Semaphore::new(body_kib_total)),
+            body_kib_total: body_kib_total as u32,
+            timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+        }
+    }
+
+    fn admit(&self, content_length: Option<usize>) -> Result<Admitted, ApiError> {
+        let throttled = || {
+            ApiError::new(
+                ErrorCode::ThrottlingException,
+                "Too many requests in flight at this endpoint; retry with backoff",
+            )
+        };
+        let request = self
+            .requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| throttled())?;
+        let kib = content_length
+            .unwrap_or(MAX_BODY)
+            .min(MAX_BODY)
+            .div_ceil(1024)
+            .max(1) as u32;
+        let body = self
+            .body_kib
+            .clone()
+            .try_acquire_many_owned(kib.min(self.body_kib_total))
+            .map_err(|_| throttled())?;
+        Ok(Admitted {
+            _request: request,
+            _body: body,
+        })
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The answer to a body above [`MAX_BODY`] (HTTP 413).
+fn too_large(len: Option<usize>) -> ApiError {
+    ApiError::new(
+        ErrorCode::RequestEntityTooLarge,
+        match len {
+            Some(n) => format!(
+                "Request entity too large: the request is {n} bytes; the maximum is {MAX_BODY} bytes"
+            ),
+            None => format!("Request entity too large: the maximum is {MAX_BODY} bytes"),
+        },
+    )
+}
+
+async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
     inc(&r.metrics.requests);
     let request_id = format!(
         "{}-{:016X}",
         r.instance,
         REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let op = headers
+    let (parts, body) = request.into_parts();
+    let op = parts
+        .headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
     let span = tracing::info_span!("dynamodb", op = %op, request_id = %request_id);
-    let result = dispatch(&r, &op, &body).instrument(span).await;
+    let len = content_length(&parts.headers);
+    let timeout = r.admission.timeout;
+    let result = async {
+        if len.is_some_and(|n| n > MAX_BODY) {
+            return Err(too_large(len));
+        }
+        let _admitted = r.admission.admit(len)?;
+        let work = async {
+            // A body that ends early or outgrows the limit (a client that sent no length).
+            let body = axum::body::to_bytes(body, MAX_BODY)
+                .await
+                .map_err(|_| too_large(len))?;
+            dispatch(&r, &op, &body).await
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                inc(&r.metrics.timeouts);
+                Err(ApiError::new(
+                    ErrorCode::InternalServerError,
+                    format!(
+                        "The request did not complete within {} ms",
+                        timeout.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+    .instrument(span)
+    .await;
     let (status, body) = match result {
         Ok(body) => (StatusCode::OK, body),
         Err(e) => {
@@ -57,6 +169,9 @@ async fn handle(State(r): State<Arc<Router>>, headers: HeaderMap, body: Bytes) -
                 inc(&r.metrics.server_errors);
             } else {
                 inc(&r.metrics.client_errors);
+            }
+            if e.code == ErrorCode::ThrottlingException {
+                inc(&r.metrics.throttled);
             }
             (status, error_body(&e))
         }

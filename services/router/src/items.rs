@@ -132,6 +132,7 @@ fn return_values(req: &Request, invalid: &str) -> Result<bool, ApiError> {
 fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
     let names = req.expression_names()?;
     let values = req.expression_values()?;
+    tern_model::validate_substitutions(names.as_ref(), values.as_ref())?;
     let Some(expr) = req.str("ConditionExpression")? else {
         if names.is_some() {
             return Err(ApiError::validation(
@@ -162,6 +163,7 @@ fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
 /// The document paths a read returns, from ProjectionExpression (or legacy AttributesToGet).
 fn projection(req: &Request) -> Result<Option<Vec<Vec<PathElem>>>, ApiError> {
     let names = req.expression_names()?;
+    tern_model::validate_substitutions(names.as_ref(), None)?;
     let legacy = req.array("AttributesToGet")?;
     match (req.str("ProjectionExpression")?, legacy) {
         (Some(_), Some(_)) => Err(ApiError::validation(

@@ -35,6 +35,13 @@ pub struct Config {
     pub cache_mode: CacheMode,
     /// Timeout of each call to MemDS or a storage node.
     pub bus_timeout_ms: u64,
+    /// Longest a request may take before it is answered InternalServerError (retryable).
+    pub request_timeout_ms: u64,
+    /// Requests handled at once; more are answered ThrottlingException.
+    pub max_in_flight: usize,
+    /// Request bodies held at once, in MiB (each counted by its Content-Length); more are
+    /// answered ThrottlingException.
+    pub max_in_flight_body_mb: usize,
 }
 
 impl Default for Config {
@@ -46,6 +53,9 @@ impl Default for Config {
             az: "az-a".into(),
             cache_mode: CacheMode::Constant,
             bus_timeout_ms: 2000,
+            request_timeout_ms: 10_000,
+            max_in_flight: 1024,
+            max_in_flight_body_mb: 256,
         }
     }
 }
@@ -60,6 +70,7 @@ pub(crate) struct Router {
     pub instance: String,
     /// This router's availability zone.
     pub az: String,
+    pub admission: api::Admission,
 }
 
 pub async fn run(
@@ -82,6 +93,7 @@ pub async fn run(
         leaders: leaders::Leaders::default(),
         instance: config.instance.clone(),
         az: config.az.clone(),
+        admission: api::Admission::new(&config),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

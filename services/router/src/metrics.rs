@@ -18,6 +18,8 @@ pub struct Counters {
     pub cache_misses: AtomicU64,
     pub memds_lookups: AtomicU64,
     pub storage_redirects: AtomicU64,
+    pub throttled: AtomicU64,
+    pub timeouts: AtomicU64,
 }
 
 impl std::ops::Deref for Metrics {
@@ -34,7 +36,7 @@ pub fn inc(c: &AtomicU64) {
 impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &AtomicU64); 7] = [
+        let rows: [(&str, &str, &AtomicU64); 9] = [
             (
                 "tern_router_requests_total",
                 "DynamoDB API requests received",
@@ -69,6 +71,16 @@ impl Metrics {
                 "tern_router_storage_redirects_total",
                 "storage redirects followed",
                 &self.storage_redirects,
+            ),
+            (
+                "tern_router_throttled_total",
+                "requests answered ThrottlingException (in-flight caps of this router included)",
+                &self.throttled,
+            ),
+            (
+                "tern_router_timeouts_total",
+                "requests answered InternalServerError after the request timeout",
+                &self.timeouts,
             ),
         ];
         for (name, help, v) in rows {
