@@ -32,6 +32,12 @@ enum Command {
         /// Router cache mode: constant or classic.
         #[arg(long, default_value = "constant")]
         cache_mode: String,
+        /// Router instances; each is an endpoint, on `--port` and the ports after it.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        routers: u16,
+        /// MemDS instances (they share the lookups and the table DDL).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        memds: u16,
     },
     /// Drive PutItem and GetItem through the full stack and print throughput and latency.
     Bench(bench::Args),
@@ -46,7 +52,9 @@ async fn main() -> std::process::ExitCode {
             data_dir,
             port,
             cache_mode,
-        } => up(data_dir, port, cache_mode).await,
+            routers,
+            memds,
+        } => up(data_dir, port, cache_mode, routers, memds).await,
         Command::Bench(args) => bench::run(args).await,
     };
     tern_telemetry::exit_code(result)
@@ -61,9 +69,17 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
-async fn up(data_dir: PathBuf, port: u16, cache_mode: String) -> anyhow::Result<()> {
+async fn up(
+    data_dir: PathBuf,
+    port: u16,
+    cache_mode: String,
+    routers: u16,
+    memds: u16,
+) -> anyhow::Result<()> {
     let mut spec = ClusterSpec::new(&data_dir, bin_dir()?);
     spec.router_port = Some(port);
+    spec.routers = routers.into();
+    spec.memds = memds.into();
     spec.env.push(("TERN_ROUTER_CACHE_MODE".into(), cache_mode));
     println!("starting tern in {} ...", data_dir.display());
     let mut cluster = Cluster::start(spec).await?;
@@ -74,6 +90,9 @@ async fn up(data_dir: PathBuf, port: u16, cache_mode: String) -> anyhow::Result<
         println!("{node} metrics: {url}");
     }
     println!("pids: {}", data_dir.join("run").display());
+    for (name, url) in cluster.endpoints().into_iter().skip(1) {
+        println!("{name} endpoint: {url}");
+    }
     println!("endpoint: {}", cluster.endpoint());
     // Every process is watched: one that exits is reported and restarted, with backoff.
     let shutdown = tern_telemetry::shutdown_signal();

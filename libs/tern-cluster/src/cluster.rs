@@ -64,6 +64,11 @@ pub struct ClusterSpec {
     pub storage_nodes: Vec<StorageNodeSpec>,
     /// Extra environment for every service process (e.g. `TERN_ROUTER_CACHE_MODE`).
     pub env: Vec<(String, String)>,
+    /// Router instances (each its own endpoint: `router_port`, then the next ports up, or free
+    /// ports when `router_port` is `None`). Processes `router`, `router-2`, ...
+    pub routers: usize,
+    /// MemDS instances, serving as one queue group. Processes `memds`, `memds-2`, ...
+    pub memds: usize,
 }
 
 impl ClusterSpec {
@@ -82,6 +87,8 @@ impl ClusterSpec {
             router_port: None,
             storage_nodes,
             env: Vec::new(),
+            routers: 1,
+            memds: 1,
         }
     }
 }
@@ -91,7 +98,8 @@ pub struct Cluster {
     // NOTE: field order is drop order: services go before the nats-server they talk to.
     services: BTreeMap<String, (ServiceProcess, String, String)>,
     nats: NatsServer,
-    router_port: u16,
+    /// Endpoint port of each router process, by process name.
+    router_ports: BTreeMap<String, u16>,
     /// Storage node id → port of its `/metrics`.
     metrics_ports: BTreeMap<String, u16>,
     bus: Bus,
@@ -105,17 +113,21 @@ impl Cluster {
         let logs = spec.data_dir.join("logs");
         std::fs::create_dir_all(&logs).context("create logs dir")?;
         let nats = NatsServer::start(&spec.data_dir.join("nats"), &logs.join("nats-server.log"))?;
-        let router_port = match spec.router_port {
-            Some(p) => p,
-            None => crate::free_port()?,
-        };
+        let mut router_ports = BTreeMap::new();
+        for i in 0..spec.routers.max(1) {
+            let port = match spec.router_port {
+                Some(p) => p + i as u16,
+                None => crate::free_port()?,
+            };
+            router_ports.insert(numbered("router", i), port);
+        }
         let mut metrics_ports = BTreeMap::new();
         for node in &spec.storage_nodes {
             metrics_ports.insert(node.id.clone(), crate::free_port()?);
         }
         let mut services = BTreeMap::new();
         for (name, service, instance, env) in
-            service_plan(&spec, &nats.url(), router_port, &metrics_ports)
+            service_plan(&spec, &nats.url(), &router_ports, &metrics_ports)
         {
             let binary = spec.bin_dir.join(format!("tern-{service}"));
             if !binary.is_file() {
@@ -135,7 +147,7 @@ impl Cluster {
         let mut cluster = Self {
             services,
             nats,
-            router_port,
+            router_ports,
             metrics_ports,
             bus,
             run_dir,
@@ -151,7 +163,15 @@ impl Cluster {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.router_port)
+        format!("http://127.0.0.1:{}", self.router_ports["router"])
+    }
+
+    /// Every router's endpoint, by process name (`router`, `router-2`, ...).
+    pub fn endpoints(&self) -> Vec<(String, String)> {
+        self.router_ports
+            .iter()
+            .map(|(n, p)| (n.clone(), format!("http://127.0.0.1:{p}")))
+            .collect()
     }
 
     /// The Prometheus endpoint of each storage node: (node id, URL).
@@ -191,6 +211,11 @@ impl Cluster {
         self.service(name)?.0.resume()
     }
 
+    /// Whether a service's process is running.
+    pub fn is_running(&mut self, name: &str) -> anyhow::Result<bool> {
+        Ok(self.service(name)?.0.is_running())
+    }
+
     /// The process id of a running service.
     pub fn pid(&mut self, name: &str) -> anyhow::Result<Option<u32>> {
         Ok(self.service(name)?.0.pid())
@@ -219,7 +244,7 @@ impl Cluster {
     }
 
     async fn wait_one(&mut self, name: &str, deadline: Instant) -> anyhow::Result<()> {
-        let port = self.router_port;
+        let port = self.router_ports.get(name).copied();
         let bus = self.bus.with_timeout(Duration::from_millis(500));
         let (proc, service, instance) = self.service(name)?;
         let subject = subjects::health(service, instance);
@@ -234,7 +259,7 @@ impl Cluster {
                 .call::<_, HealthResponse>(&subject, &HealthRequest {})
                 .await
             {
-                Ok(h) => h.ready && (service != "router" || router_listens(port)),
+                Ok(h) => h.ready && port.is_none_or(router_listens),
                 Err(_) => false,
             };
             if healthy {
@@ -249,14 +274,19 @@ impl Cluster {
 
     /// Stops every service cleanly (SIGTERM; the router first, nats-server last).
     pub async fn stop(mut self) {
-        let order = ["router", "gac", "archiver", "memds"];
-        for name in order {
-            if let Some((p, _, _)) = self.services.get_mut(name) {
+        // Routers first (no new requests), then the rest, storage last but nats-server.
+        let first = |n: &String| {
+            ["router", "gac", "archiver", "memds"]
+                .iter()
+                .position(|s| n == s || n.starts_with(&format!("{s}-")))
+                .unwrap_or(usize::MAX)
+        };
+        let mut names = self.service_names();
+        names.sort_by_key(first);
+        for name in names {
+            if let Some((p, _, _)) = self.services.get_mut(&name) {
                 p.stop(Duration::from_secs(10));
             }
-        }
-        for (p, _, _) in self.services.values_mut() {
-            p.stop(Duration::from_secs(10));
         }
         self.bus.drain().await;
         self.nats.stop();
@@ -384,11 +414,20 @@ fn router_listens(port: u16) -> bool {
 
 type Plan = Vec<(String, String, String, Vec<(String, String)>)>;
 
+/// The process name of instance `i` (from 0) of a service: `router`, `router-2`, ...
+fn numbered(service: &str, i: usize) -> String {
+    if i == 0 {
+        service.to_string()
+    } else {
+        format!("{service}-{}", i + 1)
+    }
+}
+
 /// (process name, service, instance id, environment) of every process to start.
 fn service_plan(
     spec: &ClusterSpec,
     nats_url: &str,
-    router_port: u16,
+    router_ports: &BTreeMap<String, u16>,
     metrics_ports: &BTreeMap<String, u16>,
 ) -> Plan {
     let env = |service: &str, pairs: &[(&str, String)]| -> Vec<(String, String)> {
@@ -401,26 +440,28 @@ fn service_plan(
         );
         v
     };
-    let mut plan: Plan = vec![
-        (
+    let mut plan: Plan = Vec::new();
+    for i in 0..spec.memds.max(1) {
+        let instance = format!("memds-{}", i + 1);
+        plan.push((
+            numbered("memds", i),
             "memds".into(),
-            "memds".into(),
-            "memds-1".into(),
-            env("memds", &[("INSTANCE", "memds-1".into())]),
-        ),
-        (
-            "gac".into(),
-            "gac".into(),
-            "gac-1".into(),
-            env("gac", &[("INSTANCE", "gac-1".into())]),
-        ),
-        (
-            "archiver".into(),
-            "archiver".into(),
-            "archiver-1".into(),
-            env("archiver", &[("INSTANCE", "archiver-1".into())]),
-        ),
-    ];
+            instance.clone(),
+            env("memds", &[("INSTANCE", instance)]),
+        ));
+    }
+    plan.push((
+        "gac".into(),
+        "gac".into(),
+        "gac-1".into(),
+        env("gac", &[("INSTANCE", "gac-1".into())]),
+    ));
+    plan.push((
+        "archiver".into(),
+        "archiver".into(),
+        "archiver-1".into(),
+        env("archiver", &[("INSTANCE", "archiver-1".into())]),
+    ));
     for node in &spec.storage_nodes {
         let dir = spec.data_dir.join(&node.id);
         plan.push((
@@ -441,17 +482,24 @@ fn service_plan(
             ),
         ));
     }
-    plan.push((
-        "router".into(),
-        "router".into(),
-        "router-1".into(),
-        env(
-            "router",
-            &[
-                ("INSTANCE", "router-1".into()),
-                ("LISTEN", format!("127.0.0.1:{router_port}")),
-            ],
-        ),
-    ));
+    for (name, port) in router_ports {
+        let instance = if name == "router" {
+            "router-1".to_string()
+        } else {
+            name.clone()
+        };
+        plan.push((
+            name.clone(),
+            "router".into(),
+            instance.clone(),
+            env(
+                "router",
+                &[
+                    ("INSTANCE", instance),
+                    ("LISTEN", format!("127.0.0.1:{port}")),
+                ],
+            ),
+        ));
+    }
     plan
 }

@@ -146,8 +146,14 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
         subjects::MEMDS_DESCRIBE_TABLE,
         q,
         move |req: TableNameRequest| {
-            let t = s.tables.get(&req.table_name);
+            let s = s.clone();
             async move {
+                // Another instance may have created the table a moment ago and this one's feed
+                // not yet delivered it: a miss is read from the bucket before it is an answer.
+                let t = match s.tables.get(&req.table_name) {
+                    Some(t) => Some(t),
+                    None => s.tables.refresh(&s.kv, &req.table_name).await,
+                };
                 match t {
                     Some(t) => Ok(TableReply {
                         table: Some((*t).clone()),

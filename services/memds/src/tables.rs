@@ -96,6 +96,17 @@ impl Tables {
         }
     }
 
+    /// Reads one table from the bucket (for a miss that may only be this instance's feed lagging
+    /// behind another instance's write) and applies what it finds.
+    pub async fn refresh(&self, kv: &Store, name: &str) -> Option<Arc<TableInfo>> {
+        match kv.entry(key(name)).await {
+            Ok(Some(e)) => self.apply(&e.key, e.revision, e.operation, &e.value),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(table = name, error = %e, "read table metadata"),
+        }
+        self.get(name)
+    }
+
     /// Whether a durable tombstone names the partition (its table was deleted).
     pub fn is_deleted(&self, partition_id: u64) -> bool {
         self.deleted.read().contains(&partition_id)
