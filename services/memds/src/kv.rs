@@ -1,13 +1,19 @@
 //! Opening the metadata bucket.
 //!
-//! NOTE: async-nats' `create_key_value` first queries the account's JetStream limits, and the
-//! answer of nats-server 2.9 (Debian's package) lacks fields it expects, so it fails there. We
-//! create the bucket's stream ourselves, with the configuration a KV bucket has, then open it.
+//! The bucket's stream is created here with the configuration a KV bucket has (file storage, one
+//! message per key, compare-and-set through expected revisions), and `replicas` copies: 1 where
+//! one nats-server runs (`tern up`), 3 on a NATS cluster of three or more. Durability across a
+//! power cut comes from the server's `sync_interval: always` (see `tern-cluster` and
+//! `compose/nats.conf`): every write is on disk before it is acknowledged.
 
 use anyhow::Context;
 use async_nats::jetstream::{self, kv::Store, stream};
 
-pub async fn open_bucket(client: &async_nats::Client, bucket: &str) -> anyhow::Result<Store> {
+pub async fn open_bucket(
+    client: &async_nats::Client,
+    bucket: &str,
+    replicas: usize,
+) -> anyhow::Result<Store> {
     let js = jetstream::new(client.clone());
     let stream_name = format!("KV_{bucket}");
     if js.get_stream(&stream_name).await.is_err() {
@@ -20,7 +26,7 @@ pub async fn open_bucket(client: &async_nats::Client, bucket: &str) -> anyhow::R
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: replicas.max(1),
             ..Default::default()
         };
         // Another instance may have created it meanwhile: that is fine.

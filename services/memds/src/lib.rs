@@ -42,8 +42,11 @@ pub struct Config {
     pub node_timeout_ms: u64,
     /// How often unfinished table creations and deletions are driven forward.
     pub reconcile_ms: u64,
-    /// A replica a storage node reports but no table lists there is dropped after this long.
+    /// A replica a storage node reports and its table's membership leaves out is dropped after
+    /// this long (one of a deleted table at once; one no metadata names never).
     pub stray_grace_ms: u64,
+    /// Copies of the metadata bucket's stream: 1 on a single nats-server, 3 on a NATS cluster.
+    pub bucket_replicas: usize,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             node_timeout_ms: 5000,
             reconcile_ms: 1000,
             stray_grace_ms: 30_000,
+            bucket_replicas: 1,
         }
     }
 }
@@ -73,7 +77,7 @@ pub(crate) struct Memds {
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let bus = Bus::connect_instance(&config.nats_url, "memds", &config.instance).await?;
-    let kv = kv::open_bucket(bus.client(), &config.bucket).await?;
+    let kv = kv::open_bucket(bus.client(), &config.bucket, config.bucket_replicas).await?;
     let (tables, watcher) = Tables::load_and_watch(kv.clone()).await?;
     let memds = Memds {
         config: Arc::new(config.clone()),
