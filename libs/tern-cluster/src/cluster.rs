@@ -16,6 +16,10 @@ pub const NATS: &str = "nats-server";
 /// restart waits twice as long.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 const FIRST_DELAY: Duration = Duration::from_millis(200);
+/// A process log above this is rotated: copied to `<log>.1` (replacing the previous one) and
+/// emptied; processes write with O_APPEND, so they go on at the new end.
+pub const LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
+const LOG_CHECK_EVERY: Duration = Duration::from_secs(10);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Restart pacing of one supervised process.
@@ -106,6 +110,7 @@ pub struct Cluster {
     /// Holds `<name>.pid` of every running process.
     run_dir: PathBuf,
     backoff: BTreeMap<String, Backoff>,
+    logs_checked: Instant,
 }
 
 impl Cluster {
@@ -152,6 +157,7 @@ impl Cluster {
             bus,
             run_dir,
             backoff: BTreeMap::new(),
+            logs_checked: Instant::now(),
         };
         cluster.write_pid(NATS, cluster.nats.pid());
         cluster.backoff.insert(NATS.into(), Backoff::new());
@@ -334,6 +340,20 @@ impl Cluster {
     pub fn supervise(&mut self) -> Vec<String> {
         let now = Instant::now();
         let mut events = Vec::new();
+        if now.duration_since(self.logs_checked) >= LOG_CHECK_EVERY {
+            self.logs_checked = now;
+            let mut logs: Vec<PathBuf> = self
+                .services
+                .values()
+                .map(|(p, _, _)| p.log_file().to_path_buf())
+                .collect();
+            logs.push(self.nats.log_file().to_path_buf());
+            for log in logs {
+                if let Err(e) = rotate_if_large(&log, LOG_MAX_BYTES) {
+                    tracing::warn!(log = %log.display(), error = %e, "log rotation");
+                }
+            }
+        }
         let mut exited: Vec<(String, String, std::path::PathBuf)> = Vec::new();
         if let Some(status) = self.nats.exit_status() {
             exited.push((NATS.into(), status.to_string(), self.nats.log_file().into()));
@@ -406,6 +426,26 @@ impl Cluster {
             .get_mut(name)
             .with_context(|| format!("no service named {name}"))
     }
+}
+
+/// Copies `log` to `<log>.1` and empties it, if it is above `max` bytes. Returns whether it did.
+pub fn rotate_if_large(log: &std::path::Path, max: u64) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(log) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    let mut old = log.as_os_str().to_owned();
+    old.push(".1");
+    std::fs::copy(log, &old)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(log)?
+        .set_len(0)?;
+    Ok(true)
 }
 
 fn router_listens(port: u16) -> bool {
@@ -502,4 +542,51 @@ fn service_plan(
         ));
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_logs_are_rotated_and_appends_go_on() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("svc.log");
+        let mut writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        writer.write_all(&[b'x'; 2000]).unwrap();
+        assert!(!rotate_if_large(&log, 4096).unwrap());
+        writer.write_all(&[b'y'; 3000]).unwrap();
+        assert!(rotate_if_large(&log, 4096).unwrap());
+        assert_eq!(
+            std::fs::metadata(dir.path().join("svc.log.1"))
+                .unwrap()
+                .len(),
+            5000
+        );
+        // The writer, opened with O_APPEND, goes on at the start of the emptied file.
+        writer.write_all(b"after\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "after\n");
+    }
+
+    #[test]
+    fn restarts_back_off_while_a_process_keeps_failing() {
+        let mut b = Backoff::new();
+        let t0 = b.started;
+        assert_eq!(b.exited(t0), FIRST_DELAY);
+        b.started = t0;
+        assert_eq!(b.exited(t0), FIRST_DELAY * 2);
+        assert_eq!(b.exited(t0), FIRST_DELAY * 4);
+        for _ in 0..20 {
+            b.exited(t0);
+        }
+        assert_eq!(b.exited(t0), MAX_DELAY);
+        // After a stable run, the next failure restarts quickly again.
+        b.started = t0;
+        assert_eq!(b.exited(t0 + STABLE_AFTER), FIRST_DELAY);
+    }
 }

@@ -298,22 +298,30 @@ pub enum Known {
     Unknown,
 }
 
-pub fn classify(tables: &crate::Tables, node: &str, pid: u64) -> Known {
+/// Partition id → the nodes its recorded membership lists, over every table: built once per
+/// heartbeat, so each reported partition is one lookup.
+pub struct MemberIndex(HashMap<u64, Vec<String>>);
+
+impl MemberIndex {
+    pub fn new(tables: &crate::Tables) -> Self {
+        let mut map = HashMap::new();
+        for t in tables.all() {
+            for p in &t.partitions {
+                map.insert(p.id, p.replicas.iter().map(|r| r.node_id.clone()).collect());
+            }
+        }
+        Self(map)
+    }
+}
+
+pub fn classify(tables: &crate::Tables, index: &MemberIndex, node: &str, pid: u64) -> Known {
     if tables.is_deleted(pid) {
         return Known::Deleted;
     }
-    let all = tables.all();
-    let Some(p) = all
-        .iter()
-        .flat_map(|t| t.partitions.iter())
-        .find(|p| p.id == pid)
-    else {
-        return Known::Unknown;
-    };
-    if p.replicas.iter().any(|r| r.node_id == node) {
-        Known::Member
-    } else {
-        Known::NotMember
+    match index.0.get(&pid) {
+        None => Known::Unknown,
+        Some(nodes) if nodes.iter().any(|n| n == node) => Known::Member,
+        Some(_) => Known::NotMember,
     }
 }
 
@@ -326,13 +334,14 @@ impl Strays {
         partition_ids: &[u64],
         grace: Duration,
     ) -> Vec<u64> {
+        let index = MemberIndex::new(tables);
         let mut since = self.since.lock();
         since.retain(|(n, pid), _| n != node || partition_ids.contains(pid));
         let now = std::time::Instant::now();
         let mut drop = Vec::new();
         for &pid in partition_ids {
             let k = (node.to_string(), pid);
-            match classify(tables, node, pid) {
+            match classify(tables, &index, node, pid) {
                 Known::Member => {
                     since.remove(&k);
                 }
@@ -530,15 +539,16 @@ mod tests {
         let tables = tables_with(1, &["a", "b", "c"]);
         let strays = Strays::default();
         // Partition 99 is unknown (its metadata may be lost): kept, however long it is reported.
-        assert_eq!(classify(&tables, "a", 99), Known::Unknown);
+        let index = MemberIndex::new(&tables);
+        assert_eq!(classify(&tables, &index, "a", 99), Known::Unknown);
         for _ in 0..3 {
             assert!(strays
                 .check(&tables, "a", &[1, 99], Duration::ZERO)
                 .is_empty());
         }
         // A member is kept; a replica of a live table on a node it does not list goes after grace.
-        assert_eq!(classify(&tables, "a", 1), Known::Member);
-        assert_eq!(classify(&tables, "d", 1), Known::NotMember);
+        assert_eq!(classify(&tables, &index, "a", 1), Known::Member);
+        assert_eq!(classify(&tables, &index, "d", 1), Known::NotMember);
         assert_eq!(strays.check(&tables, "d", &[1], Duration::ZERO), vec![1]);
         assert!(strays
             .check(&tables, "d", &[1], Duration::from_secs(60))
@@ -564,7 +574,10 @@ mod tests {
             async_nats::jetstream::kv::Operation::Put,
             &gone.encode_to_vec(),
         );
-        assert_eq!(classify(&tables, "a", 5), Known::Deleted);
+        assert_eq!(
+            classify(&tables, &MemberIndex::new(&tables), "a", 5),
+            Known::Deleted
+        );
         let strays = Strays::default();
         assert_eq!(
             strays.check(&tables, "a", &[1, 5], Duration::from_secs(60)),

@@ -32,6 +32,9 @@ type Versioned = (u64, Arc<TableInfo>);
 #[derive(Clone, Default)]
 pub struct Tables {
     map: Arc<RwLock<HashMap<String, Versioned>>>,
+    /// Revision of the latest delete of each name no longer held, so an older put replayed
+    /// after it cannot bring the table back.
+    removed: Arc<RwLock<HashMap<String, u64>>>,
     /// Partitions of deleted tables (from tombstones).
     deleted: Arc<RwLock<std::collections::HashSet<u64>>>,
 }
@@ -80,18 +83,25 @@ impl Tables {
         }
         let Some(name) = name_of(key) else { return };
         let mut map = self.map.write();
-        if map.get(name).is_some_and(|(rev, _)| *rev >= revision) {
+        let mut removed = self.removed.write();
+        let newest = map
+            .get(name)
+            .map(|(rev, _)| *rev)
+            .or_else(|| removed.get(name).copied());
+        if newest.is_some_and(|rev| rev >= revision) {
             return;
         }
         match op {
             Operation::Put => match TableInfo::decode(value) {
                 Ok(t) => {
+                    removed.remove(name);
                     map.insert(name.to_string(), (revision, Arc::new(t)));
                 }
                 Err(e) => tracing::error!(table = name, error = %e, "undecodable table metadata"),
             },
             Operation::Delete | Operation::Purge => {
                 map.remove(name);
+                removed.insert(name.to_string(), revision);
             }
         }
     }
@@ -199,6 +209,11 @@ mod tests {
         assert_eq!(t.get("a").unwrap().status, 1);
         t.apply("table.a", 6, Operation::Delete, &[]);
         assert!(t.get("a").is_none());
+        // A put older than the delete, replayed after it, does not bring the table back.
+        t.apply("table.a", 5, Operation::Put, &table("a", 1));
+        assert!(t.get("a").is_none());
+        t.apply("table.a", 7, Operation::Put, &table("a", 1));
+        assert!(t.get("a").is_some());
     }
 
     #[test]

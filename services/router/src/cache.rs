@@ -34,6 +34,9 @@ type Entries = Arc<RwLock<HashMap<String, Arc<TableInfo>>>>;
 /// Batches of background lookups in flight at once; more lookups wait and join the next batch.
 const BATCHES_IN_FLIGHT: usize = 2;
 const MAX_BATCH: usize = 1024;
+/// Background lookups waiting at most. While MemDS is slow or away the queue fills; beyond this,
+/// a hit's lookup is skipped (the entry is still served; its refresh comes with a later hit).
+const MAX_QUEUED: usize = 8 * MAX_BATCH;
 
 #[derive(Clone)]
 pub struct RouteCache {
@@ -41,14 +44,14 @@ pub struct RouteCache {
     memds: MemdsClient,
     mode: CacheMode,
     metrics: Metrics,
-    refresh: mpsc::UnboundedSender<String>,
+    refresh: mpsc::Sender<String>,
 }
 
 impl RouteCache {
     /// Must be called inside a tokio runtime: it starts the background lookup task.
     pub fn new(memds: MemdsClient, mode: CacheMode, metrics: Metrics) -> Self {
         let entries = Entries::default();
-        let (refresh, rx) = mpsc::unbounded_channel();
+        let (refresh, rx) = mpsc::channel(MAX_QUEUED);
         tokio::spawn(refresh_in_batches(
             entries.clone(),
             memds.clone(),
@@ -70,8 +73,10 @@ impl RouteCache {
         match cached {
             Some(t) => {
                 inc(&self.metrics.cache_hits);
-                if self.mode == CacheMode::Constant {
-                    let _ = self.refresh.send(table.to_string());
+                if self.mode == CacheMode::Constant
+                    && self.refresh.try_send(table.to_string()).is_err()
+                {
+                    inc(&self.metrics.lookups_skipped);
                 }
                 Ok(t)
             }
@@ -113,7 +118,7 @@ async fn refresh_in_batches(
     entries: Entries,
     memds: MemdsClient,
     metrics: Metrics,
-    mut rx: mpsc::UnboundedReceiver<String>,
+    mut rx: mpsc::Receiver<String>,
 ) {
     let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {

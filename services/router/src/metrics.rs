@@ -20,6 +20,7 @@ pub struct Counters {
     pub storage_redirects: AtomicU64,
     pub throttled: AtomicU64,
     pub timeouts: AtomicU64,
+    pub lookups_skipped: AtomicU64,
 }
 
 impl std::ops::Deref for Metrics {
@@ -36,7 +37,7 @@ pub fn inc(c: &AtomicU64) {
 impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &AtomicU64); 9] = [
+        let rows: [(&str, &str, &AtomicU64); 10] = [
             (
                 "tern_router_requests_total",
                 "DynamoDB API requests received",
@@ -81,6 +82,11 @@ impl Metrics {
                 "tern_router_timeouts_total",
                 "requests answered InternalServerError after the request timeout",
                 &self.timeouts,
+            ),
+            (
+                "tern_router_lookups_skipped_total",
+                "background lookups of cache hits skipped because the queue to MemDS was full",
+                &self.lookups_skipped,
             ),
         ];
         for (name, help, v) in rows {
