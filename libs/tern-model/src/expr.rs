@@ -316,6 +316,12 @@ pub fn parse_condition(
         return Err(p.error());
     }
     p.check_unused()?;
+    if encoded_depth(&cond) > MAX_ENCODED_DEPTH {
+        return Err(ApiError::validation(format!(
+            "Invalid ConditionExpression: The expression is nested too deeply; maximum depth: \
+             {MAX_NESTING}"
+        )));
+    }
     Ok(cond)
 }
 
@@ -339,54 +345,141 @@ pub fn parse_projection(
         return Err(p.error());
     }
     p.check_unused()?;
+    check_paths("ProjectionExpression", &paths)?;
     Ok(paths)
 }
 
-/// The parts of `item` the paths name, in the item's shape (projected list elements keep their
-/// order, compacted).
+/// The parts of `item` the paths name, in the item's shape: list elements keep their list
+/// order (compacted), and paths into the same element or map share it.
 pub fn project(item: &Item, paths: &[Vec<PathElem>]) -> Item {
+    let tails: Vec<&[PathElem]> = paths.iter().map(Vec::as_slice).collect();
+    project_map(item, &tails)
+}
+
+/// The projection of a map: each name some path starts with, projected by those paths' tails.
+fn project_map(map: &Item, paths: &[&[PathElem]]) -> Item {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&[PathElem]>> = Default::default();
+    for p in paths {
+        if let Some((PathElem::Name(n), rest)) = p.split_first() {
+            by_name.entry(n.as_str()).or_default().push(rest);
+        }
+    }
     let mut out = Item::new();
-    for path in paths {
-        let Some(value) = resolve(item, path) else {
-            continue;
-        };
-        let (PathElem::Name(first), rest) = path.split_first().expect("paths are never empty")
-        else {
-            continue;
-        };
-        let slot = out
-            .entry(first.clone())
-            .or_insert_with(|| skeleton(rest.first()));
-        insert_at(slot, rest, value.clone());
+    for (name, tails) in by_name {
+        if let Some(v) = map.get(name).and_then(|v| project_value(v, &tails)) {
+            out.insert(name.to_string(), v);
+        }
     }
     out
 }
 
-fn skeleton(next: Option<&PathElem>) -> AttributeValue {
-    match next {
-        Some(PathElem::Index(_)) => AttributeValue::L(Vec::new()),
-        _ => AttributeValue::M(Item::new()),
+/// The projection of one value by the remaining parts of the paths that reach it; `None` when
+/// no path finds anything in it.
+fn project_value(v: &AttributeValue, tails: &[&[PathElem]]) -> Option<AttributeValue> {
+    if tails.iter().any(|t| t.is_empty()) {
+        return Some(v.clone());
+    }
+    match v {
+        AttributeValue::M(m) => {
+            let out = project_map(m, tails);
+            (!out.is_empty()).then_some(AttributeValue::M(out))
+        }
+        AttributeValue::L(l) => {
+            let mut by_index: std::collections::BTreeMap<usize, Vec<&[PathElem]>> =
+                Default::default();
+            for t in tails {
+                if let Some((PathElem::Index(i), rest)) = t.split_first() {
+                    by_index.entry(*i).or_default().push(rest);
+                }
+            }
+            let out: Vec<AttributeValue> = by_index
+                .into_iter()
+                .filter_map(|(i, ts)| l.get(i).and_then(|e| project_value(e, &ts)))
+                .collect();
+            (!out.is_empty()).then_some(AttributeValue::L(out))
+        }
+        _ => None,
     }
 }
 
-fn insert_at(slot: &mut AttributeValue, rest: &[PathElem], value: AttributeValue) {
-    let Some((head, tail)) = rest.split_first() else {
-        *slot = value;
-        return;
-    };
-    match (head, slot) {
-        (PathElem::Name(n), AttributeValue::M(m)) => {
-            let child = m.entry(n.clone()).or_insert_with(|| skeleton(tail.first()));
-            insert_at(child, tail, value);
+/// DynamoDB's rendering of a document path in its messages: `[a, b, [0]]`.
+fn render_path(p: &[PathElem]) -> String {
+    let parts: Vec<String> = p
+        .iter()
+        .map(|e| match e {
+            PathElem::Name(n) => n.clone(),
+            PathElem::Index(i) => format!("[{i}]"),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// Refuses two paths of which one contains the other (overlap), or that use the same step as a
+/// map key in one and a list index in the other (conflict), as DynamoDB does for projections and
+/// updates.
+pub(crate) fn check_paths(kind: &str, paths: &[Vec<PathElem>]) -> Result<()> {
+    for (i, a) in paths.iter().enumerate() {
+        for b in &paths[i + 1..] {
+            let common = a.iter().zip(b.iter()).take_while(|(x, y)| x == y).count();
+            if common == a.len() || common == b.len() {
+                return Err(ApiError::validation(format!(
+                    "Invalid {kind}: Two document paths overlap with each other; must remove or \
+                     rewrite one of these paths; path one: {}, path two: {}",
+                    render_path(a),
+                    render_path(b)
+                )));
+            }
+            let kinds_differ = matches!(
+                (&a[common], &b[common]),
+                (PathElem::Name(_), PathElem::Index(_)) | (PathElem::Index(_), PathElem::Name(_))
+            );
+            if kinds_differ {
+                return Err(ApiError::validation(format!(
+                    "Invalid {kind}: Two document paths conflict with each other; must remove or \
+                     rewrite one of these paths; path one: {}, path two: {}",
+                    render_path(a),
+                    render_path(b)
+                )));
+            }
         }
-        (PathElem::Index(_), AttributeValue::L(l)) => {
-            l.push(skeleton(tail.first()));
-            let child = l.last_mut().expect("just pushed");
-            insert_at(child, tail, value);
+    }
+    Ok(())
+}
+
+/// Nesting of the JSON a condition travels in (the replication log's decoder allows 128).
+pub fn encoded_depth(c: &Condition) -> usize {
+    fn path(_: &[PathElem]) -> usize {
+        // {"Path":[{"Name":"a"}]}: the operand's object, the array, each element's object.
+        3
+    }
+    fn operand(o: &Operand) -> usize {
+        match o {
+            Operand::Path(p) => path(p),
+            Operand::Value(v) => 1 + value_depth(v),
         }
-        _ => {}
+    }
+    match c {
+        Condition::Exists(p) | Condition::NotExists(p) => 1 + path(p),
+        Condition::Compare(a, _, b) => 2 + operand(a).max(operand(b)),
+        Condition::Not(inner) => 1 + encoded_depth(inner),
+        Condition::And(terms) | Condition::Or(terms) => {
+            2 + terms.iter().map(encoded_depth).max().unwrap_or(0)
+        }
     }
 }
+
+/// Nesting of an attribute value's JSON: `{"S":"x"}` is 1, each map or list level adds 2.
+pub fn value_depth(v: &AttributeValue) -> usize {
+    match v {
+        AttributeValue::M(m) => 2 + m.values().map(value_depth).max().unwrap_or(0),
+        AttributeValue::L(l) => 2 + l.iter().map(value_depth).max().unwrap_or(0),
+        AttributeValue::SS(_) | AttributeValue::NS(_) | AttributeValue::BS(_) => 2,
+        _ => 1,
+    }
+}
+
+/// What the replication log's decoder (serde_json, 128 levels) takes, with a margin.
+pub const MAX_ENCODED_DEPTH: usize = 120;
 
 impl<'a> Parser<'a> {
     fn new(
@@ -570,10 +663,10 @@ impl Parser<'_> {
                 }
                 Tok::LBracket => {
                     self.next();
-                    let Tok::Int(i) = self.next() else {
-                        self.pos -= 1;
+                    let Tok::Int(i) = self.peek().clone() else {
                         return Err(self.error());
                     };
+                    self.next();
                     self.expect(Tok::RBracket)?;
                     path.push(PathElem::Index(i));
                 }
