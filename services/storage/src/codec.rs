@@ -15,6 +15,8 @@ fn membership_to_wire(m: &Membership) -> (Vec<u64>, Vec<u64>) {
 }
 
 fn membership_from_wire(members: &[u64], log_members: &[u64]) -> Membership {
+    // A set: a forged entry with many members must not cost members × log members.
+    let log_members: std::collections::HashSet<u64> = log_members.iter().copied().collect();
     Membership::new(members.iter().map(|id| {
         let kind = if log_members.contains(id) {
             MemberKind::Log
