@@ -1,5 +1,7 @@
-//! Condition expressions: `attribute_exists(a)`, `attribute_not_exists(#n)`, comparisons with
-//! `:values`, `AND`, `OR`, `NOT` and parentheses.
+//! Condition expressions as DynamoDB defines them: comparisons (`=`, `<>`, `<`, `<=`, `>`, `>=`),
+//! `BETWEEN … AND …`, `IN (…)`, the functions `attribute_exists`, `attribute_not_exists`,
+//! `attribute_type`, `begins_with`, `contains` and `size`, `AND`, `OR`, `NOT` and parentheses;
+//! projections; and the parser the update expressions (`update.rs`) share.
 //!
 //! Parsing substitutes `#names` and `:values`, so a [`Condition`] is self-contained: the router
 //! parses it and sends it to the storage node, which evaluates it against the stored item.
@@ -31,6 +33,8 @@ pub enum CmpOp {
 pub enum Operand {
     Path(Vec<PathElem>),
     Value(AttributeValue),
+    /// `size(path)`: a number, or nothing where the attribute is absent or has no size.
+    Size(Vec<PathElem>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +49,16 @@ pub enum Condition {
     And(Vec<Condition>),
     /// Some term holds (two or more terms), flat like `And`.
     Or(Vec<Condition>),
+    /// `x BETWEEN lo AND hi`.
+    Between(Operand, Operand, Operand),
+    /// `x IN (a, b, …)`.
+    In(Operand, Vec<Operand>),
+    /// `attribute_type(path, :t)` with the type descriptor (`S`, `N`, `SS`, `BOOL`, …).
+    AttributeType(Vec<PathElem>, String),
+    /// `begins_with(path, operand)`.
+    BeginsWith(Operand, Operand),
+    /// `contains(path, operand)`.
+    Contains(Operand, Operand),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +74,8 @@ enum Tok {
     Dot,
     Comma,
     Op(CmpOp),
+    Plus,
+    Minus,
     Eof,
 }
 
@@ -83,6 +99,8 @@ impl Tok {
                 CmpOp::Ge => ">=",
             }
             .into(),
+            Tok::Plus => "+".into(),
+            Tok::Minus => "-".into(),
             Tok::Eof => "<EOF>".into(),
         }
     }
@@ -162,6 +180,14 @@ fn tokenize(kind: &str, s: &str) -> Result<Vec<(Tok, usize)>> {
                 i += 1;
                 Tok::Op(CmpOp::Gt)
             }
+            b'+' => {
+                i += 1;
+                Tok::Plus
+            }
+            b'-' => {
+                i += 1;
+                Tok::Minus
+            }
             b'#' => {
                 i += 1;
                 Tok::Name(format!("#{}", word(&mut i)))
@@ -209,6 +235,11 @@ struct Parser<'a> {
 
 /// DynamoDB's limit on the size of one expression.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
+/// DynamoDB's limit on the operands of one IN.
+pub const MAX_IN_OPERANDS: usize = 100;
+/// The type descriptors `attribute_type` accepts.
+const TYPE_NAMES: [&str; 10] = ["S", "N", "B", "BOOL", "NULL", "M", "L", "SS", "NS", "BS"];
+
 /// DynamoDB's limit on operators and functions in one expression.
 pub const MAX_OPERATORS: usize = 300;
 /// DynamoDB's limit on the length of one expression attribute name or value placeholder.
@@ -454,7 +485,7 @@ pub fn encoded_depth(c: &Condition) -> usize {
     }
     fn operand(o: &Operand) -> usize {
         match o {
-            Operand::Path(p) => path(p),
+            Operand::Path(p) | Operand::Size(p) => path(p),
             Operand::Value(v) => 1 + value_depth(v),
         }
     }
@@ -465,6 +496,10 @@ pub fn encoded_depth(c: &Condition) -> usize {
         Condition::And(terms) | Condition::Or(terms) => {
             2 + terms.iter().map(encoded_depth).max().unwrap_or(0)
         }
+        Condition::Between(a, b, c) => 2 + operand(a).max(operand(b)).max(operand(c)),
+        Condition::In(x, list) => 3 + list.iter().map(operand).max().unwrap_or(0).max(operand(x)),
+        Condition::AttributeType(p, _) => 2 + path(p),
+        Condition::BeginsWith(a, b) | Condition::Contains(a, b) => 2 + operand(a).max(operand(b)),
     }
 }
 
@@ -606,40 +641,178 @@ impl Parser<'_> {
             return Ok(c);
         }
         if let Tok::Ident(f) = self.peek().clone() {
-            if self.toks.get(self.pos + 1).map(|t| &t.0) == Some(&Tok::LParen) {
+            let call = self.toks.get(self.pos + 1).map(|t| &t.0) == Some(&Tok::LParen);
+            if call && f != "size" {
                 return self.function(&f);
             }
         }
         let left = self.operand()?;
+        if self.keyword("BETWEEN") {
+            self.next();
+            self.operator()?;
+            let lo = self.operand()?;
+            if !self.keyword("AND") {
+                return Err(self.error());
+            }
+            self.next();
+            let hi = self.operand()?;
+            for o in [&left, &lo, &hi] {
+                self.scalar_operand("BETWEEN", o)?;
+            }
+            if let (Operand::Value(a), Operand::Value(b)) = (&lo, &hi) {
+                if a.type_name() != b.type_name()
+                    || order(a, b) == Some(std::cmp::Ordering::Greater)
+                {
+                    return Err(ApiError::validation(format!(
+                        "Invalid {}: The BETWEEN operator requires upper bound to be greater than or \
+                         equal to lower bound; lower bound operand: AttributeValue: {{{}}}, upper \
+                         bound operand: AttributeValue: {{{}}}",
+                        self.kind,
+                        describe(a),
+                        describe(b)
+                    )));
+                }
+            }
+            return Ok(Condition::Between(left, lo, hi));
+        }
+        if self.keyword("IN") {
+            self.next();
+            self.operator()?;
+            self.expect(Tok::LParen)?;
+            let mut list = vec![self.operand()?];
+            while self.peek() == &Tok::Comma {
+                self.next();
+                list.push(self.operand()?);
+                if list.len() > MAX_IN_OPERANDS {
+                    return Err(ApiError::validation(format!(
+                        "Invalid {}: The IN operator is provided with too many operands; the \
+                         maximum is {MAX_IN_OPERANDS}",
+                        self.kind
+                    )));
+                }
+            }
+            self.expect(Tok::RParen)?;
+            return Ok(Condition::In(left, list));
+        }
         let Tok::Op(op) = self.peek().clone() else {
             return Err(self.error());
         };
         self.next();
         self.operator()?;
         let right = self.operand()?;
+        if op != CmpOp::Eq && op != CmpOp::Ne {
+            let sym = Tok::Op(op).text();
+            self.scalar_operand(&sym, &left)?;
+            self.scalar_operand(&sym, &right)?;
+        }
         Ok(Condition::Compare(left, op, right))
     }
 
-    fn function(&mut self, name: &str) -> Result<Condition> {
-        let make: fn(Vec<PathElem>) -> Condition = match name {
-            "attribute_exists" => Condition::Exists,
-            "attribute_not_exists" => Condition::NotExists,
-            _ => {
-                return Err(ApiError::validation(format!(
-                    "Invalid {}: Invalid function name; function: {name}",
-                    self.kind
-                )))
+    /// An operand of an ordering comparison, BETWEEN or begins_with given as a value must be a
+    /// string, number or binary.
+    fn scalar_operand(&self, op: &str, o: &Operand) -> Result<()> {
+        if let Operand::Value(v) = o {
+            if !matches!(
+                v,
+                AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)
+            ) {
+                return Err(self.operand_type_error(op, v));
             }
-        };
+        }
+        Ok(())
+    }
+
+    fn operand_type_error(&self, op: &str, v: &AttributeValue) -> ApiError {
+        ApiError::validation(format!(
+            "Invalid {}: Incorrect operand type for operator or function; operator or function: \
+             {op}, operand type: {}",
+            self.kind,
+            v.type_name()
+        ))
+    }
+
+    fn function(&mut self, name: &str) -> Result<Condition> {
+        if !matches!(
+            name,
+            "attribute_exists"
+                | "attribute_not_exists"
+                | "attribute_type"
+                | "begins_with"
+                | "contains"
+        ) {
+            return Err(ApiError::validation(format!(
+                "Invalid {}: Invalid function name; function: {name}",
+                self.kind
+            )));
+        }
         self.next();
         self.operator()?;
         self.expect(Tok::LParen)?;
-        let path = self.path()?;
+        let c = match name {
+            "attribute_exists" => Condition::Exists(self.path()?),
+            "attribute_not_exists" => Condition::NotExists(self.path()?),
+            "attribute_type" => {
+                let path = self.path()?;
+                self.expect(Tok::Comma)?;
+                let t = match self.operand()? {
+                    Operand::Value(AttributeValue::S(t)) if TYPE_NAMES.contains(&t.as_str()) => t,
+                    Operand::Value(AttributeValue::S(t)) => {
+                        return Err(ApiError::validation(format!(
+                            "Invalid {}: Invalid attribute type name found in type parameter of \
+                             attribute_type function; type: {t}",
+                            self.kind
+                        )))
+                    }
+                    Operand::Value(v) => return Err(self.operand_type_error(name, &v)),
+                    _ => return Err(self.value_required(name)),
+                };
+                Condition::AttributeType(path, t)
+            }
+            _ => {
+                let a = Operand::Path(self.path()?);
+                self.expect(Tok::Comma)?;
+                let b = self.operand()?;
+                if name == "begins_with" {
+                    self.scalar_operand(name, &b)?;
+                    if let Operand::Value(v @ AttributeValue::N(_)) = &b {
+                        return Err(self.operand_type_error(name, v));
+                    }
+                    Condition::BeginsWith(a, b)
+                } else {
+                    Condition::Contains(a, b)
+                }
+            }
+        };
         self.expect(Tok::RParen)?;
-        Ok(make(path))
+        Ok(c)
+    }
+
+    fn value_required(&self, name: &str) -> ApiError {
+        ApiError::validation(format!(
+            "Invalid {}: Incorrect operand type for operator or function; operator or function: \
+             {name}, operand type: a document path",
+            self.kind
+        ))
     }
 
     fn operand(&mut self) -> Result<Operand> {
+        if self.keyword("size") && self.toks.get(self.pos + 1).map(|t| &t.0) == Some(&Tok::LParen) {
+            self.next();
+            self.operator()?;
+            self.next();
+            let path = match self.peek() {
+                Tok::Value(_) => {
+                    return Err(ApiError::validation(format!(
+                        "Invalid {}: Operator or function requires a document path; operator or \
+                         function: size",
+                        self.kind
+                    )))
+                }
+                _ => self.path()?,
+            };
+            self.expect(Tok::RParen)?;
+            return Ok(Operand::Size(path));
+        }
         if let Tok::Value(v) = self.peek().clone() {
             self.next();
             let value = self.values.and_then(|m| m.get(&v)).ok_or_else(|| {
@@ -741,21 +914,92 @@ fn resolve<'a>(item: &'a Item, path: &[PathElem]) -> Option<&'a AttributeValue> 
     Some(cur)
 }
 
-fn compare(a: &AttributeValue, op: CmpOp, b: &AttributeValue) -> bool {
-    use std::cmp::Ordering;
-    let ord: Option<Ordering> = match (a, b) {
+/// The order of two strings, numbers or binaries of one type; `None` for anything else.
+fn order(a: &AttributeValue, b: &AttributeValue) -> Option<std::cmp::Ordering> {
+    match (a, b) {
         (AttributeValue::S(x), AttributeValue::S(y)) => Some(x.cmp(y)),
         (AttributeValue::N(x), AttributeValue::N(y)) => Some(x.cmp(y)),
         (AttributeValue::B(x), AttributeValue::B(y)) => Some(x.cmp(y)),
         _ => None,
-    };
+    }
+}
+
+/// DynamoDB's equality: numbers by value, sets regardless of order, documents element-wise.
+pub fn values_equal(a: &AttributeValue, b: &AttributeValue) -> bool {
+    use AttributeValue as V;
+    fn same_set<T: Ord + Clone>(x: &[T], y: &[T]) -> bool {
+        if x.len() != y.len() {
+            return false;
+        }
+        let (mut x, mut y) = (x.to_vec(), y.to_vec());
+        x.sort();
+        y.sort();
+        x == y
+    }
+    match (a, b) {
+        (V::SS(x), V::SS(y)) => same_set(x, y),
+        (V::NS(x), V::NS(y)) => same_set(x, y),
+        (V::BS(x), V::BS(y)) => same_set(x, y),
+        (V::L(x), V::L(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| values_equal(p, q))
+        }
+        (V::M(x), V::M(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
+        }
+        _ => order(a, b).map_or_else(|| a == b, |o| o == std::cmp::Ordering::Equal),
+    }
+}
+
+fn compare(a: &AttributeValue, op: CmpOp, b: &AttributeValue) -> bool {
+    use std::cmp::Ordering;
+    let ord = order(a, b);
     match op {
-        CmpOp::Eq => ord.map_or_else(|| a == b, |o| o == Ordering::Equal),
-        CmpOp::Ne => ord.map_or_else(|| a != b, |o| o != Ordering::Equal),
+        CmpOp::Eq => values_equal(a, b),
+        CmpOp::Ne => !values_equal(a, b),
         CmpOp::Lt => ord == Some(Ordering::Less),
         CmpOp::Le => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
         CmpOp::Gt => ord == Some(Ordering::Greater),
         CmpOp::Ge => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
+    }
+}
+
+/// `size(x)` as DynamoDB defines it: bytes of a string or binary, elements of a set, list or map.
+fn size_of(v: &AttributeValue) -> Option<usize> {
+    use AttributeValue as V;
+    Some(match v {
+        V::S(s) => s.len(),
+        V::B(b) => b.len(),
+        V::SS(s) => s.len(),
+        V::NS(s) => s.len(),
+        V::BS(s) => s.len(),
+        V::L(l) => l.len(),
+        V::M(m) => m.len(),
+        _ => return None,
+    })
+}
+
+/// `{N:5}`-style rendering of a value in messages.
+fn describe(v: &AttributeValue) -> String {
+    let json = crate::value::value_to_json(v);
+    let text = String::from_utf8_lossy(&json);
+    text.trim_start_matches('{')
+        .trim_end_matches('}')
+        .replace('"', "")
+}
+
+/// The value of an operand against `item`, if it has one.
+pub(crate) fn operand_value(item: &Item, o: &Operand) -> Option<AttributeValue> {
+    match o {
+        Operand::Path(p) => resolve(item, p).cloned(),
+        Operand::Value(v) => Some(v.clone()),
+        Operand::Size(p) => {
+            let n = size_of(resolve(item, p)?)?;
+            Some(AttributeValue::N(
+                crate::number::Number::parse(&n.to_string()).expect("a count is a number"),
+            ))
+        }
     }
 }
 
@@ -768,12 +1012,8 @@ impl Condition {
     }
 
     fn eval(&self, item: &Item) -> bool {
-        let operand = |o: &Operand| -> Option<AttributeValue> {
-            match o {
-                Operand::Path(p) => resolve(item, p).cloned(),
-                Operand::Value(v) => Some(v.clone()),
-            }
-        };
+        use AttributeValue as V;
+        let operand = |o: &Operand| operand_value(item, o);
         match self {
             Condition::Exists(p) => resolve(item, p).is_some(),
             Condition::NotExists(p) => resolve(item, p).is_none(),
@@ -785,6 +1025,33 @@ impl Condition {
             Condition::Not(c) => !c.eval(item),
             Condition::And(terms) => terms.iter().all(|c| c.eval(item)),
             Condition::Or(terms) => terms.iter().any(|c| c.eval(item)),
+            Condition::Between(x, lo, hi) => match (operand(x), operand(lo), operand(hi)) {
+                (Some(x), Some(lo), Some(hi)) => {
+                    compare(&x, CmpOp::Ge, &lo) && compare(&x, CmpOp::Le, &hi)
+                }
+                _ => false,
+            },
+            Condition::In(x, list) => operand(x).is_some_and(|x| {
+                list.iter()
+                    .any(|o| operand(o).is_some_and(|y| values_equal(&x, &y)))
+            }),
+            Condition::AttributeType(p, t) => resolve(item, p).is_some_and(|v| v.type_name() == t),
+            Condition::BeginsWith(a, b) => match (operand(a), operand(b)) {
+                (Some(V::S(x)), Some(V::S(y))) => x.starts_with(y.as_str()),
+                (Some(V::B(x)), Some(V::B(y))) => x.starts_with(&y),
+                _ => false,
+            },
+            Condition::Contains(a, b) => match (operand(a), operand(b)) {
+                (Some(V::S(x)), Some(V::S(y))) => x.contains(y.as_str()),
+                (Some(V::B(x)), Some(V::B(y))) => {
+                    y.is_empty() || x.windows(y.len()).any(|w| w == y.as_slice())
+                }
+                (Some(V::SS(x)), Some(V::S(y))) => x.contains(&y),
+                (Some(V::NS(x)), Some(V::N(y))) => x.contains(&y),
+                (Some(V::BS(x)), Some(V::B(y))) => x.contains(&y),
+                (Some(V::L(x)), Some(y)) => x.iter().any(|e| values_equal(e, &y)),
+                _ => false,
+            },
         }
     }
 }
@@ -823,6 +1090,83 @@ mod tests {
 
     fn n(v: &str) -> AttributeValue {
         AttributeValue::N(crate::number::Number::parse(v).unwrap())
+    }
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.into())
+    }
+
+    #[test]
+    fn between_in_and_functions() {
+        // item: pk = "a", n = 5, m = {x: ["y"]}
+        assert!(eval(
+            "n BETWEEN :a AND :b",
+            &[],
+            &[(":a", n("1")), (":b", n("5"))]
+        )
+        .unwrap());
+        assert!(!eval(
+            "n BETWEEN :a AND :b",
+            &[],
+            &[(":a", n("6")), (":b", n("9"))]
+        )
+        .unwrap());
+        let e = eval(
+            "n BETWEEN :a AND :b",
+            &[],
+            &[(":a", n("9")), (":b", n("1"))],
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("upper bound to be greater than or equal"),
+            "{}",
+            e.message
+        );
+        assert!(eval("pk IN (:a, :b)", &[], &[(":a", s("z")), (":b", s("a"))]).unwrap());
+        assert!(!eval("pk IN (:a)", &[], &[(":a", s("z"))]).unwrap());
+        assert!(
+            eval("n IN (:a)", &[], &[(":a", n("5.00"))]).unwrap(),
+            "numbers by value"
+        );
+        assert!(eval("attribute_type(m, :t)", &[], &[(":t", s("M"))]).unwrap());
+        assert!(!eval("attribute_type(n, :t)", &[], &[(":t", s("S"))]).unwrap());
+        assert!(eval("attribute_type(n, :t)", &[], &[(":t", s("X"))])
+            .unwrap_err()
+            .message
+            .contains("Invalid attribute type name"));
+        assert!(eval("begins_with(pk, :p)", &[], &[(":p", s("a"))]).unwrap());
+        assert!(!eval("begins_with(pk, :p)", &[], &[(":p", s("b"))]).unwrap());
+        assert!(eval("begins_with(pk, :p)", &[], &[(":p", n("1"))])
+            .unwrap_err()
+            .message
+            .contains("Incorrect operand type"));
+        assert!(eval("contains(m.x, :v)", &[], &[(":v", s("y"))]).unwrap());
+        assert!(eval("contains(pk, :v)", &[], &[(":v", s("a"))]).unwrap());
+        assert!(!eval("contains(pk, :v)", &[], &[(":v", s("q"))]).unwrap());
+        assert!(eval("size(m.x) = :one", &[], &[(":one", n("1"))]).unwrap());
+        assert!(eval("size(pk) < :two", &[], &[(":two", n("2"))]).unwrap());
+        assert!(
+            !eval("size(n) > :z", &[], &[(":z", n("0"))]).unwrap(),
+            "a number has no size"
+        );
+        assert!(
+            eval("size(:v) > :z", &[], &[(":v", s("x")), (":z", n("0"))])
+                .unwrap_err()
+                .message
+                .contains("requires a document path")
+        );
+        // Ordering a BOOL is refused; equality of any types is allowed.
+        assert!(eval("n < :b", &[], &[(":b", AttributeValue::Bool(true))]).is_err());
+        assert!(!eval("n = :b", &[], &[(":b", AttributeValue::Bool(true))]).unwrap());
+    }
+
+    #[test]
+    fn sets_are_equal_whatever_their_order() {
+        let a = AttributeValue::SS(vec!["x".into(), "y".into()]);
+        let b = AttributeValue::SS(vec!["y".into(), "x".into()]);
+        assert!(values_equal(&a, &b));
+        assert!(!values_equal(&a, &AttributeValue::SS(vec!["x".into()])));
     }
 
     #[test]

@@ -127,6 +127,97 @@ impl Number {
     }
 }
 
+impl Number {
+    /// `self + other`, exactly; a result beyond 38 significant digits or DynamoDB's range is the
+    /// error DynamoDB gives for storing such a number.
+    pub fn add(&self, other: &Number) -> Result<Number> {
+        if self.digits.is_empty() {
+            return Ok(other.clone());
+        }
+        if other.digits.is_empty() {
+            return Ok(self.clone());
+        }
+        // value = ±D × 10^(exp - len): align both integers D on the smaller unit.
+        let unit = |n: &Number| n.exp - n.digits.len() as i32;
+        let scale = unit(self).min(unit(other));
+        // Little-endian digit vectors of each magnitude at that unit.
+        let aligned = |n: &Number| -> Vec<u8> {
+            let mut v: Vec<u8> = std::iter::repeat_n(0, (unit(n) - scale) as usize).collect();
+            v.extend(n.digits.iter().rev());
+            v
+        };
+        let (a, b) = (aligned(self), aligned(other));
+        let (mag, negative) = if self.negative == other.negative {
+            (add_digits(&a, &b), self.negative)
+        } else {
+            match cmp_digits(&a, &b) {
+                Ordering::Equal => return Ok(Number::zero()),
+                Ordering::Greater => (sub_digits(&a, &b), self.negative),
+                Ordering::Less => (sub_digits(&b, &a), other.negative),
+            }
+        };
+        let text: String = mag.iter().rev().map(|d| (b'0' + d) as char).collect();
+        let sign = if negative { "-" } else { "" };
+        Number::parse(&format!("{sign}{text}E{scale}"))
+    }
+
+    /// `self - other`, exactly (see [`Number::add`]).
+    pub fn sub(&self, other: &Number) -> Result<Number> {
+        self.add(&other.negated())
+    }
+
+    pub fn negated(&self) -> Number {
+        if self.digits.is_empty() {
+            return self.clone();
+        }
+        let negative = !self.negative;
+        Number {
+            negative,
+            digits: self.digits.clone(),
+            exp: self.exp,
+            canonical: render(negative, &self.digits, self.exp),
+        }
+    }
+}
+
+/// Little-endian digit vectors: compare magnitudes.
+fn cmp_digits(a: &[u8], b: &[u8]) -> Ordering {
+    let trim = |v: &[u8]| v.len() - v.iter().rev().take_while(|d| **d == 0).count();
+    let (la, lb) = (trim(a), trim(b));
+    la.cmp(&lb)
+        .then_with(|| a[..la].iter().rev().cmp(b[..lb].iter().rev()))
+}
+
+fn add_digits(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()) + 1);
+    let mut carry = 0;
+    for i in 0..a.len().max(b.len()) {
+        let d = a.get(i).unwrap_or(&0) + b.get(i).unwrap_or(&0) + carry;
+        out.push(d % 10);
+        carry = d / 10;
+    }
+    if carry > 0 {
+        out.push(carry);
+    }
+    out
+}
+
+/// `a - b` for magnitudes with `a >= b`.
+fn sub_digits(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len());
+    let mut borrow = 0i8;
+    for i in 0..a.len() {
+        let mut d = a[i] as i8 - *b.get(i).unwrap_or(&0) as i8 - borrow;
+        borrow = 0;
+        if d < 0 {
+            d += 10;
+            borrow = 1;
+        }
+        out.push(d as u8);
+    }
+    out
+}
+
 fn render(negative: bool, digits: &[u8], exp: i32) -> String {
     let mut s = String::with_capacity(digits.len() + 8);
     if negative {
@@ -179,6 +270,41 @@ mod tests {
 
     fn c(s: &str) -> String {
         Number::parse(s).unwrap().as_str().to_string()
+    }
+
+    fn add(a: &str, b: &str) -> String {
+        Number::parse(a)
+            .unwrap()
+            .add(&Number::parse(b).unwrap())
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_else(|e| e.message)
+    }
+
+    #[test]
+    fn exact_arithmetic() {
+        assert_eq!(add("1", "2"), "3");
+        assert_eq!(add("0.1", "0.2"), "0.3");
+        assert_eq!(add("-5", "3"), "-2");
+        assert_eq!(add("5", "-5"), "0");
+        assert_eq!(add("999", "1"), "1000");
+        assert_eq!(add("1E+100", "-1E+100"), "0");
+        assert_eq!(add("-0.001", "-0.009"), "-0.01");
+        assert_eq!(add("123.456", "-23.456"), "100");
+        assert_eq!(add("0", "-7.5"), "-7.5");
+        // 38 digits exactly, then one too many.
+        let n38 = "9".repeat(38);
+        assert_eq!(add(&n38, "-1"), format!("{}8", "9".repeat(37)));
+        assert_eq!(
+            add("1E+20", "0.000000000000000001"),
+            "Attempting to store more than 38 significant digits in a Number"
+        );
+        assert!(add("9.9E+125", "9.9E+125").starts_with("Number overflow"));
+        assert!(add("1E-130", "-1.1E-130").starts_with("Number underflow"));
+        let sub = Number::parse("10")
+            .unwrap()
+            .sub(&Number::parse("0.5").unwrap())
+            .unwrap();
+        assert_eq!(sub.as_str(), "9.5");
     }
 
     #[test]

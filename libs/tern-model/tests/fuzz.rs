@@ -1178,7 +1178,11 @@ proptest! {
     fn grammar_conditions_parse_and_evaluate(e in grammar_condition(), item in item()) {
         let c = parse_condition(&e.text, e.names(), e.values());
         // DynamoDB allows 300 operators and functions; a large generated condition may have more.
-        if matches!(&c, Err(err) if err.message.contains("too many operators")) {
+        // Ordering comparisons of a value that is no string, number or binary are refused, as
+        // DynamoDB refuses them.
+        if matches!(&c, Err(err) if err.message.contains("too many operators")
+            || err.message.contains("Incorrect operand type"))
+        {
             return Ok(());
         }
         prop_assert!(c.is_ok(), "{:?}: {:?}", e.text, c);
