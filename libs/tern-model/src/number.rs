@@ -206,8 +206,8 @@ fn add_digits(a: &[u8], b: &[u8]) -> Vec<u8> {
 fn sub_digits(a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(a.len());
     let mut borrow = 0i8;
-    for i in 0..a.len() {
-        let mut d = a[i] as i8 - *b.get(i).unwrap_or(&0) as i8 - borrow;
+    for (i, &ai) in a.iter().enumerate() {
+        let mut d = ai as i8 - *b.get(i).unwrap_or(&0) as i8 - borrow;
         borrow = 0;
         if d < 0 {
             d += 10;
