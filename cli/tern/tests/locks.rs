@@ -8,17 +8,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue as V;
 use aws_sdk_dynamodb::Client;
 use common::*;
-use tern_proto::memds::{LookupRequest, TableReply};
-use tern_proto::storage::{SnapshotChunk, SnapshotChunkRequest};
-use tern_proto::subjects;
-use tern_storage_client::StorageClient;
 use tokio::sync::watch;
 
 const TABLE: &str = "locks";
@@ -198,83 +194,6 @@ async fn client_loop(c: Client, me: u64, ledger: Arc<Mutex<Ledger>>, stop: watch
     }
 }
 
-/// Every item of one replica of the partition, with the log position they are at.
-async fn replica_items(
-    storage: &StorageClient,
-    node: &str,
-    partition: u64,
-) -> Option<(u64, BTreeMap<Vec<u8>, Vec<u8>>)> {
-    let mut items = BTreeMap::new();
-    let mut req = SnapshotChunkRequest {
-        partition_id: partition,
-        ..Default::default()
-    };
-    loop {
-        let chunk: SnapshotChunk = storage.snapshot_chunk(node, &req).await.ok()?;
-        for (k, v) in chunk.keys.iter().zip(&chunk.values) {
-            items.insert(k.clone(), v.clone());
-        }
-        if chunk.done {
-            return Some((chunk.applied, items));
-        }
-        req.session = chunk.session;
-        req.after_key = chunk.keys.last()?.clone();
-    }
-}
-
-/// Waits until the replicas of each of the table's partitions are at one log position, then
-/// compares their items.
-async fn compare_replicas(tc: &TestCluster) {
-    let bus = tc.cluster.bus();
-    let reply: TableReply = bus
-        .call(
-            subjects::MEMDS_LOOKUP,
-            &LookupRequest {
-                table_name: TABLE.into(),
-            },
-        )
-        .await
-        .expect("look up the table");
-    let table = reply.table.expect("table metadata");
-    let storage = StorageClient::new(bus.clone());
-    for p in &table.partitions {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut seen = Vec::new();
-            for r in p.replicas.iter().filter(|r| !r.log) {
-                if let Some(s) = replica_items(&storage, &r.node_id, p.id).await {
-                    seen.push((r.node_id.clone(), s));
-                }
-            }
-            let positions: Vec<u64> = seen.iter().map(|(_, (a, _))| *a).collect();
-            if seen.len() == 3 && positions.windows(2).all(|w| w[0] == w[1]) {
-                let (first, (at, items)) = &seen[0];
-                for (node, (_, other)) in &seen[1..] {
-                    assert_eq!(
-                        items, other,
-                        "partition {}: replicas {first} and {node} differ at log position {at}",
-                        p.id
-                    );
-                }
-                println!(
-                    "locks: partition {}: 3 replicas identical at log position {at}, {} items",
-                    p.id,
-                    items.len()
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "partition {}: replicas did not reach one log position: {positions:?} of {} \
-                 answering",
-                p.id,
-                seen.len()
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lock_workload_survives_power_off_with_identical_replicas() {
     let mut tc = start_cluster(&[("TERN_STORAGE_COMPACT_AFTER", "300")]).await;
@@ -349,5 +268,5 @@ async fn lock_workload_survives_power_off_with_identical_replicas() {
     }
 
     tracing::info!("--- the three replicas hold identical items");
-    compare_replicas(&tc).await;
+    compare_replicas(&tc, TABLE).await;
 }

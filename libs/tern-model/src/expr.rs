@@ -62,7 +62,7 @@ pub enum Condition {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Tok {
+pub(crate) enum Tok {
     Ident(String),
     Name(String),
     Value(String),
@@ -218,19 +218,19 @@ fn tokenize(kind: &str, s: &str) -> Result<Vec<(Tok, usize)>> {
     Ok(out)
 }
 
-struct Parser<'a> {
-    kind: &'static str,
-    src: &'a str,
-    toks: Vec<(Tok, usize)>,
-    pos: usize,
-    names: Option<&'a HashMap<String, String>>,
-    values: Option<&'a HashMap<String, AttributeValue>>,
-    used_names: BTreeSet<String>,
-    used_values: BTreeSet<String>,
+pub(crate) struct Parser<'a> {
+    pub(crate) kind: &'static str,
+    pub(crate) src: &'a str,
+    pub(crate) toks: Vec<(Tok, usize)>,
+    pub(crate) pos: usize,
+    pub(crate) names: Option<&'a HashMap<String, String>>,
+    pub(crate) values: Option<&'a HashMap<String, AttributeValue>>,
+    pub(crate) used_names: BTreeSet<String>,
+    pub(crate) used_values: BTreeSet<String>,
     /// Parentheses and NOTs open around the current position.
-    depth: usize,
+    pub(crate) depth: usize,
     /// Operators and functions seen so far.
-    operators: usize,
+    pub(crate) operators: usize,
 }
 
 /// DynamoDB's limit on the size of one expression.
@@ -336,24 +336,35 @@ pub fn parse_condition(
     names: Option<&HashMap<String, String>>,
     values: Option<&HashMap<String, AttributeValue>>,
 ) -> Result<Condition> {
+    let parsed = condition_parts("ConditionExpression", expr, names, values)?;
+    check_unused(names, values, &parsed.1, &parsed.2)?;
+    Ok(parsed.0)
+}
+
+/// A condition (of the given kind: ConditionExpression, FilterExpression, ...) and the names and
+/// values it used, for a request whose expressions share the substitution maps.
+pub(crate) fn condition_parts(
+    kind: &'static str,
+    expr: &str,
+    names: Option<&HashMap<String, String>>,
+    values: Option<&HashMap<String, AttributeValue>>,
+) -> Result<(Condition, BTreeSet<String>, BTreeSet<String>)> {
     if expr.trim().is_empty() {
-        return Err(ApiError::validation(
-            "Invalid ConditionExpression: The expression can not be empty;",
-        ));
+        return Err(ApiError::validation(format!(
+            "Invalid {kind}: The expression can not be empty;"
+        )));
     }
-    let mut p = Parser::new("ConditionExpression", expr, names, values)?;
+    let mut p = Parser::new(kind, expr, names, values)?;
     let cond = p.or()?;
     if p.peek() != &Tok::Eof {
         return Err(p.error());
     }
-    p.check_unused()?;
     if encoded_depth(&cond) > MAX_ENCODED_DEPTH {
         return Err(ApiError::validation(format!(
-            "Invalid ConditionExpression: The expression is nested too deeply; maximum depth: \
-             {MAX_NESTING}"
+            "Invalid {kind}: The expression is nested too deeply; maximum depth: {MAX_NESTING}"
         )));
     }
-    Ok(cond)
+    Ok((cond, p.used_names, p.used_values))
 }
 
 /// Parses a ProjectionExpression: comma-separated document paths.
@@ -517,7 +528,7 @@ pub fn value_depth(v: &AttributeValue) -> usize {
 pub const MAX_ENCODED_DEPTH: usize = 120;
 
 impl<'a> Parser<'a> {
-    fn new(
+    pub(crate) fn new(
         kind: &'static str,
         src: &'a str,
         names: Option<&'a HashMap<String, String>>,
@@ -546,11 +557,11 @@ impl<'a> Parser<'a> {
 }
 
 impl Parser<'_> {
-    fn peek(&self) -> &Tok {
+    pub(crate) fn peek(&self) -> &Tok {
         &self.toks[self.pos].0
     }
 
-    fn next(&mut self) -> Tok {
+    pub(crate) fn next(&mut self) -> Tok {
         let t = self.toks[self.pos].0.clone();
         if t != Tok::Eof {
             self.pos += 1;
@@ -558,17 +569,17 @@ impl Parser<'_> {
         t
     }
 
-    fn error(&self) -> ApiError {
+    pub(crate) fn error(&self) -> ApiError {
         let (tok, at) = &self.toks[self.pos];
         syntax_error(self.kind, tok, &self.src[(*at).min(self.src.len())..])
     }
 
-    fn keyword(&self, k: &str) -> bool {
+    pub(crate) fn keyword(&self, k: &str) -> bool {
         matches!(self.peek(), Tok::Ident(w) if w.eq_ignore_ascii_case(k))
     }
 
     /// Counts one operator or function against DynamoDB's limit of 300.
-    fn operator(&mut self) -> Result<()> {
+    pub(crate) fn operator(&mut self) -> Result<()> {
         self.operators += 1;
         if self.operators > MAX_OPERATORS {
             return Err(ApiError::validation(format!(
@@ -580,7 +591,7 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn expect(&mut self, t: Tok) -> Result<()> {
+    pub(crate) fn expect(&mut self, t: Tok) -> Result<()> {
         if self.peek() == &t {
             self.next();
             Ok(())
@@ -589,7 +600,7 @@ impl Parser<'_> {
         }
     }
 
-    fn or(&mut self) -> Result<Condition> {
+    pub(crate) fn or(&mut self) -> Result<Condition> {
         let mut terms = vec![self.and()?];
         while self.keyword("OR") {
             self.next();
@@ -599,7 +610,7 @@ impl Parser<'_> {
         Ok(one_or(terms, Condition::Or))
     }
 
-    fn and(&mut self) -> Result<Condition> {
+    pub(crate) fn and(&mut self) -> Result<Condition> {
         let mut terms = vec![self.not()?];
         while self.keyword("AND") {
             self.next();
@@ -609,7 +620,7 @@ impl Parser<'_> {
         Ok(one_or(terms, Condition::And))
     }
 
-    fn not(&mut self) -> Result<Condition> {
+    pub(crate) fn not(&mut self) -> Result<Condition> {
         if self.keyword("NOT") {
             self.next();
             self.operator()?;
@@ -620,7 +631,10 @@ impl Parser<'_> {
     }
 
     /// Parses one more level down, refusing to go deeper than `MAX_NESTING`.
-    fn nested(&mut self, parse: fn(&mut Self) -> Result<Condition>) -> Result<Condition> {
+    pub(crate) fn nested(
+        &mut self,
+        parse: fn(&mut Self) -> Result<Condition>,
+    ) -> Result<Condition> {
         if self.depth >= MAX_NESTING {
             return Err(ApiError::validation(format!(
                 "Invalid {}: The expression is nested too deeply; maximum depth: {MAX_NESTING}",
@@ -633,7 +647,7 @@ impl Parser<'_> {
         c
     }
 
-    fn primary(&mut self) -> Result<Condition> {
+    pub(crate) fn primary(&mut self) -> Result<Condition> {
         if self.peek() == &Tok::LParen {
             self.next();
             let c = self.nested(Self::or)?;
@@ -710,7 +724,7 @@ impl Parser<'_> {
 
     /// An operand of an ordering comparison, BETWEEN or begins_with given as a value must be a
     /// string, number or binary.
-    fn scalar_operand(&self, op: &str, o: &Operand) -> Result<()> {
+    pub(crate) fn scalar_operand(&self, op: &str, o: &Operand) -> Result<()> {
         if let Operand::Value(v) = o {
             if !matches!(
                 v,
@@ -722,7 +736,7 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn operand_type_error(&self, op: &str, v: &AttributeValue) -> ApiError {
+    pub(crate) fn operand_type_error(&self, op: &str, v: &AttributeValue) -> ApiError {
         ApiError::validation(format!(
             "Invalid {}: Incorrect operand type for operator or function; operator or function: \
              {op}, operand type: {}",
@@ -731,7 +745,7 @@ impl Parser<'_> {
         ))
     }
 
-    fn function(&mut self, name: &str) -> Result<Condition> {
+    pub(crate) fn function(&mut self, name: &str) -> Result<Condition> {
         if !matches!(
             name,
             "attribute_exists"
@@ -787,7 +801,7 @@ impl Parser<'_> {
         Ok(c)
     }
 
-    fn value_required(&self, name: &str) -> ApiError {
+    pub(crate) fn value_required(&self, name: &str) -> ApiError {
         ApiError::validation(format!(
             "Invalid {}: Incorrect operand type for operator or function; operator or function: \
              {name}, operand type: a document path",
@@ -795,7 +809,7 @@ impl Parser<'_> {
         ))
     }
 
-    fn operand(&mut self) -> Result<Operand> {
+    pub(crate) fn operand(&mut self) -> Result<Operand> {
         if self.keyword("size") && self.toks.get(self.pos + 1).map(|t| &t.0) == Some(&Tok::LParen) {
             self.next();
             self.operator()?;
@@ -826,7 +840,7 @@ impl Parser<'_> {
         Ok(Operand::Path(self.path()?))
     }
 
-    fn path(&mut self) -> Result<Vec<PathElem>> {
+    pub(crate) fn path(&mut self) -> Result<Vec<PathElem>> {
         let mut path = vec![PathElem::Name(self.name()?)];
         loop {
             match self.peek() {
@@ -848,7 +862,7 @@ impl Parser<'_> {
         }
     }
 
-    fn name(&mut self) -> Result<String> {
+    pub(crate) fn name(&mut self) -> Result<String> {
         match self.peek().clone() {
             Tok::Ident(n) => {
                 self.next();
@@ -868,12 +882,22 @@ impl Parser<'_> {
         }
     }
 
-    fn check_unused(&self) -> Result<()> {
-        if let Some(names) = self.names {
-            let unused: BTreeSet<&String> = names
-                .keys()
-                .filter(|k| !self.used_names.contains(*k))
-                .collect();
+    pub(crate) fn check_unused(&self) -> Result<()> {
+        check_unused(self.names, self.values, &self.used_names, &self.used_values)
+    }
+}
+
+/// Names and values no expression of the request used are an error, as in DynamoDB.
+pub(crate) fn check_unused(
+    names: Option<&HashMap<String, String>>,
+    values: Option<&HashMap<String, AttributeValue>>,
+    used_names: &BTreeSet<String>,
+    used_values: &BTreeSet<String>,
+) -> Result<()> {
+    {
+        if let Some(names) = names {
+            let unused: BTreeSet<&String> =
+                names.keys().filter(|k| !used_names.contains(*k)).collect();
             if !unused.is_empty() {
                 let keys: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
                 return Err(ApiError::validation(format!(
@@ -882,10 +906,10 @@ impl Parser<'_> {
                 )));
             }
         }
-        if let Some(values) = self.values {
+        if let Some(values) = values {
             let unused: BTreeSet<&String> = values
                 .keys()
-                .filter(|k| !self.used_values.contains(*k))
+                .filter(|k| !used_values.contains(*k))
                 .collect();
             if !unused.is_empty() {
                 let keys: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
@@ -899,7 +923,7 @@ impl Parser<'_> {
     }
 }
 
-fn resolve<'a>(item: &'a Item, path: &[PathElem]) -> Option<&'a AttributeValue> {
+pub(crate) fn resolve<'a>(item: &'a Item, path: &[PathElem]) -> Option<&'a AttributeValue> {
     let (PathElem::Name(first), rest) = path.split_first()? else {
         return None;
     };

@@ -1,12 +1,13 @@
 //! Tern's DynamoDB data model: attribute values and items with DynamoDB's validation and error
 //! messages, numbers, key schemas with their hash and order-preserving storage keys, and condition
-//! expressions. Pure: no I/O.
+//! and update expressions. Pure: no I/O.
 
 mod error;
 mod expr;
 mod key;
 mod names;
 mod number;
+mod update;
 mod value;
 
 pub use error::{ApiError, ErrorCode, Result, ValidationErrors};
@@ -17,6 +18,7 @@ pub use expr::{
 pub use key::{KeySchema, KeyType, PrimaryKey, ScalarType};
 pub use names::validate_table_name;
 pub use number::Number;
+pub use update::{parse_update, Action, SetValue, Update};
 pub use value::{
     item_size, item_to_json, parse_item, parse_item_json, parse_value, value_to_json,
     AttributeValue, Item, MAX_NESTING,

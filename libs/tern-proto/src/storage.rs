@@ -7,6 +7,8 @@ use crate::memds::PartitionInfo;
 pub enum WriteKind {
     Put = 0,
     Delete = 1,
+    /// Apply `update` to the stored item, or to `item` (the key attributes) when there is none.
+    Update = 2,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -29,6 +31,12 @@ pub struct WriteRequest {
     /// Return the item as it was before the write.
     #[prost(bool, tag = "7")]
     pub return_old: bool,
+    /// A `tern_model::Update` as JSON (Update only).
+    #[prost(bytes = "vec", tag = "8")]
+    pub update: Vec<u8>,
+    /// Return the item as it is after the write (Update only).
+    #[prost(bool, tag = "9")]
+    pub return_new: bool,
 }
 
 /// A write as the replication log carries it (the storage state machine's command; the
@@ -47,6 +55,11 @@ pub struct ReplicatedWrite {
 pub struct WriteResponse {
     #[prost(bytes = "bytes", optional, tag = "1")]
     pub old_item: Option<bytes::Bytes>,
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    pub new_item: Option<bytes::Bytes>,
+    /// DynamoDB's size of the larger of the item before and after an update (its write cost).
+    #[prost(uint64, tag = "3")]
+    pub item_size: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -198,6 +198,7 @@ async fn dispatch(r: &Router, target: &str, body: &[u8]) -> Result<Vec<u8>, ApiE
         "PutItem" => items::put_item(r, &req).await,
         "GetItem" => items::get_item(r, &req).await,
         "DeleteItem" => items::delete_item(r, &req).await,
+        "UpdateItem" => items::update_item(r, &req).await,
         _ => Err(unknown_operation()),
     }
 }

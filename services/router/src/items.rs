@@ -69,6 +69,148 @@ pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
     Ok(reply("Attributes", resp.old_item.as_deref(), table, units))
 }
 
+/// What UpdateItem returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Returned {
+    None,
+    AllOld,
+    UpdatedOld,
+    AllNew,
+    UpdatedNew,
+}
+
+pub async fn update_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let table = req.table_name()?;
+    let key_json = req.get("Key").ok_or_else(|| null_member("key"))?;
+    let names = req.expression_names()?;
+    let values = req.expression_values()?;
+    tern_model::validate_substitutions(names.as_ref(), values.as_ref())?;
+    let update_text = req.str("UpdateExpression")?;
+    let condition_text = req.str("ConditionExpression")?;
+    let legacy_updates = req.object("AttributeUpdates")?;
+    if let (Some(_), Some(_)) = (update_text, legacy_updates) {
+        return Err(ApiError::validation(
+            "Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {AttributeUpdates} Expression parameters: {UpdateExpression}",
+        ));
+    }
+    if condition_text.is_some() && req.get("Expected").is_some() {
+        return Err(ApiError::validation(
+            "Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {Expected} Expression parameters: {ConditionExpression}",
+        ));
+    }
+    if update_text.is_none() && condition_text.is_none() {
+        if names.is_some() {
+            return Err(ApiError::validation(
+                "ExpressionAttributeNames can only be specified when using expressions",
+            ));
+        }
+        if values.is_some() {
+            return Err(ApiError::validation(
+                "ExpressionAttributeValues can only be specified when using expressions",
+            ));
+        }
+    }
+    let (update, condition) =
+        tern_model::parse_update(update_text, condition_text, names.as_ref(), values.as_ref())?;
+    let update = match (update, legacy_updates) {
+        (Some(u), _) => u,
+        (None, Some(legacy)) => attribute_updates(legacy)?,
+        (None, None) => tern_model::Update::default(),
+    };
+    let returned = match req.str("ReturnValues")? {
+        None | Some("NONE") => Returned::None,
+        Some("ALL_OLD") => Returned::AllOld,
+        Some("UPDATED_OLD") => Returned::UpdatedOld,
+        Some("ALL_NEW") => Returned::AllNew,
+        Some("UPDATED_NEW") => Returned::UpdatedNew,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'returnValues' failed to satisfy constraint: Member must satisfy enum value set: [ALL_NEW, UPDATED_OLD, ALL_OLD, NONE, UPDATED_NEW]"
+            )))
+        }
+    };
+    let capacity = wants_capacity(req)?;
+    let key_item = tern_model::parse_item(key_json)?;
+    let t = dispatch::active_table(r, table, false).await?;
+    let schema = key_schema(&t)?;
+    let key = schema.parse_key(&key_item)?;
+    let key_names = [Some(&schema.hash.0), schema.range.as_ref().map(|r| &r.0)];
+    for action in &update.actions {
+        if let Some(PathElem::Name(top)) = action.path().first() {
+            if key_names.contains(&Some(top)) {
+                return Err(ApiError::validation(format!(
+                    "One or more parameter values were invalid: Cannot update attribute {top}. This attribute is part of the key"
+                )));
+            }
+        }
+    }
+    let internal = |what: &str, e: serde_json::Error| {
+        ApiError::new(
+            ErrorCode::InternalServerError,
+            format!("encode {what}: {e}"),
+        )
+    };
+    let write = WriteRequest {
+        key: key.storage_key(),
+        kind: WriteKind::Update as i32,
+        item: Bytes::from(tern_model::item_to_json(&key_item)),
+        update: serde_json::to_vec(&update).map_err(|e| internal("update", e))?,
+        condition: match &condition {
+            Some(c) => serde_json::to_vec(c).map_err(|e| internal("condition", e))?,
+            None => Vec::new(),
+        },
+        return_old: matches!(returned, Returned::AllOld | Returned::UpdatedOld),
+        return_new: matches!(returned, Returned::AllNew | Returned::UpdatedNew),
+        ..Default::default()
+    };
+    let resp = dispatch::write(r, t, key.hash(), write).await?;
+    let units = capacity.then(|| write_units(resp.item_size as usize));
+    let updated_only = |bytes: Option<&Bytes>| -> Result<Option<Vec<u8>>, ApiError> {
+        let Some(b) = bytes else { return Ok(None) };
+        let projected = tern_model::project(&tern_model::parse_item_json(b)?, &update.paths());
+        Ok((!projected.is_empty()).then(|| tern_model::item_to_json(&projected)))
+    };
+    let attributes: Option<Vec<u8>> = match returned {
+        Returned::None => None,
+        Returned::AllOld => resp.old_item.as_deref().map(<[u8]>::to_vec),
+        Returned::AllNew => resp.new_item.as_deref().map(<[u8]>::to_vec),
+        Returned::UpdatedOld => updated_only(resp.old_item.as_ref())?,
+        Returned::UpdatedNew => updated_only(resp.new_item.as_ref())?,
+    };
+    Ok(reply("Attributes", attributes.as_deref(), table, units))
+}
+
+/// The legacy AttributeUpdates parameter as an update: PUT sets, DELETE removes (or takes
+/// elements out of a set), ADD adds to a number or a set.
+fn attribute_updates(
+    legacy: &serde_json::Map<String, serde_json::Value>,
+) -> Result<tern_model::Update, ApiError> {
+    use tern_model::Action;
+    let mut actions = Vec::new();
+    for (name, spec) in legacy {
+        let path = vec![PathElem::Name(name.clone())];
+        let value = spec.get("Value").map(tern_model::parse_value).transpose()?;
+        let action = spec.get("Action").and_then(|a| a.as_str()).unwrap_or("PUT");
+        actions.push(match (action, value) {
+            ("PUT", Some(v)) => Action::Set(path, tern_model::SetValue::Operand(tern_model::Operand::Value(v))),
+            ("DELETE", None) => Action::Remove(path),
+            ("DELETE", Some(v)) => Action::Delete(path, v),
+            ("ADD", Some(v)) => Action::Add(path, v),
+            ("PUT" | "ADD", None) => {
+                return Err(ApiError::validation(format!(
+                    "One or more parameter values were invalid: Only DELETE action is allowed when no attribute value is specified: {name}"
+                )))
+            }
+            (other, _) => {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{other}' at 'attributeUpdates.{name}.member.action' failed to satisfy constraint: Member must satisfy enum value set: [ADD, PUT, DELETE]"
+                )))
+            }
+        });
+    }
+    Ok(tern_model::Update { actions })
+}
+
 pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let table = req.table_name()?;
     let key_json = req.get("Key").ok_or_else(|| null_member("key"))?;

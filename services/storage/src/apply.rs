@@ -46,6 +46,7 @@ pub fn apply_write(
             .unwrap_or_else(|e| fatal("read item", e)),
     };
     check_condition(condition, old.as_ref())?;
+    let mut resp = WriteResponse::default();
     let new = match WriteKind::try_from(req.kind) {
         Ok(WriteKind::Delete) => {
             batch.remove(store.items(), key.clone());
@@ -55,14 +56,55 @@ pub fn apply_write(
             batch.insert(store.items(), key.clone(), req.item.as_ref());
             Some(req.item.clone())
         }
+        Ok(WriteKind::Update) => {
+            let (bytes, size) = updated(req, old.as_ref())?;
+            resp.item_size = size as u64;
+            batch.insert(store.items(), key.clone(), bytes.as_ref());
+            if req.return_new {
+                resp.new_item = Some(bytes.clone());
+            }
+            Some(bytes)
+        }
         // A write this version cannot carry out must not be guessed at: replicas of different
         // versions would diverge.
         Err(_) => fatal("apply a write", format!("unknown write kind {}", req.kind)),
     };
     staged.insert(key, new);
-    Ok(WriteResponse {
-        old_item: if req.return_old { old } else { None },
-    })
+    if req.return_old {
+        resp.old_item = old;
+    }
+    Ok(resp)
+}
+
+/// 400 KB, DynamoDB's largest item.
+const MAX_ITEM_SIZE: usize = 400 * 1024;
+
+/// The item an Update leaves (its JSON) and its write cost's size. The same on every replica: it
+/// depends only on the request and the item as the log order left it. Any error leaves nothing
+/// written.
+fn updated(req: &WriteRequest, old: Option<&Bytes>) -> Result<(Bytes, usize), ApiError> {
+    let update: tern_model::Update = serde_json::from_slice(&req.update).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InternalServerError,
+            format!("undecodable update: {e}"),
+        )
+    })?;
+    let mut item = match old {
+        Some(b) => tern_model::parse_item_json(b)?,
+        None => tern_model::parse_item_json(&req.item)?,
+    };
+    let old_size = old.map_or(0, |_| tern_model::item_size(&item));
+    update.apply(&mut item)?;
+    let size = tern_model::item_size(&item);
+    if size > MAX_ITEM_SIZE {
+        return Err(ApiError::validation(
+            "Item size to update has exceeded the maximum allowed size",
+        ));
+    }
+    Ok((
+        Bytes::from(tern_model::item_to_json(&item)),
+        size.max(old_size),
+    ))
 }
 
 fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result<(), ApiError> {

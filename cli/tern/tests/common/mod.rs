@@ -346,3 +346,81 @@ pub fn storage_rss(cluster: &mut tern_cluster::Cluster) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Every item of one replica of the partition, with the log position they are at.
+pub async fn replica_items(
+    storage: &tern_storage_client::StorageClient,
+    node: &str,
+    partition: u64,
+) -> Option<(u64, std::collections::BTreeMap<Vec<u8>, Vec<u8>>)> {
+    let mut items = std::collections::BTreeMap::new();
+    let mut req = tern_proto::storage::SnapshotChunkRequest {
+        partition_id: partition,
+        ..Default::default()
+    };
+    loop {
+        let chunk: tern_proto::storage::SnapshotChunk =
+            storage.snapshot_chunk(node, &req).await.ok()?;
+        for (k, v) in chunk.keys.iter().zip(&chunk.values) {
+            items.insert(k.clone(), v.clone());
+        }
+        if chunk.done {
+            return Some((chunk.applied, items));
+        }
+        req.session = chunk.session;
+        req.after_key = chunk.keys.last()?.clone();
+    }
+}
+
+/// Waits until the replicas of each of the table's partitions are at one log position, then
+/// compares their items.
+pub async fn compare_replicas(tc: &TestCluster, table_name: &str) {
+    let bus = tc.cluster.bus();
+    let reply: tern_proto::memds::TableReply = bus
+        .call(
+            tern_proto::subjects::MEMDS_LOOKUP,
+            &tern_proto::memds::LookupRequest {
+                table_name: table_name.into(),
+            },
+        )
+        .await
+        .expect("look up the table");
+    let table = reply.table.expect("table metadata");
+    let storage = tern_storage_client::StorageClient::new(bus.clone());
+    for p in &table.partitions {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut seen = Vec::new();
+            for r in p.replicas.iter().filter(|r| !r.log) {
+                if let Some(s) = replica_items(&storage, &r.node_id, p.id).await {
+                    seen.push((r.node_id.clone(), s));
+                }
+            }
+            let positions: Vec<u64> = seen.iter().map(|(_, (a, _))| *a).collect();
+            if seen.len() == 3 && positions.windows(2).all(|w| w[0] == w[1]) {
+                let (first, (at, items)) = &seen[0];
+                for (node, (_, other)) in &seen[1..] {
+                    assert_eq!(
+                        items, other,
+                        "partition {}: replicas {first} and {node} differ at log position {at}",
+                        p.id
+                    );
+                }
+                println!(
+                    "{table_name}: partition {}: 3 replicas identical at log position {at}, {} items",
+                    p.id,
+                    items.len()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partition {}: replicas did not reach one log position: {positions:?} of {} \
+                 answering",
+                p.id,
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
