@@ -15,7 +15,7 @@ use tern_model::{ApiError, ErrorCode};
 use tracing::Instrument;
 
 use crate::metrics::inc;
-use crate::{items, tables, Router};
+use crate::{batch, items, tables, Router};
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
 const TARGET_PREFIX: &str = "DynamoDB_20120810.";
@@ -199,6 +199,8 @@ async fn dispatch(r: &Router, target: &str, body: &[u8]) -> Result<Vec<u8>, ApiE
         "GetItem" => items::get_item(r, &req).await,
         "DeleteItem" => items::delete_item(r, &req).await,
         "UpdateItem" => items::update_item(r, &req).await,
+        "BatchWriteItem" => batch::batch_write_item(r, &req).await,
+        "BatchGetItem" => batch::batch_get_item(r, &req).await,
         _ => Err(unknown_operation()),
     }
 }

@@ -248,7 +248,7 @@ pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
 }
 
 /// The table's routing metadata (one cache lookup per request) and the request's key.
-async fn parse_key(
+pub(crate) async fn parse_key(
     r: &Router,
     table: &str,
     key_json: &serde_json::Value,
@@ -303,7 +303,7 @@ fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
 }
 
 /// The document paths a read returns, from ProjectionExpression (or legacy AttributesToGet).
-fn projection(req: &Request) -> Result<Option<Vec<Vec<PathElem>>>, ApiError> {
+pub(crate) fn projection(req: &Request) -> Result<Option<Vec<Vec<PathElem>>>, ApiError> {
     let names = req.expression_names()?;
     tern_model::validate_substitutions(names.as_ref(), None)?;
     let legacy = req.array("AttributesToGet")?;
@@ -331,7 +331,7 @@ fn projection(req: &Request) -> Result<Option<Vec<Vec<PathElem>>>, ApiError> {
     }
 }
 
-fn key_schema(t: &Arc<TableInfo>) -> Result<KeySchema, ApiError> {
+pub(crate) fn key_schema(t: &Arc<TableInfo>) -> Result<KeySchema, ApiError> {
     let ks = t
         .key_schema
         .as_ref()
@@ -348,7 +348,7 @@ fn key_schema(t: &Arc<TableInfo>) -> Result<KeySchema, ApiError> {
 }
 
 /// ReturnConsumedCapacity: TOTAL and INDEXES (the same here: no indexes yet) report capacity.
-fn wants_capacity(req: &Request) -> Result<bool, ApiError> {
+pub(crate) fn wants_capacity(req: &Request) -> Result<bool, ApiError> {
     match req.str("ReturnConsumedCapacity")? {
         None | Some("NONE") => Ok(false),
         Some("TOTAL" | "INDEXES") => Ok(true),
@@ -359,13 +359,13 @@ fn wants_capacity(req: &Request) -> Result<bool, ApiError> {
 }
 
 /// Write capacity units: one per started KB.
-fn write_units(size: usize) -> f64 {
+pub(crate) fn write_units(size: usize) -> f64 {
     size.div_ceil(1024).max(1) as f64
 }
 
 /// DynamoDB's size of a stored item (0 if it cannot be read back, which never happens for items
 /// this router wrote).
-fn stored_size(bytes: &[u8]) -> usize {
+pub(crate) fn stored_size(bytes: &[u8]) -> usize {
     tern_model::parse_item_json(bytes).map_or(0, |i| tern_model::item_size(&i))
 }
 

@@ -2,6 +2,7 @@
 //! dispatch of each request to the storage node serving its partition.
 
 mod api;
+mod batch;
 mod cache;
 mod dispatch;
 mod items;
