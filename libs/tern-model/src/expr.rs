@@ -372,6 +372,16 @@ pub fn parse_projection(
     expr: &str,
     names: Option<&HashMap<String, String>>,
 ) -> Result<Vec<Vec<PathElem>>> {
+    let (paths, used) = projection_parts(expr, names)?;
+    check_unused(names, None, &used, &BTreeSet::new())?;
+    Ok(paths)
+}
+
+/// A projection and the names it used (for requests whose expressions share the names).
+pub(crate) fn projection_parts(
+    expr: &str,
+    names: Option<&HashMap<String, String>>,
+) -> Result<(Vec<Vec<PathElem>>, BTreeSet<String>)> {
     if expr.trim().is_empty() {
         return Err(ApiError::validation(
             "Invalid ProjectionExpression: The expression can not be empty;",
@@ -386,9 +396,8 @@ pub fn parse_projection(
     if p.peek() != &Tok::Eof {
         return Err(p.error());
     }
-    p.check_unused()?;
     check_paths("ProjectionExpression", &paths)?;
-    Ok(paths)
+    Ok((paths, p.used_names))
 }
 
 /// The parts of `item` the paths name, in the item's shape: list elements keep their list
@@ -882,9 +891,6 @@ impl Parser<'_> {
         }
     }
 
-    pub(crate) fn check_unused(&self) -> Result<()> {
-        check_unused(self.names, self.values, &self.used_names, &self.used_values)
-    }
 }
 
 /// Names and values no expression of the request used are an error, as in DynamoDB.

@@ -181,14 +181,19 @@ impl PrimaryKey {
 
 /// Order-preserving, self-delimiting bytes: 0x00 becomes 0x00 0xFF, and 0x00 0x01 ends the value,
 /// so a prefix sorts before its extensions.
-fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    escape_prefix(out, bytes);
+    out.extend_from_slice(&[0x00, 0x01]);
+}
+
+/// The escaped bytes without their end: what every value starting with `bytes` starts with.
+pub(crate) fn escape_prefix(out: &mut Vec<u8>, bytes: &[u8]) {
     for &b in bytes {
         out.push(b);
         if b == 0 {
             out.push(0xFF);
         }
     }
-    out.extend_from_slice(&[0x00, 0x01]);
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod expr;
 mod key;
 mod names;
 mod number;
+mod query;
 mod update;
 mod value;
 
@@ -18,6 +19,10 @@ pub use expr::{
 pub use key::{KeySchema, KeyType, PrimaryKey, ScalarType};
 pub use names::validate_table_name;
 pub use number::Number;
+pub use query::{
+    legacy_key_condition, parse_read_expressions, KeyCondition, KeyRange, ReadExpressions,
+    SortCondition,
+};
 pub use update::{parse_update, Action, SetValue, Update};
 pub use value::{
     item_size, item_to_json, parse_item, parse_item_json, parse_value, value_to_json,

@@ -80,6 +80,50 @@ pub struct GetResponse {
     pub item: Option<bytes::Bytes>,
 }
 
+/// A range read of one partition's items, in storage-key order (or reverse), stopping at `limit`
+/// items or once `max_bytes` of items were read, whichever comes first.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScanRequest {
+    #[prost(uint64, tag = "1")]
+    pub partition_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    /// Lower bound (a storage key); empty: the partition's first item.
+    #[prost(bytes = "vec", tag = "3")]
+    pub start: Vec<u8>,
+    #[prost(bool, tag = "4")]
+    pub start_inclusive: bool,
+    /// Upper bound; empty: the partition's last item.
+    #[prost(bytes = "vec", tag = "5")]
+    pub end: Vec<u8>,
+    #[prost(bool, tag = "6")]
+    pub end_inclusive: bool,
+    /// From the upper bound down.
+    #[prost(bool, tag = "7")]
+    pub reverse: bool,
+    /// Items at most (0: no limit).
+    #[prost(uint32, tag = "8")]
+    pub limit: u32,
+    /// Stop after the item that takes the bytes read to this (DynamoDB's 1 MB page).
+    #[prost(uint32, tag = "9")]
+    pub max_bytes: u32,
+    #[prost(bool, tag = "10")]
+    pub consistent: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScanResponse {
+    /// Storage keys of the items read, in the order read.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub keys: Vec<Vec<u8>>,
+    /// The items (canonical DynamoDB JSON), one per key.
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub items: Vec<Vec<u8>>,
+    /// Stopped by `limit` or `max_bytes` with more items left in the range.
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CreatePartitionRequest {
     #[prost(string, tag = "1")]

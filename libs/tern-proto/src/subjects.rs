@@ -42,6 +42,10 @@ pub fn storage_write(node: &str) -> String {
 pub fn storage_get(node: &str) -> String {
     format!("tern.storage.{node}.get")
 }
+/// Range reads of a partition's items (Query and Scan).
+pub fn storage_scan(node: &str) -> String {
+    format!("tern.storage.{node}.scan")
+}
 pub fn storage_create_partition(node: &str) -> String {
     format!("tern.storage.{node}.admin.create_partition")
 }

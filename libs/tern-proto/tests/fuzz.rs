@@ -341,6 +341,8 @@ messages![
     storage::WriteResponse,
     storage::GetRequest,
     storage::GetResponse,
+    storage::ScanRequest,
+    storage::ScanResponse,
     storage::CreatePartitionRequest,
     storage::DropPartitionRequest,
     storage::RebuildRequest,

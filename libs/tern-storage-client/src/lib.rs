@@ -7,7 +7,7 @@ use std::time::Duration;
 use tern_bus::{Bus, BusError};
 use tern_proto::storage::{
     CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, RebuildRequest,
-    SnapshotChunk, SnapshotChunkRequest, WriteRequest, WriteResponse,
+    ScanRequest, ScanResponse, SnapshotChunk, SnapshotChunkRequest, WriteRequest, WriteResponse,
 };
 use tern_proto::{subjects, Empty};
 
@@ -34,6 +34,10 @@ impl StorageClient {
 
     pub async fn get(&self, node: &str, req: &GetRequest) -> Result<GetResponse, BusError> {
         self.bus.call(&subjects::storage_get(node), req).await
+    }
+
+    pub async fn scan(&self, node: &str, req: &ScanRequest) -> Result<ScanResponse, BusError> {
+        self.bus.call(&subjects::storage_scan(node), req).await
     }
 
     pub async fn create_partition(

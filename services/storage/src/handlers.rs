@@ -6,7 +6,7 @@ use tern_bus::{Bus, BusError};
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::storage::{
     CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, RebuildRequest,
-    SnapshotChunkRequest, WriteRequest, WriteResponse,
+    ScanRequest, ScanResponse, SnapshotChunkRequest, WriteRequest, WriteResponse,
 };
 use tern_proto::{subjects, Empty};
 
@@ -94,6 +94,12 @@ impl Node {
         bus.serve(&subjects::storage_get(id), None, move |req: GetRequest| {
             let n = n.clone();
             async move { n.get(req).await }
+        })
+        .await?;
+        let n = self.clone();
+        bus.serve(&subjects::storage_scan(id), None, move |req: ScanRequest| {
+            let n = n.clone();
+            async move { n.scan(req).await }
         })
         .await?;
         let n = self.clone();
@@ -219,6 +225,53 @@ impl Node {
         }
     }
 
+    /// A range read (Query, Scan), by the consistency rules of [`Self::get`].
+    async fn scan(&self, req: ScanRequest) -> Result<ScanResponse, BusError> {
+        let inner = &self.inner;
+        if let Some(r) = &inner.replication {
+            inner.partitions.check_epoch(req.partition_id, req.epoch)?;
+            if req.consistent {
+                r.read_barrier(req.partition_id).await?;
+            }
+            if !r.has_items(req.partition_id) {
+                return Err(BusError::Redirect(String::new()));
+            }
+            let store = inner.store.clone();
+            let consistent = req.consistent;
+            let pid = req.partition_id;
+            let resp = tokio::task::spawn_blocking(move || read_range(&store, &req))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+            if consistent && !r.lease_holds(pid) {
+                return Err(BusError::Redirect(String::new()));
+            }
+            return Ok(resp);
+        }
+        inner
+            .partitions
+            .check(&inner.id, req.partition_id, req.epoch)?;
+        let pending = inner.writer.pending();
+        loop {
+            let store = inner.store.clone();
+            let r = req.clone();
+            let resp = tokio::task::spawn_blocking(move || read_range(&store, &r))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+            // As for single reads: an item of a batch not yet durable waits for its fsync.
+            let waiting = resp
+                .keys
+                .iter()
+                .filter_map(|k| pending.batch_of(&item_key(req.partition_id, k)))
+                .max();
+            match waiting {
+                None => return Ok(resp),
+                Some(seq) => pending.wait_durable(seq).await,
+            }
+        }
+    }
+
     async fn admin(
         &self,
         f: impl FnOnce(&Partitions) -> anyhow::Result<()> + Send + 'static,
@@ -230,6 +283,59 @@ impl Node {
             .map_err(|e| internal(format!("{e:#}")))?;
         Ok(Empty {})
     }
+}
+
+/// The items of `req`'s range, up to its limit and byte budget.
+fn read_range(store: &Store, req: &ScanRequest) -> fjall::Result<ScanResponse> {
+    use std::ops::Bound;
+    let pid = req.partition_id;
+    let prefix = pid.to_be_bytes();
+    let lo = if req.start.is_empty() {
+        Bound::Included(prefix.to_vec())
+    } else if req.start_inclusive {
+        Bound::Included(item_key(pid, &req.start))
+    } else {
+        Bound::Excluded(item_key(pid, &req.start))
+    };
+    let hi = if !req.end.is_empty() {
+        if req.end_inclusive {
+            Bound::Included(item_key(pid, &req.end))
+        } else {
+            Bound::Excluded(item_key(pid, &req.end))
+        }
+    } else {
+        match pid.checked_add(1) {
+            Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        }
+    };
+    let range = store.items().range::<Vec<u8>, _>((lo, hi));
+    let mut iter: Box<dyn Iterator<Item = fjall::Guard>> = if req.reverse {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    };
+    let mut resp = ScanResponse::default();
+    let mut bytes = 0usize;
+    let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+    let max_bytes = if req.max_bytes == 0 { usize::MAX } else { req.max_bytes as usize };
+    for kv in iter.by_ref() {
+        let (k, v) = kv.into_inner()?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        bytes += v.len();
+        resp.keys.push(k[prefix.len()..].to_vec());
+        resp.items.push(v.to_vec());
+        if resp.keys.len() >= limit || bytes >= max_bytes {
+            resp.more = match iter.next() {
+                Some(kv) => kv.key()?.starts_with(&prefix),
+                None => false,
+            };
+            break;
+        }
+    }
+    Ok(resp)
 }
 
 fn internal(e: impl std::fmt::Display) -> BusError {
