@@ -34,17 +34,31 @@ fn invalid_configuration_names_the_key() {
 
 #[test]
 fn missing_nats_server_says_how_to_install_it() {
+    // A copy of `tern` outside the build tree, with an empty PATH: no nats-server anywhere.
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin_dir().join("tern"))
-        .args(["up", "--data-dir"])
-        .arg(dir.path())
+    let bin = dir.path().join("a/b/tern");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::copy(bin_dir().join("tern"), &bin).unwrap();
+    let out = Command::new(&bin)
+        .args(["up", "--port", "1", "--data-dir"])
+        .arg(dir.path().join("data"))
         .env("PATH", dir.path())
         .env_remove("TERN_NATS_SERVER")
         .output()
         .expect("run tern up");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("nats-server not found"), "{stderr}");
-    assert!(stderr.contains("apt-get install nats-server"), "{stderr}");
+    assert!(stderr.contains("no nats-server 2.10 or newer found"), "{stderr}");
+    assert!(stderr.contains("scripts/install-deps"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // A TERN_NATS_SERVER that names nothing is said so, too.
+    let out = Command::new(&bin)
+        .args(["up", "--port", "1", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("TERN_NATS_SERVER", dir.path().join("nope"))
+        .output()
+        .expect("run tern up");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TERN_NATS_SERVER names"), "{stderr}");
 }

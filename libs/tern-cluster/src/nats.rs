@@ -20,19 +20,32 @@ pub struct NatsServer {
 /// The oldest nats-server Tern runs on: `sync_interval: always` came with 2.10.
 const MIN_VERSION: (u32, u32) = (2, 10);
 
-/// Where `scripts/install-deps` puts the pinned nats-server (the workspace's `target/tools`).
-fn bundled_binary() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/nats-server")
+/// Where `scripts/install-deps` puts the pinned nats-server: `target/tools`, found from the running
+/// executable (`target/<profile>/tern`, or a test in `target/<profile>/deps/`).
+fn bundled_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .skip(2)
+        .take(2)
+        .map(|dir| dir.join("tools/nats-server"))
+        .find(|p| p.is_file())
 }
 
 /// Where to find nats-server: `TERN_NATS_SERVER`, else the one `scripts/install-deps` fetched,
 /// else a `nats-server` on PATH that is 2.10 or newer.
 pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("TERN_NATS_SERVER") {
-        return Ok(p.into());
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!(
+                "TERN_NATS_SERVER names {}, which is not a file: unset it to use the nats-server \
+                 that scripts/install-deps fetches into target/tools",
+                p.display()
+            );
+        }
+        return Ok(p);
     }
-    let bundled = bundled_binary();
-    if bundled.is_file() {
+    if let Some(bundled) = bundled_binary() {
         return Ok(bundled);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();

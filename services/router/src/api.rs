@@ -15,7 +15,7 @@ use tern_model::{ApiError, ErrorCode};
 use tracing::Instrument;
 
 use crate::metrics::inc;
-use crate::{batch, items, tables, Router};
+use crate::{batch, items, query, tables, Router};
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
 const TARGET_PREFIX: &str = "DynamoDB_20120810.";
@@ -201,6 +201,8 @@ async fn dispatch(r: &Router, target: &str, body: &[u8]) -> Result<Vec<u8>, ApiE
         "UpdateItem" => items::update_item(r, &req).await,
         "BatchWriteItem" => batch::batch_write_item(r, &req).await,
         "BatchGetItem" => batch::batch_get_item(r, &req).await,
+        "Query" => query::query(r, &req).await,
+        "Scan" => query::scan(r, &req).await,
         _ => Err(unknown_operation()),
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use tern_bus::BusError;
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::{PartitionInfo, TableInfo, TableStatus};
-use tern_proto::storage::{GetRequest, GetResponse, WriteRequest, WriteResponse};
+use tern_proto::storage::{
+    GetRequest, GetResponse, ScanRequest, ScanResponse, WriteRequest, WriteResponse,
+};
 
 use crate::metrics::inc;
 use crate::Router;
@@ -150,6 +152,37 @@ pub async fn get(
         req.epoch = p.epoch;
         let storage = r.storage.clone();
         async move { storage.get(&node, &req).await }
+    })
+    .await
+}
+
+/// A range read of the partition holding `hash`, by the rules of [`get`].
+pub async fn scan(
+    r: &Router,
+    t: Arc<TableInfo>,
+    hash: u64,
+    req: ScanRequest,
+) -> Result<ScanResponse, ApiError> {
+    if !req.consistent {
+        if let Some(p) = t.partition_for(hash) {
+            if let Some(local) = p.replicas.iter().find(|rep| rep.az == r.az && !rep.log) {
+                let local_req = ScanRequest {
+                    partition_id: p.id,
+                    epoch: p.epoch,
+                    ..req.clone()
+                };
+                if let Ok(resp) = r.storage.scan(&local.node_id, &local_req).await {
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+    with_redirects(r, t, hash, Idempotent::Yes, |node, p| {
+        let mut req = req.clone();
+        req.partition_id = p.id;
+        req.epoch = p.epoch;
+        let storage = r.storage.clone();
+        async move { storage.scan(&node, &req).await }
     })
     .await
 }

@@ -9,6 +9,7 @@ mod items;
 mod json;
 mod leaders;
 mod metrics;
+mod query;
 mod tables;
 
 use std::future::Future;

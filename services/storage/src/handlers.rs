@@ -97,10 +97,14 @@ impl Node {
         })
         .await?;
         let n = self.clone();
-        bus.serve(&subjects::storage_scan(id), None, move |req: ScanRequest| {
-            let n = n.clone();
-            async move { n.scan(req).await }
-        })
+        bus.serve(
+            &subjects::storage_scan(id),
+            None,
+            move |req: ScanRequest| {
+                let n = n.clone();
+                async move { n.scan(req).await }
+            },
+        )
         .await?;
         let n = self.clone();
         bus.serve(
@@ -317,8 +321,16 @@ fn read_range(store: &Store, req: &ScanRequest) -> fjall::Result<ScanResponse> {
     };
     let mut resp = ScanResponse::default();
     let mut bytes = 0usize;
-    let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
-    let max_bytes = if req.max_bytes == 0 { usize::MAX } else { req.max_bytes as usize };
+    let limit = if req.limit == 0 {
+        usize::MAX
+    } else {
+        req.limit as usize
+    };
+    let max_bytes = if req.max_bytes == 0 {
+        usize::MAX
+    } else {
+        req.max_bytes as usize
+    };
     for kv in iter.by_ref() {
         let (k, v) = kv.into_inner()?;
         if !k.starts_with(&prefix) {
