@@ -890,7 +890,6 @@ impl Parser<'_> {
             _ => Err(self.error()),
         }
     }
-
 }
 
 /// Names and values no expression of the request used are an error, as in DynamoDB.

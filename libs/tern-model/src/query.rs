@@ -101,9 +101,9 @@ fn first_key_attribute(c: &Condition, keys: &[Option<&String>]) -> Option<String
     };
     match c {
         Condition::Exists(p) | Condition::NotExists(p) | Condition::AttributeType(p, _) => top(p),
-        Condition::Compare(a, _, b)
-        | Condition::BeginsWith(a, b)
-        | Condition::Contains(a, b) => operand(a).or_else(|| operand(b)),
+        Condition::Compare(a, _, b) | Condition::BeginsWith(a, b) | Condition::Contains(a, b) => {
+            operand(a).or_else(|| operand(b))
+        }
         Condition::Between(a, b, c) => operand(a).or_else(|| operand(b)).or_else(|| operand(c)),
         Condition::In(x, list) => operand(x).or_else(|| list.iter().find_map(operand)),
         Condition::Not(inner) => first_key_attribute(inner, keys),
@@ -264,7 +264,8 @@ pub fn legacy_key_condition(
                 "One or more parameter values were invalid: Invalid number of argument(s) for the {op} ComparisonOperator"
             )));
         }
-        let cmp = |o: CmpOp| -> Result<Condition> { Ok(Condition::Compare(path.clone(), o, arg(0)?)) };
+        let cmp =
+            |o: CmpOp| -> Result<Condition> { Ok(Condition::Compare(path.clone(), o, arg(0)?)) };
         terms.push(match op.as_str() {
             "EQ" => cmp(CmpOp::Eq)?,
             "LT" => cmp(CmpOp::Lt)?,
@@ -383,16 +384,28 @@ mod tests {
         expr: &str,
         values: &[(&str, AttributeValue)],
     ) -> Result<KeyCondition> {
-        let values: HashMap<String, AttributeValue> =
-            values.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        Ok(parse_read_expressions(schema, Some(expr), None, None, None, Some(&values))?
-            .key
-            .unwrap())
+        let values: HashMap<String, AttributeValue> = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Ok(
+            parse_read_expressions(schema, Some(expr), None, None, None, Some(&values))?
+                .key
+                .unwrap(),
+        )
     }
 
     fn within(r: &KeyRange, k: &[u8]) -> bool {
-        let lo = if r.start_inclusive { k >= r.start.as_slice() } else { k > r.start.as_slice() };
-        let hi = if r.end_inclusive { k <= r.end.as_slice() } else { k < r.end.as_slice() };
+        let lo = if r.start_inclusive {
+            k >= r.start.as_slice()
+        } else {
+            k > r.start.as_slice()
+        };
+        let hi = if r.end_inclusive {
+            k <= r.end.as_slice()
+        } else {
+            k < r.end.as_slice()
+        };
         lo && hi
     }
 
@@ -402,12 +415,36 @@ mod tests {
         let nums = ["-10", "-1", "0", "0.5", "1", "2", "10", "100"];
         let cases: Vec<(&str, Vec<(&str, AttributeValue)>, Box<dyn Fn(f64) -> bool>)> = vec![
             ("pk = :p", vec![], Box::new(|_| true)),
-            ("pk = :p AND sk = :a", vec![(":a", n("1"))], Box::new(|x| x == 1.0)),
-            ("pk = :p AND sk < :a", vec![(":a", n("1"))], Box::new(|x| x < 1.0)),
-            ("pk = :p AND sk <= :a", vec![(":a", n("1"))], Box::new(|x| x <= 1.0)),
-            ("pk = :p AND sk > :a", vec![(":a", n("0.5"))], Box::new(|x| x > 0.5)),
-            ("pk = :p AND :a <= sk", vec![(":a", n("0"))], Box::new(|x| x >= 0.0)),
-            ("sk BETWEEN :a AND :b AND pk = :p", vec![(":a", n("-1")), (":b", n("2"))], Box::new(|x| (-1.0..=2.0).contains(&x))),
+            (
+                "pk = :p AND sk = :a",
+                vec![(":a", n("1"))],
+                Box::new(|x| x == 1.0),
+            ),
+            (
+                "pk = :p AND sk < :a",
+                vec![(":a", n("1"))],
+                Box::new(|x| x < 1.0),
+            ),
+            (
+                "pk = :p AND sk <= :a",
+                vec![(":a", n("1"))],
+                Box::new(|x| x <= 1.0),
+            ),
+            (
+                "pk = :p AND sk > :a",
+                vec![(":a", n("0.5"))],
+                Box::new(|x| x > 0.5),
+            ),
+            (
+                "pk = :p AND :a <= sk",
+                vec![(":a", n("0"))],
+                Box::new(|x| x >= 0.0),
+            ),
+            (
+                "sk BETWEEN :a AND :b AND pk = :p",
+                vec![(":a", n("-1")), (":b", n("2"))],
+                Box::new(|x| (-1.0..=2.0).contains(&x)),
+            ),
         ];
         for (expr, mut values, want) in cases {
             values.push((":p", s("a")));
@@ -425,10 +462,23 @@ mod tests {
     #[test]
     fn begins_with_covers_exactly_its_prefix() {
         let sch = schema(ScalarType::S);
-        let r = parse(&sch, "pk = :p AND begins_with(sk, :x)", &[(":p", s("a")), (":x", s("ab"))])
-            .unwrap()
-            .range();
-        for (sk, inside) in [("ab", true), ("abc", true), ("ab\0", true), ("ab\u{ff}", true), ("a", false), ("ac", false), ("aa", false), ("b", false)] {
+        let r = parse(
+            &sch,
+            "pk = :p AND begins_with(sk, :x)",
+            &[(":p", s("a")), (":x", s("ab"))],
+        )
+        .unwrap()
+        .range();
+        for (sk, inside) in [
+            ("ab", true),
+            ("abc", true),
+            ("ab\0", true),
+            ("ab\u{ff}", true),
+            ("a", false),
+            ("ac", false),
+            ("aa", false),
+            ("b", false),
+        ] {
             assert_eq!(within(&r, &key("a", s(sk))), inside, "{sk:?}");
         }
     }
@@ -438,15 +488,45 @@ mod tests {
         let sch = schema(ScalarType::N);
         let msg = |e: &str, v: &[(&str, AttributeValue)]| parse(&sch, e, v).unwrap_err().message;
         let p = (":p", s("a"));
-        assert_eq!(msg("sk = :a", &[(":a", n("1"))]), "Query condition missed key schema element: pk");
-        assert_eq!(msg("pk = :p OR sk = :a", &[p.clone(), (":a", n("1"))]), "Invalid operator used in KeyConditionExpression: OR");
-        assert_eq!(msg("pk < :p", &[p.clone()]), "Query key condition not supported");
-        assert_eq!(msg("pk = :p AND other = :a", &[p.clone(), (":a", n("1"))]), "Query key condition not supported");
-        assert!(msg("pk = :p AND sk = :a", &[p.clone(), (":a", s("x"))]).contains("Condition parameter type does not match schema type"));
-        assert!(msg("pk = :p AND begins_with(sk, :a)", &[p.clone(), (":a", n("1"))]).contains("begins_with"));
-        assert_eq!(msg("pk = :p AND sk > :a AND sk < :a", &[p.clone(), (":a", n("1"))]), "Conditions can be of length 1 or 2 only");
-        let e = parse_read_expressions(&sch, Some("pk = :p"), Some("sk > :p"), None, None, Some(&HashMap::from([(":p".to_string(), s("a"))])))
-            .unwrap_err();
+        assert_eq!(
+            msg("sk = :a", &[(":a", n("1"))]),
+            "Query condition missed key schema element: pk"
+        );
+        assert_eq!(
+            msg("pk = :p OR sk = :a", &[p.clone(), (":a", n("1"))]),
+            "Invalid operator used in KeyConditionExpression: OR"
+        );
+        assert_eq!(
+            msg("pk < :p", &[p.clone()]),
+            "Query key condition not supported"
+        );
+        assert_eq!(
+            msg("pk = :p AND other = :a", &[p.clone(), (":a", n("1"))]),
+            "Query key condition not supported"
+        );
+        assert!(msg("pk = :p AND sk = :a", &[p.clone(), (":a", s("x"))])
+            .contains("Condition parameter type does not match schema type"));
+        assert!(msg(
+            "pk = :p AND begins_with(sk, :a)",
+            &[p.clone(), (":a", n("1"))]
+        )
+        .contains("begins_with"));
+        assert_eq!(
+            msg(
+                "pk = :p AND sk > :a AND sk < :a",
+                &[p.clone(), (":a", n("1"))]
+            ),
+            "Conditions can be of length 1 or 2 only"
+        );
+        let e = parse_read_expressions(
+            &sch,
+            Some("pk = :p"),
+            Some("sk > :p"),
+            None,
+            None,
+            Some(&HashMap::from([(":p".to_string(), s("a"))])),
+        )
+        .unwrap_err();
         assert_eq!(e.message, "Filter Expression can only contain non-primary key attributes: Primary key attribute: sk");
     }
 }
