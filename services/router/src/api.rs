@@ -24,10 +24,42 @@ const MAX_BODY: usize = 16 * 1024 * 1024 + 64 * 1024;
 
 pub fn app(router: Arc<Router>) -> axum::Router {
     axum::Router::new()
-        .route("/", post(handle))
+        .route("/", post(handle).get(health).options(preflight))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(router)
+}
+
+/// `GET /`, as DynamoDB answers it: load balancers and clients use it as a health check.
+async fn health() -> Response {
+    with_cors((StatusCode::OK, "healthy: tern\n").into_response())
+}
+
+/// A browser's CORS preflight: any origin may call, as with DynamoDB.
+async fn preflight(headers: HeaderMap) -> Response {
+    let mut resp = with_cors(StatusCode::OK.into_response());
+    let h = resp.headers_mut();
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    let requested = headers
+        .get("access-control-request-headers")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("*"));
+    h.insert("access-control-allow-headers", requested);
+    h.insert("access-control-max-age", HeaderValue::from_static("172800"));
+    resp
+}
+
+fn with_cors(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("x-amzn-RequestId, x-amzn-ErrorType, x-amz-crc32, Date"),
+    );
+    resp
 }
 
 async fn metrics(State(r): State<Arc<Router>>) -> String {
@@ -182,7 +214,7 @@ async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert("x-amzn-requestid", v);
     }
-    resp
+    with_cors(resp)
 }
 
 async fn dispatch(r: &Router, target: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
@@ -202,6 +234,8 @@ async fn dispatch(r: &Router, target: &str, body: &[u8]) -> Result<Vec<u8>, ApiE
         "BatchWriteItem" => batch::batch_write_item(r, &req).await,
         "BatchGetItem" => batch::batch_get_item(r, &req).await,
         "Query" => query::query(r, &req).await,
+        "DescribeEndpoints" => Ok(tables::describe_endpoints(r)),
+        "DescribeLimits" => Ok(tables::describe_limits()),
         "Scan" => query::scan(r, &req).await,
         _ => Err(unknown_operation()),
     }

@@ -73,6 +73,8 @@ pub(crate) struct Router {
     /// This router's availability zone.
     pub az: String,
     pub admission: api::Admission,
+    /// `host:port` this router answers on, for DescribeEndpoints.
+    pub endpoint_address: String,
 }
 
 pub async fn run(
@@ -96,6 +98,7 @@ pub async fn run(
         instance: config.instance.clone(),
         az: config.az.clone(),
         admission: api::Admission::new(&config),
+        endpoint_address: config.listen.to_string(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

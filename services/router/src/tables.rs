@@ -3,7 +3,8 @@
 use serde_json::{json, Value};
 use tern_model::ApiError;
 use tern_proto::memds::{
-    AttributeDefinition, CreateTableRequest, KeySchema, ListTablesRequest, TableInfo,
+    AttributeDefinition, CreateTableRequest, KeySchema, ListTablesRequest, TableInfo, TableReply,
+    TableStatus,
 };
 
 use crate::json::{null_member, Request};
@@ -25,10 +26,38 @@ pub async fn create_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError
         .await
         .map_err(|e| e.into_api())?;
     r.cache.invalidate(&name);
-    let t = reply.table.unwrap_or_default();
+    let mut t = reply.table.unwrap_or_default();
+    // A table is usually ready within milliseconds: answer ACTIVE when it is, within a second,
+    // so clients that wait for ACTIVE (SDK waiters poll every 20 s) do not wait for nothing.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while t.status() != TableStatus::Active && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if let Ok(TableReply { table: Some(now) }) = r.memds.describe_table(&name).await {
+            t = now;
+        }
+    }
     Ok(json!({ "TableDescription": describe(&t) })
         .to_string()
         .into_bytes())
+}
+
+/// DescribeEndpoints: this endpoint itself (clients that discover endpoints keep using it).
+pub fn describe_endpoints(r: &Router) -> Vec<u8> {
+    json!({ "Endpoints": [{ "Address": r.endpoint_address, "CachePeriodInMinutes": 1440 }] })
+        .to_string()
+        .into_bytes()
+}
+
+/// DescribeLimits: DynamoDB's default account and table quotas (Tern enforces none of them yet).
+pub fn describe_limits() -> Vec<u8> {
+    json!({
+        "AccountMaxReadCapacityUnits": 80000,
+        "AccountMaxWriteCapacityUnits": 80000,
+        "TableMaxReadCapacityUnits": 40000,
+        "TableMaxWriteCapacityUnits": 40000
+    })
+    .to_string()
+    .into_bytes()
 }
 
 fn parse_create_table(req: &Request) -> Result<TableInfo, ApiError> {
