@@ -84,6 +84,8 @@ async fn batches_as_dynamodb_answers_them() {
                         .collect(),
                 ))
                 .projection_expression("n")
+                // Right after the writes: an eventually consistent read may not see them yet.
+                .consistent_read(true)
                 .build()
                 .unwrap(),
         )

@@ -70,14 +70,14 @@ async fn update_item_as_dynamodb_does_it() {
     assert_eq!(attrs["name"], s("x"));
     assert_eq!(attrs["m"], V::M(HashMap::from([("k".into(), n(1))])));
     let out = update("a")
-        .update_expression("REMOVE l[0], l[2] ADD counter :five")
+        .update_expression("REMOVE l[0], l[2] ADD cnt :five")
         .expression_attribute_values(":five", n(5))
         .return_values(ReturnValue::UpdatedNew)
         .send()
         .await
         .unwrap();
     let attrs = out.attributes.unwrap();
-    assert_eq!(attrs["counter"], n(5));
+    assert_eq!(attrs["cnt"], n(5));
     let now = item(&c, "a").await.unwrap();
     assert_eq!(now["l"], V::L(vec![s("q")]), "list indexes as they were");
     assert_eq!(now["m"], V::M(HashMap::from([("k".into(), n(2))])));
@@ -89,7 +89,7 @@ async fn update_item_as_dynamodb_does_it() {
         .send()
         .await
         .unwrap();
-    assert_eq!(out.attributes.unwrap()["counter"], n(5));
+    assert_eq!(out.attributes.unwrap()["cnt"], n(5));
     let out = update("a")
         .update_expression("DELETE tags :b")
         .expression_attribute_values(":b", V::Ss(vec!["b".into()]))
@@ -107,8 +107,8 @@ async fn update_item_as_dynamodb_does_it() {
     // A condition that fails leaves the item as it was.
     let before = item(&c, "a").await;
     let e = update("a")
-        .update_expression("SET counter = :z")
-        .condition_expression("counter > :big")
+        .update_expression("SET cnt = :z")
+        .condition_expression("cnt > :big")
         .expression_attribute_values(":z", n(0))
         .expression_attribute_values(":big", n(100))
         .send()
@@ -136,9 +136,14 @@ async fn update_item_as_dynamodb_does_it() {
             "Two document paths overlap",
         ),
         (
-            "ADD name :one",
+            "ADD l :one",
             vec![(":one", n(1))],
             "An operand in the update expression has an incorrect data type",
+        ),
+        (
+            "SET name = :v",
+            vec![(":v", s("z"))],
+            "Attribute name is a reserved keyword; reserved keyword: name",
         ),
         (
             "SET nope.deeper = :v",
@@ -161,7 +166,7 @@ async fn update_item_as_dynamodb_does_it() {
         for (k, v) in values {
             req = req.expression_attribute_values(k, v);
         }
-        let e = req.send().await.unwrap_err();
+        let e = req.send().await.expect_err(expr);
         let (code, msg) = error_of(&e);
         assert_eq!(code, "ValidationException", "{expr}: {msg}");
         assert!(msg.contains(expected), "{expr}: {msg}");
@@ -229,7 +234,7 @@ async fn update_item_as_dynamodb_does_it() {
                 c.update_item()
                     .table_name(TABLE)
                     .key("pk", s(&format!("counter-{}", i % 3)))
-                    .update_expression("ADD hits :one SET last = :w")
+                    .update_expression("ADD hits :one SET lastw = :w")
                     .expression_attribute_values(":one", n(1))
                     .expression_attribute_values(":w", n(w))
                     .send()

@@ -235,6 +235,19 @@ pub(crate) struct Parser<'a> {
 
 /// DynamoDB's limit on the size of one expression.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
+/// DynamoDB's reserved words (573, upper case, sorted): none may name an attribute in an
+/// expression; a `#name` placeholder stands in for it.
+const RESERVED_WORDS: &str = include_str!("reserved_words.txt");
+
+/// Whether `word` is one of DynamoDB's reserved words (whatever its case).
+pub fn is_reserved(word: &str) -> bool {
+    static WORDS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let words = WORDS.get_or_init(|| RESERVED_WORDS.lines().filter(|l| !l.is_empty()).collect());
+    words
+        .binary_search(&word.to_ascii_uppercase().as_str())
+        .is_ok()
+}
+
 /// DynamoDB's limit on the operands of one IN.
 pub const MAX_IN_OPERANDS: usize = 100;
 /// The type descriptors `attribute_type` accepts.
@@ -874,6 +887,12 @@ impl Parser<'_> {
     pub(crate) fn name(&mut self) -> Result<String> {
         match self.peek().clone() {
             Tok::Ident(n) => {
+                if is_reserved(&n) {
+                    return Err(ApiError::validation(format!(
+                        "Invalid {}: Attribute name is a reserved keyword; reserved keyword: {n}",
+                        self.kind
+                    )));
+                }
                 self.next();
                 Ok(n)
             }
@@ -1199,6 +1218,26 @@ mod tests {
     }
 
     #[test]
+    fn reserved_words_need_placeholders() {
+        assert!(is_reserved("name") && is_reserved("Status") && is_reserved("ZONE"));
+        assert!(!is_reserved("pk") && !is_reserved("metadata"));
+        let e = eval("attribute_exists(Status)", &[], &[]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "Invalid ConditionExpression: Attribute name is a reserved keyword; reserved keyword: Status"
+        );
+        assert!(eval("attribute_not_exists(#s)", &[("#s", "status")], &[]).unwrap());
+        // Nested names too.
+        assert!(eval("attribute_exists(m.name)", &[], &[]).is_err());
+        let e = parse_projection("pk, data", None).unwrap_err();
+        assert!(
+            e.message.contains("reserved keyword: data"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
     fn at_most_300_operators() {
         // 150 comparisons joined by 149 ANDs: 299 operators.
         let terms = |k: usize| vec!["a = b"; k].join(" AND ");
@@ -1289,7 +1328,7 @@ mod tests {
             eval("pk <> :v", &[], &[(":v", n("1"))]).unwrap(),
             "different types are unequal"
         );
-        assert!(!eval("missing = :v", &[], &[(":v", n("1"))]).unwrap());
+        assert!(!eval("absent = :v", &[], &[(":v", n("1"))]).unwrap());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod error;
 mod expr;
 mod key;
+mod legacy;
 mod names;
 mod number;
 mod query;
@@ -17,6 +18,7 @@ pub use expr::{
     PathElem,
 };
 pub use key::{KeySchema, KeyType, PrimaryKey, ScalarType};
+pub use legacy::legacy_condition;
 pub use names::validate_table_name;
 pub use number::Number;
 pub use query::{

@@ -501,7 +501,7 @@ mod tests {
             "Query key condition not supported"
         );
         assert_eq!(
-            msg("pk = :p AND other = :a", &[p.clone(), (":a", n("1"))]),
+            msg("pk = :p AND extra = :a", &[p.clone(), (":a", n("1"))]),
             "Query key condition not supported"
         );
         assert!(msg("pk = :p AND sk = :a", &[p.clone(), (":a", s("x"))])

@@ -562,7 +562,7 @@ mod tests {
         // Values are computed from the item as it was.
         let it = run("SET a = n, n = :one", json!({":one": {"N": "1"}})).unwrap();
         assert_eq!(get(&it, "a"), json!({"N": "5"}));
-        let e = run("SET a = missing", json!({})).unwrap_err();
+        let e = run("SET a = absent", json!({})).unwrap_err();
         assert!(
             e.message.contains("does not exist in the item"),
             "{}",

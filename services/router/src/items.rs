@@ -110,8 +110,11 @@ pub async fn update_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
             ));
         }
     }
-    let (update, condition) =
+    let (update, mut condition) =
         tern_model::parse_update(update_text, condition_text, names.as_ref(), values.as_ref())?;
+    if condition_text.is_none() {
+        condition = legacy_expected(req)?;
+    }
     let update = match (update, legacy_updates) {
         (Some(u), _) => u,
         (None, Some(legacy)) => attribute_updates(legacy)?,
@@ -286,8 +289,16 @@ fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
                 "ExpressionAttributeValues can only be specified when using expressions",
             ));
         }
-        return Ok(Vec::new());
+        return match legacy_expected(req)? {
+            Some(c) => encode_condition(&c),
+            None => Ok(Vec::new()),
+        };
     };
+    if req.get("ConditionalOperator").is_some() {
+        return Err(ApiError::validation(
+            "Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {ConditionalOperator} Expression parameters: {ConditionExpression}",
+        ));
+    }
     if req.get("Expected").is_some() {
         return Err(ApiError::validation(
             "Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {Expected} Expression parameters: {ConditionExpression}",
@@ -295,6 +306,28 @@ fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
     }
     let cond: Condition = tern_model::parse_condition(expr, names.as_ref(), values.as_ref())?;
     serde_json::to_vec(&cond).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InternalServerError,
+            format!("encode condition: {e}"),
+        )
+    })
+}
+
+/// The legacy `Expected` (with `ConditionalOperator`) as a condition, if the request has one.
+pub(crate) fn legacy_expected(req: &Request) -> Result<Option<Condition>, ApiError> {
+    let Some(expected) = req.object("Expected")? else {
+        if req.get("ConditionalOperator").is_some() {
+            return Err(ApiError::validation(
+                "ConditionalOperator can only be used when Expected or QueryFilter or ScanFilter is present",
+            ));
+        }
+        return Ok(None);
+    };
+    tern_model::legacy_condition("Expected", expected, req.str("ConditionalOperator")?).map(Some)
+}
+
+fn encode_condition(c: &Condition) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(c).map_err(|e| {
         ApiError::new(
             ErrorCode::InternalServerError,
             format!("encode condition: {e}"),

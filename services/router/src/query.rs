@@ -77,11 +77,19 @@ fn common(req: &Request, t: Arc<TableInfo>, key_expr: bool) -> Result<Common, Ap
             )));
         }
     }
-    if req.get(legacy_filter).is_some() || req.get("ConditionalOperator").is_some() {
-        return Err(ApiError::validation(format!(
-            "{legacy_filter} and ConditionalOperator are not supported yet; use FilterExpression"
-        )));
-    }
+    let legacy_filter_condition = match req.object(legacy_filter)? {
+        Some(conds) => Some(tern_model::legacy_condition(
+            legacy_filter,
+            conds,
+            req.str("ConditionalOperator")?,
+        )?),
+        None if req.get("ConditionalOperator").is_some() => {
+            return Err(ApiError::validation(
+                "ConditionalOperator can only be used when Expected or QueryFilter or ScanFilter is present",
+            ))
+        }
+        None => None,
+    };
     if key_text.is_none() && filter_text.is_none() && projection_text.is_none() {
         if names.is_some() {
             return Err(ApiError::validation(
@@ -102,6 +110,9 @@ fn common(req: &Request, t: Arc<TableInfo>, key_expr: bool) -> Result<Common, Ap
         names.as_ref(),
         values.as_ref(),
     )?;
+    if legacy_filter_condition.is_some() {
+        exprs.filter = legacy_filter_condition;
+    }
     if let Some(attrs) = req.array("AttributesToGet")? {
         let paths = attrs
             .iter()
