@@ -815,6 +815,17 @@ impl Parser<'_> {
                     }
                     Condition::BeginsWith(a, b)
                 } else {
+                    if let (Operand::Path(x), Operand::Path(y)) = (&a, &b) {
+                        if x == y {
+                            return Err(ApiError::validation(format!(
+                                "Invalid {}: The first operand must be distinct from the \
+                                 remaining operands for this operator or function; operator: \
+                                 contains, first operand: {}",
+                                self.kind,
+                                render_path(x)
+                            )));
+                        }
+                    }
                     Condition::Contains(a, b)
                 }
             }
@@ -1067,8 +1078,8 @@ impl Condition {
             Condition::NotExists(p) => resolve(item, p).is_none(),
             Condition::Compare(a, op, b) => match (operand(a), operand(b)) {
                 (Some(x), Some(y)) => compare(&x, *op, &y),
-                // NOTE: a comparison with a missing attribute is false, for <> too.
-                _ => false,
+                // A missing attribute equals nothing: `<>` holds, every other comparison fails.
+                _ => *op == CmpOp::Ne,
             },
             Condition::Not(c) => !c.eval(item),
             Condition::And(terms) => terms.iter().all(|c| c.eval(item)),

@@ -413,7 +413,12 @@ mod tests {
     fn ranges_hold_exactly_the_matching_keys() {
         let sch = schema(ScalarType::N);
         let nums = ["-10", "-1", "0", "0.5", "1", "2", "10", "100"];
-        let cases: Vec<(&str, Vec<(&str, AttributeValue)>, Box<dyn Fn(f64) -> bool>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, AttributeValue)>,
+            Box<dyn Fn(f64) -> bool>,
+        );
+        let cases: Vec<Case> = vec![
             ("pk = :p", vec![], Box::new(|_| true)),
             (
                 "pk = :p AND sk = :a",
@@ -497,7 +502,7 @@ mod tests {
             "Invalid operator used in KeyConditionExpression: OR"
         );
         assert_eq!(
-            msg("pk < :p", &[p.clone()]),
+            msg("pk < :p", std::slice::from_ref(&p)),
             "Query key condition not supported"
         );
         assert_eq!(

@@ -293,6 +293,8 @@ impl Update {
                 sets.push((path, eval(&before, value)?));
             }
         }
+        // Elements written past a list's end are appended in index order, as DynamoDB does.
+        sets.sort_by(|a, b| cmp_paths(a.0, b.0));
         for (path, v) in sets {
             set_at(item, path, v)?;
         }
