@@ -48,7 +48,10 @@ fn missing_nats_server_says_how_to_install_it() {
         .expect("run tern up");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no nats-server 2.10 or newer found"), "{stderr}");
+    assert!(
+        stderr.contains("no nats-server 2.10 or newer found"),
+        "{stderr}"
+    );
     assert!(stderr.contains("scripts/install-deps"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     // A TERN_NATS_SERVER that names nothing is said so, too.
