@@ -116,6 +116,47 @@ async fn update_item_as_dynamodb_does_it() {
         .unwrap_err();
     assert_eq!(error_of(&e).0, "ConditionalCheckFailedException");
     assert_eq!(item(&c, "a").await, before);
+    // ReturnValuesOnConditionCheckFailure: the exception carries the item as it is.
+    let e = c
+        .put_item()
+        .table_name(TABLE)
+        .item("pk", s("a"))
+        .condition_expression("attribute_not_exists(pk)")
+        .return_values_on_condition_check_failure(
+            aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+        )
+        .send()
+        .await
+        .unwrap_err();
+    let carried = e
+        .as_service_error()
+        .and_then(|se| match se {
+            aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(x) => {
+                x.item.clone()
+            }
+            _ => None,
+        })
+        .expect("the item comes with the exception");
+    assert_eq!(Some(carried), before);
+    let e = update("a")
+        .update_expression("SET cnt = :z")
+        .condition_expression("attribute_not_exists(pk)")
+        .expression_attribute_values(":z", n(0))
+        .return_values_on_condition_check_failure(
+            aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+        )
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        e.as_service_error(),
+        Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(x)) if x.item.is_some()
+    ));
+    assert_eq!(
+        item(&c, "a").await,
+        before,
+        "a failed condition writes nothing"
+    );
 
     // Errors as DynamoDB gives them, none of them writing anything.
     type Case<'a> = (&'a str, Vec<(&'a str, V)>, &'a str);

@@ -125,6 +125,9 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The item as it was, for a ConditionalCheckFailedException of a request that asked for it
+    /// (ReturnValuesOnConditionCheckFailure: ALL_OLD); canonical DynamoDB JSON.
+    pub item: Option<Vec<u8>>,
 }
 
 impl ApiError {
@@ -132,6 +135,7 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            item: None,
         }
     }
 

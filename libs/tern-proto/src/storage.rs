@@ -37,6 +37,10 @@ pub struct WriteRequest {
     /// Return the item as it is after the write (Update only).
     #[prost(bool, tag = "9")]
     pub return_new: bool,
+    /// When the condition fails, answer with the item as it is (`condition_failed` set) instead
+    /// of an error (ReturnValuesOnConditionCheckFailure: ALL_OLD).
+    #[prost(bool, tag = "10")]
+    pub return_old_on_failure: bool,
 }
 
 /// A write as the replication log carries it (the storage state machine's command; the
@@ -60,6 +64,9 @@ pub struct WriteResponse {
     /// DynamoDB's size of the larger of the item before and after an update (its write cost).
     #[prost(uint64, tag = "3")]
     pub item_size: u64,
+    /// The condition failed and nothing was written; `old_item` is the item as it is.
+    #[prost(bool, tag = "4")]
+    pub condition_failed: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

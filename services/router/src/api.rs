@@ -250,5 +250,8 @@ fn error_body(e: &ApiError) -> Vec<u8> {
     if !e.message.is_empty() || e.code != ErrorCode::UnknownOperation {
         v["message"] = serde_json::Value::String(e.message.clone());
     }
+    if let Some(item) = e.item.as_ref().and_then(|b| serde_json::from_slice(b).ok()) {
+        v["Item"] = item;
+    }
     serde_json::to_vec(&v).expect("json")
 }

@@ -38,9 +38,11 @@ pub async fn put_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         item: Bytes::from(tern_model::item_to_json(&item)),
         condition,
         return_old,
+        return_old_on_failure: old_on_failure(req)?,
         ..Default::default()
     };
     let resp = dispatch::write(r, t, key.hash(), write).await?;
+    failed_with_item(&resp)?;
     let units = capacity.then(|| write_units(size));
     Ok(reply("Attributes", resp.old_item.as_deref(), table, units))
 }
@@ -57,9 +59,11 @@ pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         kind: WriteKind::Delete as i32,
         condition,
         return_old,
+        return_old_on_failure: old_on_failure(req)?,
         ..Default::default()
     };
     let resp = dispatch::write(r, t, key.hash(), write).await?;
+    failed_with_item(&resp)?;
     // NOTE: DynamoDB charges a delete by the deleted item's size; it is known here only when the
     // old item comes back, otherwise one unit is reported.
     let units = capacity.then(|| match &resp.old_item {
@@ -164,9 +168,11 @@ pub async fn update_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         },
         return_old: matches!(returned, Returned::AllOld | Returned::UpdatedOld),
         return_new: matches!(returned, Returned::AllNew | Returned::UpdatedNew),
+        return_old_on_failure: old_on_failure(req)?,
         ..Default::default()
     };
     let resp = dispatch::write(r, t, key.hash(), write).await?;
+    failed_with_item(&resp)?;
     let units = capacity.then(|| write_units(resp.item_size as usize));
     let updated_only = |bytes: Option<&Bytes>| -> Result<Option<Vec<u8>>, ApiError> {
         let Some(b) = bytes else { return Ok(None) };
@@ -311,6 +317,30 @@ fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
             format!("encode condition: {e}"),
         )
     })
+}
+
+/// ReturnValuesOnConditionCheckFailure: whether a failed condition returns the item (ALL_OLD).
+fn old_on_failure(req: &Request) -> Result<bool, ApiError> {
+    match req.str("ReturnValuesOnConditionCheckFailure")? {
+        None | Some("NONE") => Ok(false),
+        Some("ALL_OLD") => Ok(true),
+        Some(other) => Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{other}' at 'returnValuesOnConditionCheckFailure' failed to satisfy constraint: Member must satisfy enum value set: [ALL_OLD, NONE]"
+        ))),
+    }
+}
+
+/// A write whose condition failed and that asked for the item: DynamoDB's exception with it.
+fn failed_with_item(resp: &tern_proto::storage::WriteResponse) -> Result<(), ApiError> {
+    if !resp.condition_failed {
+        return Ok(());
+    }
+    let mut e = ApiError::new(
+        ErrorCode::ConditionalCheckFailed,
+        "The conditional request failed",
+    );
+    e.item = resp.old_item.as_ref().map(|b| b.to_vec());
+    Err(e)
 }
 
 /// The legacy `Expected` (with `ConditionalOperator`) as a condition, if the request has one.

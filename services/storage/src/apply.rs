@@ -45,7 +45,16 @@ pub fn apply_write(
             .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
             .unwrap_or_else(|e| fatal("read item", e)),
     };
-    check_condition(condition, old.as_ref())?;
+    if let Err(e) = check_condition(condition, old.as_ref()) {
+        if req.return_old_on_failure && e.code == ErrorCode::ConditionalCheckFailed {
+            return Ok(WriteResponse {
+                condition_failed: true,
+                old_item: old,
+                ..Default::default()
+            });
+        }
+        return Err(e);
+    }
     let mut resp = WriteResponse::default();
     let new = match WriteKind::try_from(req.kind) {
         Ok(WriteKind::Delete) => {
