@@ -84,4 +84,138 @@ async fn table_and_service_calls() {
     );
     let (status, _) = raw_post(&endpoint, Some("DynamoDB_20120810.ListTables"), "{}").await;
     assert_eq!(status, 200);
+
+    // UpdateTable: on-demand to provisioned and back, with DynamoDB's checks.
+    use aws_sdk_dynamodb::types::{ProvisionedThroughput, Tag};
+    let pt = |r, w| {
+        ProvisionedThroughput::builder()
+            .read_capacity_units(r)
+            .write_capacity_units(w)
+            .build()
+            .unwrap()
+    };
+    let e = c
+        .update_table()
+        .table_name("ready")
+        .billing_mode(BillingMode::Provisioned)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        error_of(&e)
+            .1
+            .contains("ProvisionedThroughput must be specified"),
+        "{:?}",
+        error_of(&e)
+    );
+    let out = c
+        .update_table()
+        .table_name("ready")
+        .billing_mode(BillingMode::Provisioned)
+        .provisioned_throughput(pt(5, 7))
+        .send()
+        .await
+        .unwrap();
+    let d = out.table_description().unwrap();
+    let p = d.provisioned_throughput().unwrap();
+    assert_eq!(
+        (p.read_capacity_units(), p.write_capacity_units()),
+        (Some(5), Some(7))
+    );
+    assert!(d.billing_mode_summary().is_none());
+    let e = c
+        .update_table()
+        .table_name("ready")
+        .provisioned_throughput(pt(5, 7))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(error_of(&e)
+        .1
+        .starts_with("The provisioned throughput for the table will not change"));
+    let e = c
+        .update_table()
+        .table_name("ready")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(error_of(&e)
+        .1
+        .starts_with("At least one of ProvisionedThroughput, BillingMode"));
+    let d = c.describe_table().table_name("ready").send().await.unwrap();
+    assert_eq!(
+        d.table()
+            .unwrap()
+            .provisioned_throughput()
+            .unwrap()
+            .read_capacity_units(),
+        Some(5)
+    );
+    c.update_table()
+        .table_name("ready")
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let d = c.describe_table().table_name("ready").send().await.unwrap();
+    assert_eq!(
+        d.table()
+            .unwrap()
+            .billing_mode_summary()
+            .unwrap()
+            .billing_mode(),
+        Some(&BillingMode::PayPerRequest)
+    );
+    let e = c
+        .update_table()
+        .table_name("nope")
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_of(&e).0, "ResourceNotFoundException");
+
+    // Tags.
+    let arn = d.table().unwrap().table_arn().unwrap().to_string();
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build().unwrap();
+    c.tag_resource()
+        .resource_arn(&arn)
+        .tags(tag("team", "storage"))
+        .tags(tag("env", "test"))
+        .send()
+        .await
+        .unwrap();
+    c.untag_resource()
+        .resource_arn(&arn)
+        .tag_keys("env")
+        .send()
+        .await
+        .unwrap();
+    let tags = c
+        .list_tags_of_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str)> = tags.tags().iter().map(|t| (t.key(), t.value())).collect();
+    assert_eq!(got, vec![("team", "storage")]);
+    let e = c
+        .list_tags_of_resource()
+        .resource_arn("not-an-arn")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        error_of(&e).1.contains("Invalid ResourceArn"),
+        "{:?}",
+        error_of(&e)
+    );
+    let e = c
+        .tag_resource()
+        .resource_arn(arn.replace("table/ready", "table/gone"))
+        .tags(tag("a", "b"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_of(&e).0, "ResourceNotFoundException");
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use tern_bus::{Bus, BusError};
 use tern_proto::memds::{
-    CreateTableRequest, ListTablesRequest, ListTablesResponse, LookupBatchRequest,
-    LookupBatchResponse, LookupRequest, PlaceReplicaRequest, PlaceReplicaResponse,
-    ReportPartitionRequest, TableNameRequest, TableReply,
+    AlterTableRequest, CreateTableRequest, ListTablesRequest, ListTablesResponse,
+    LookupBatchRequest, LookupBatchResponse, LookupRequest, PlaceReplicaRequest,
+    PlaceReplicaResponse, ReportPartitionRequest, TableNameRequest, TableReply,
 };
 use tern_proto::{subjects, Empty};
 
@@ -47,6 +47,11 @@ impl MemdsClient {
         self.bus
             .call(subjects::MEMDS_DESCRIBE_TABLE, &table_name(name))
             .await
+    }
+
+    /// UpdateTable, TagResource and UntagResource.
+    pub async fn alter_table(&self, req: &AlterTableRequest) -> Result<TableReply, BusError> {
+        self.bus.call(subjects::MEMDS_ALTER_TABLE, req).await
     }
 
     pub async fn delete_table(&self, name: &str) -> Result<TableReply, BusError> {

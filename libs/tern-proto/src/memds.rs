@@ -121,6 +121,9 @@ pub struct TableInfo {
     /// Sorted by `hash_start`, covering the whole u64 hash space without gaps.
     #[prost(message, repeated, tag = "10")]
     pub partitions: Vec<PartitionInfo>,
+    /// The table's tags (TagResource), key → value.
+    #[prost(btree_map = "string, string", tag = "11")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 impl TableInfo {
@@ -168,6 +171,27 @@ pub struct TableReply {
 pub struct CreateTableRequest {
     #[prost(message, optional, tag = "1")]
     pub table: Option<TableInfo>,
+}
+
+/// A change to an ACTIVE table's settings (UpdateTable) or tags (TagResource, UntagResource).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AlterTableRequest {
+    #[prost(string, tag = "1")]
+    pub table_name: String,
+    /// "PROVISIONED" or "PAY_PER_REQUEST"; empty: unchanged.
+    #[prost(string, tag = "2")]
+    pub billing_mode: String,
+    /// New provisioned throughput, when `set_throughput`.
+    #[prost(bool, tag = "3")]
+    pub set_throughput: bool,
+    #[prost(uint64, tag = "4")]
+    pub read_capacity: u64,
+    #[prost(uint64, tag = "5")]
+    pub write_capacity: u64,
+    #[prost(btree_map = "string, string", tag = "6")]
+    pub set_tags: std::collections::BTreeMap<String, String>,
+    #[prost(string, repeated, tag = "7")]
+    pub remove_tags: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -18,6 +18,7 @@ pub const MEMDS_CREATE_TABLE: &str = "tern.memds.ddl.create_table";
 pub const MEMDS_DESCRIBE_TABLE: &str = "tern.memds.ddl.describe_table";
 pub const MEMDS_LIST_TABLES: &str = "tern.memds.ddl.list_tables";
 pub const MEMDS_DELETE_TABLE: &str = "tern.memds.ddl.delete_table";
+pub const MEMDS_ALTER_TABLE: &str = "tern.memds.ddl.alter_table";
 /// A partition leader asks for a node to host a replacement member of its group.
 pub const MEMDS_PLACE_REPLICA: &str = "tern.memds.place_replica";
 /// A partition leader reports its group's membership and leadership into the metadata.

@@ -322,6 +322,7 @@ messages![
     memds::LookupBatchResponse,
     memds::TableReply,
     memds::CreateTableRequest,
+    memds::AlterTableRequest,
     memds::TableNameRequest,
     memds::ListTablesRequest,
     memds::ListTablesResponse,

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use prost::Message;
 use tern_model::{ApiError, ErrorCode};
-use tern_proto::memds::{CreateTableRequest, PartitionInfo, TableInfo, TableReply, TableStatus};
+use tern_proto::memds::{
+    AlterTableRequest, CreateTableRequest, PartitionInfo, TableInfo, TableReply, TableStatus,
+};
 use tern_proto::storage::{CreatePartitionRequest, DropPartitionRequest};
 use tern_storage_client::StorageClient;
 
@@ -117,6 +119,69 @@ pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError>
             // Someone else changed it meanwhile: read again.
             Err(e) => {
                 tracing::debug!(table = name, error = %e, "delete table: compare-and-set lost")
+            }
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::InternalServerError,
+        "table metadata is changing too fast",
+    ))
+}
+
+/// UpdateTable, TagResource, UntagResource: one compare-and-set of an ACTIVE table's metadata.
+pub async fn alter_table(m: &Memds, req: AlterTableRequest) -> Result<TableReply, ApiError> {
+    let name = req.table_name.as_str();
+    for _ in 0..5 {
+        let Some(entry) =
+            m.kv.entry(key(name))
+                .await
+                .map_err(|e| internal("read table", e))?
+        else {
+            return Err(table_not_found(name));
+        };
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            return Err(table_not_found(name));
+        }
+        let mut table =
+            TableInfo::decode(entry.value.as_ref()).map_err(|e| internal("decode table", e))?;
+        if table.status() != TableStatus::Active {
+            return Err(in_use(format!(
+                "Attempt to change a resource which is still in use: Table is being {}: {name}",
+                if table.status() == TableStatus::Creating {
+                    "created"
+                } else {
+                    "deleted"
+                }
+            )));
+        }
+        if !req.billing_mode.is_empty() {
+            table.billing_mode = req.billing_mode.clone();
+            if req.billing_mode == "PAY_PER_REQUEST" {
+                table.read_capacity = 0;
+                table.write_capacity = 0;
+            }
+        }
+        if req.set_throughput {
+            table.read_capacity = req.read_capacity;
+            table.write_capacity = req.write_capacity;
+        }
+        table.tags.extend(req.set_tags.clone());
+        for k in &req.remove_tags {
+            table.tags.remove(k);
+        }
+        let bytes = Bytes::from(table.encode_to_vec());
+        match m.kv.update(key(name), bytes.clone(), entry.revision).await {
+            Ok(rev) => {
+                m.tables.apply(
+                    &key(name),
+                    rev,
+                    async_nats::jetstream::kv::Operation::Put,
+                    &bytes,
+                );
+                return Ok(TableReply { table: Some(table) });
+            }
+            Err(e) => {
+                tracing::debug!(table = name, error = %e, "alter table: compare-and-set lost")
             }
         }
     }

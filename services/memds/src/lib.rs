@@ -192,6 +192,16 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
     .await?;
     let s = m.clone();
     bus.serve(
+        subjects::MEMDS_ALTER_TABLE,
+        q,
+        move |req: tern_proto::memds::AlterTableRequest| {
+            let s = s.clone();
+            async move { ddl::alter_table(&s, req).await.map_err(Into::into) }
+        },
+    )
+    .await?;
+    let s = m.clone();
+    bus.serve(
         subjects::MEMDS_DELETE_TABLE,
         q,
         move |req: TableNameRequest| {

@@ -236,6 +236,10 @@ async fn dispatch(r: &Router, target: &str, body: &[u8]) -> Result<Vec<u8>, ApiE
         "Query" => query::query(r, &req).await,
         "DescribeEndpoints" => Ok(tables::describe_endpoints(r)),
         "DescribeLimits" => Ok(tables::describe_limits()),
+        "UpdateTable" => tables::update_table(r, &req).await,
+        "TagResource" => tables::tag_resource(r, &req).await,
+        "UntagResource" => tables::untag_resource(r, &req).await,
+        "ListTagsOfResource" => tables::list_tags_of_resource(r, &req).await,
         "Scan" => query::scan(r, &req).await,
         _ => Err(unknown_operation()),
     }

@@ -1,10 +1,10 @@
 //! Table operations: validated here, carried out by MemDS.
 
 use serde_json::{json, Value};
-use tern_model::ApiError;
+use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::{
-    AttributeDefinition, CreateTableRequest, KeySchema, ListTablesRequest, TableInfo, TableReply,
-    TableStatus,
+    AlterTableRequest, AttributeDefinition, CreateTableRequest, KeySchema, ListTablesRequest,
+    TableInfo, TableReply, TableStatus,
 };
 
 use crate::json::{null_member, Request};
@@ -285,6 +285,228 @@ pub async fn list_tables(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
     Ok(out.to_string().into_bytes())
 }
 
+/// UpdateTable: billing mode and provisioned throughput (applied at once: the table stays ACTIVE).
+pub async fn update_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let name = req.table_name()?;
+    for unsupported in [
+        "GlobalSecondaryIndexUpdates",
+        "StreamSpecification",
+        "SSESpecification",
+        "ReplicaUpdates",
+        "TableClass",
+        "DeletionProtectionEnabled",
+        "OnDemandThroughput",
+        "WarmThroughput",
+    ] {
+        if req.get(unsupported).is_some() {
+            return Err(ApiError::validation(format!(
+                "{unsupported} is not supported by Tern yet"
+            )));
+        }
+    }
+    let mode = req.str("BillingMode")?;
+    let throughput = req.object("ProvisionedThroughput")?;
+    if mode.is_none() && throughput.is_none() {
+        return Err(ApiError::validation(
+            "At least one of ProvisionedThroughput, BillingMode, UpdateStreamEnabled, GlobalSecondaryIndexUpdates or SSESpecification or ReplicaUpdates is required",
+        ));
+    }
+    let current = r
+        .memds
+        .describe_table(name)
+        .await
+        .map_err(|e| e.into_api())?
+        .table
+        .unwrap_or_default();
+    let mut alter = AlterTableRequest {
+        table_name: name.to_string(),
+        ..Default::default()
+    };
+    let target_mode = match mode {
+        None => current.billing_mode.as_str(),
+        Some(m @ ("PROVISIONED" | "PAY_PER_REQUEST")) => m,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'billingMode' failed to satisfy constraint: Member must satisfy enum value set: [PROVISIONED, PAY_PER_REQUEST]"
+            )))
+        }
+    };
+    if let Some(m) = mode {
+        alter.billing_mode = m.to_string();
+    }
+    match (target_mode, throughput) {
+        ("PAY_PER_REQUEST", Some(_)) => {
+            return Err(ApiError::invalid_parameter(
+                "Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
+            ))
+        }
+        ("PROVISIONED", None) if current.billing_mode != "PROVISIONED" => {
+            return Err(ApiError::invalid_parameter(
+                "ProvisionedThroughput must be specified when BillingMode is PROVISIONED",
+            ))
+        }
+        (_, Some(pt)) => {
+            let units = |field: &str| -> Result<u64, ApiError> {
+                match pt.get(field).and_then(Value::as_i64) {
+                    Some(n) if n >= 1 => Ok(n as u64),
+                    Some(n) => Err(ApiError::validation(format!(
+                        "1 validation error detected: Value '{n}' at 'provisionedThroughput.{}' failed to satisfy constraint: Member must have value greater than or equal to 1",
+                        lower_first(field)
+                    ))),
+                    None => Err(null_member(&format!("provisionedThroughput.{}", lower_first(field)))),
+                }
+            };
+            let (rcu, wcu) = (units("ReadCapacityUnits")?, units("WriteCapacityUnits")?);
+            if mode.is_none() && rcu == current.read_capacity && wcu == current.write_capacity {
+                return Err(ApiError::validation(format!(
+                    "The provisioned throughput for the table will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the table: {}. Requested ReadCapacityUnits: {rcu}. Current WriteCapacityUnits provisioned for the table: {}. Requested WriteCapacityUnits: {wcu}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits.",
+                    current.read_capacity, current.write_capacity
+                )));
+            }
+            alter.set_throughput = true;
+            alter.read_capacity = rcu;
+            alter.write_capacity = wcu;
+        }
+        _ => {}
+    }
+    let t = r
+        .memds
+        .alter_table(&alter)
+        .await
+        .map_err(|e| e.into_api())?
+        .table
+        .unwrap_or_default();
+    r.cache.invalidate(name);
+    Ok(json!({ "TableDescription": describe(&t) })
+        .to_string()
+        .into_bytes())
+}
+
+const ARN_PREFIX: &str = "arn:aws:dynamodb:tern:000000000000:table/";
+
+/// The table a resource ARN names (`arn:…:table/<name>`, as DescribeTable gives it).
+fn table_of_arn(req: &Request) -> Result<(String, String), ApiError> {
+    let arn = req
+        .str("ResourceArn")?
+        .ok_or_else(|| null_member("resourceArn"))?;
+    let name = arn
+        .strip_prefix("arn:")
+        .and_then(|rest| rest.split_once(":table/"))
+        .map(|(_, name)| name.split('/').next().unwrap_or_default())
+        .filter(|n| tern_model::validate_table_name(n, "tableName").is_ok())
+        .ok_or_else(|| {
+            ApiError::validation(format!(
+                "Invalid TableArn: Invalid ResourceArn provided as input {arn}"
+            ))
+        })?;
+    Ok((arn.to_string(), name.to_string()))
+}
+
+async fn alter_tags(
+    r: &Router,
+    arn: &str,
+    alter: AlterTableRequest,
+) -> Result<TableInfo, ApiError> {
+    match r.memds.alter_table(&alter).await {
+        Ok(reply) => Ok(reply.table.unwrap_or_default()),
+        Err(e) => {
+            let e = e.into_api();
+            if e.code == ErrorCode::ResourceNotFound {
+                Err(ApiError::new(
+                    ErrorCode::ResourceNotFound,
+                    format!("Requested resource not found: ResourceArn: {arn} not found"),
+                ))
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// TagResource: at most 50 tags per table, keys of 1 to 128 characters, values up to 256.
+pub async fn tag_resource(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let (arn, name) = table_of_arn(req)?;
+    let tags = req.array("Tags")?.ok_or_else(|| null_member("tags"))?;
+    let mut set = std::collections::BTreeMap::new();
+    for t in tags {
+        let key = t
+            .get("Key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| null_member("tags.member.key"))?;
+        let value = t
+            .get("Value")
+            .and_then(Value::as_str)
+            .ok_or_else(|| null_member("tags.member.value"))?;
+        if key.is_empty() || key.chars().count() > 128 || value.chars().count() > 256 {
+            return Err(ApiError::validation(
+                "One or more parameter values were invalid: Tag keys are 1 to 128 characters and values at most 256",
+            ));
+        }
+        set.insert(key.to_string(), value.to_string());
+    }
+    let current = r
+        .memds
+        .describe_table(&name)
+        .await
+        .map_err(|e| e.into_api())?;
+    let mut all = current.table.unwrap_or_default().tags;
+    all.extend(set.clone());
+    if all.len() > 50 {
+        return Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            "Too many tags: a table has at most 50",
+        ));
+    }
+    let alter = AlterTableRequest {
+        table_name: name,
+        set_tags: set,
+        ..Default::default()
+    };
+    alter_tags(r, &arn, alter).await?;
+    Ok(b"{}".to_vec())
+}
+
+pub async fn untag_resource(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let (arn, name) = table_of_arn(req)?;
+    let keys = req
+        .array("TagKeys")?
+        .ok_or_else(|| null_member("tagKeys"))?;
+    let remove = keys
+        .iter()
+        .map(|k| {
+            k.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| null_member("tagKeys.member"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let alter = AlterTableRequest {
+        table_name: name,
+        remove_tags: remove,
+        ..Default::default()
+    };
+    alter_tags(r, &arn, alter).await?;
+    Ok(b"{}".to_vec())
+}
+
+pub async fn list_tags_of_resource(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let (arn, name) = table_of_arn(req)?;
+    let t = match r.memds.describe_table(&name).await {
+        Ok(reply) => reply.table.unwrap_or_default(),
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::ResourceNotFound,
+                format!("Requested resource not found: ResourceArn: {arn} not found"),
+            ))
+        }
+    };
+    let tags: Vec<Value> = t
+        .tags
+        .iter()
+        .map(|(k, v)| json!({ "Key": k, "Value": v }))
+        .collect();
+    Ok(json!({ "Tags": tags }).to_string().into_bytes())
+}
+
 /// DynamoDB's `TableDescription` of a table.
 pub fn describe(t: &TableInfo) -> Value {
     let ks = t.key_schema.clone().unwrap_or_default();
@@ -301,7 +523,7 @@ pub fn describe(t: &TableInfo) -> Value {
         "TableName": t.name,
         "TableStatus": t.status().as_str(),
         "TableId": t.table_id,
-        "TableArn": format!("arn:aws:dynamodb:tern:000000000000:table/{}", t.name),
+        "TableArn": format!("{ARN_PREFIX}{}", t.name),
         "KeySchema": key_schema,
         "AttributeDefinitions": defs,
         "CreationDateTime": t.creation_time_ms as f64 / 1000.0,
