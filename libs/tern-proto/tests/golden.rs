@@ -80,9 +80,39 @@ fn replicated_writes() {
             item: bytes::Bytes::from_static(br#"{"pk":{"S":"k"}}"#),
             condition: br#"{"AttributeNotExists":["pk"]}"#.to_vec(),
             return_old: true,
+            // Fields added later, at their defaults: not on the wire, the bytes are unchanged.
+            update: Vec::new(),
+            return_new: false,
+            return_old_on_failure: false,
         }),
     };
     pinned(&w, GOLDEN_WRITE);
+}
+
+/// An Update write as the log carries it.
+#[test]
+fn replicated_updates() {
+    let update = tern_model::parse_update(
+        Some("SET a = :v"),
+        None,
+        None,
+        Some(&[(":v".to_string(), tern_model::AttributeValue::S("x".into()))].into()),
+    )
+    .unwrap()
+    .0
+    .unwrap();
+    let w = WriteRequest {
+        partition_id: 77,
+        epoch: 1,
+        key: b"\x01k".to_vec(),
+        kind: 2,
+        item: bytes::Bytes::from_static(br#"{"pk":{"S":"k"}}"#),
+        update: serde_json::to_vec(&update).unwrap(),
+        return_new: true,
+        return_old_on_failure: true,
+        ..Default::default()
+    };
+    pinned(&w, GOLDEN_UPDATE);
 }
 
 #[test]
@@ -132,4 +162,5 @@ const GOLDEN_MEMBERSHIP: &str = "080810ad0218022a03010204320104";
 const GOLDEN_HARD_STATE: &str = "08091002";
 const GOLDEN_SNAPSHOT_META: &str = "08e80710091a030102032805";
 const GOLDEN_WRITE: &str = "0a0973746f726167652d61102a1a3b084d10011a02016b2a107b22706b223a7b2253223a226b227d7d321d7b224174747269627574654e6f74457869737473223a5b22706b225d7d3801";
+const GOLDEN_UPDATE: &str = "084d10011a02016b20022a107b22706b223a7b2253223a226b227d7d42467b22616374696f6e73223a5b7b22536574223a5b5b7b224e616d65223a2261227d5d2c7b224f706572616e64223a7b2256616c7565223a7b2253223a2278227d7d7d5d7d5d7d48015001";
 const GOLDEN_TABLE: &str = "0a056d757369631203742d31180122140a066172746973741201531a04736f6e6722014e2a0b0a066172746973741201533080d095ffbc313a0f5041595f5045525f52455155455354522f080b100220ffffffffffffffffff012a130a0973746f726167652d621204617a2d621802320973746f726167652d62";
