@@ -91,26 +91,7 @@ async fn the_request_path_survives_losing_any_one_router_or_memds() {
     cluster.nats().restart().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let ok = r1
-            .create_table()
-            .table_name("after-nats")
-            .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-            .key_schema(
-                aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .attribute_definitions(
-                aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await;
+        let ok = create_table_request(&r1, "after-nats").send().await;
         match ok {
             Ok(_) => break,
             Err(e) if error_of(&e).0 == "ResourceInUseException" => break,

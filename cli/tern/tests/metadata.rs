@@ -222,26 +222,7 @@ async fn tables_and_items_survive_kill_9_of_nats_server() {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let name = format!("ddl-{i}");
-                let r = c
-                    .create_table()
-                    .table_name(&name)
-                    .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-                    .key_schema(
-                        aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                            .attribute_name("pk")
-                            .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                            .build()
-                            .unwrap(),
-                    )
-                    .attribute_definitions(
-                        aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                            .attribute_name("pk")
-                            .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                            .build()
-                            .unwrap(),
-                    )
-                    .send()
-                    .await;
+                let r = create_table_request(&c, &name).send().await;
                 if r.is_ok() {
                     tables.lock().unwrap().push(name);
                 }

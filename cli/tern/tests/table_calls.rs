@@ -4,9 +4,7 @@
 
 mod common;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
-};
+use aws_sdk_dynamodb::types::{BillingMode, TableStatus};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,27 +12,7 @@ async fn table_and_service_calls() {
     let tc = start_cluster(&[]).await;
     let endpoint = tc.cluster.endpoint();
     let c = client(&endpoint);
-    let out = c
-        .create_table()
-        .table_name("ready")
-        .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let out = create_table_request(&c, "ready").send().await.unwrap();
     let d = out.table_description().unwrap();
     assert_eq!(
         d.table_status(),

@@ -78,6 +78,49 @@ async fn place_partitions(m: &Memds) -> Result<Vec<PartitionInfo>, ApiError> {
 }
 
 pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError> {
+    let table = change_table(m, name, |table| {
+        table.status = TableStatus::Deleting as i32;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(table = name, "table deleting");
+    let s = m.clone();
+    let n = name.to_string();
+    tokio::spawn(async move { drive(&s, &n).await });
+    Ok(TableReply { table: Some(table) })
+}
+
+/// UpdateTable, TagResource, UntagResource.
+pub async fn alter_table(m: &Memds, req: AlterTableRequest) -> Result<TableReply, ApiError> {
+    let table = change_table(m, &req.table_name, |table| {
+        if !req.billing_mode.is_empty() {
+            table.billing_mode = req.billing_mode.clone();
+            if req.billing_mode == "PAY_PER_REQUEST" {
+                table.read_capacity = 0;
+                table.write_capacity = 0;
+            }
+        }
+        if req.set_throughput {
+            table.read_capacity = req.read_capacity;
+            table.write_capacity = req.write_capacity;
+        }
+        table.tags.extend(req.set_tags.clone());
+        for k in &req.remove_tags {
+            table.tags.remove(k);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(TableReply { table: Some(table) })
+}
+
+/// Changes an ACTIVE table's metadata by compare-and-set (read again and retried when another
+/// change came first): `change` edits the table; the result is the table as written.
+async fn change_table(
+    m: &Memds,
+    name: &str,
+    change: impl Fn(&mut TableInfo) -> Result<(), ApiError>,
+) -> Result<TableInfo, ApiError> {
     for _ in 0..5 {
         let Some(entry) =
             m.kv.entry(key(name))
@@ -100,7 +143,7 @@ pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError>
             }
             TableStatus::Active => {}
         }
-        table.status = TableStatus::Deleting as i32;
+        change(&mut table)?;
         let bytes = Bytes::from(table.encode_to_vec());
         match m.kv.update(key(name), bytes.clone(), entry.revision).await {
             Ok(rev) => {
@@ -110,78 +153,11 @@ pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError>
                     async_nats::jetstream::kv::Operation::Put,
                     &bytes,
                 );
-                tracing::info!(table = name, "table deleting");
-                let s = m.clone();
-                let n = name.to_string();
-                tokio::spawn(async move { drive(&s, &n).await });
-                return Ok(TableReply { table: Some(table) });
+                return Ok(table);
             }
             // Someone else changed it meanwhile: read again.
             Err(e) => {
-                tracing::debug!(table = name, error = %e, "delete table: compare-and-set lost")
-            }
-        }
-    }
-    Err(ApiError::new(
-        ErrorCode::InternalServerError,
-        "table metadata is changing too fast",
-    ))
-}
-
-/// UpdateTable, TagResource, UntagResource: one compare-and-set of an ACTIVE table's metadata.
-pub async fn alter_table(m: &Memds, req: AlterTableRequest) -> Result<TableReply, ApiError> {
-    let name = req.table_name.as_str();
-    for _ in 0..5 {
-        let Some(entry) =
-            m.kv.entry(key(name))
-                .await
-                .map_err(|e| internal("read table", e))?
-        else {
-            return Err(table_not_found(name));
-        };
-        if entry.operation != async_nats::jetstream::kv::Operation::Put {
-            return Err(table_not_found(name));
-        }
-        let mut table =
-            TableInfo::decode(entry.value.as_ref()).map_err(|e| internal("decode table", e))?;
-        if table.status() != TableStatus::Active {
-            return Err(in_use(format!(
-                "Attempt to change a resource which is still in use: Table is being {}: {name}",
-                if table.status() == TableStatus::Creating {
-                    "created"
-                } else {
-                    "deleted"
-                }
-            )));
-        }
-        if !req.billing_mode.is_empty() {
-            table.billing_mode = req.billing_mode.clone();
-            if req.billing_mode == "PAY_PER_REQUEST" {
-                table.read_capacity = 0;
-                table.write_capacity = 0;
-            }
-        }
-        if req.set_throughput {
-            table.read_capacity = req.read_capacity;
-            table.write_capacity = req.write_capacity;
-        }
-        table.tags.extend(req.set_tags.clone());
-        for k in &req.remove_tags {
-            table.tags.remove(k);
-        }
-        let bytes = Bytes::from(table.encode_to_vec());
-        match m.kv.update(key(name), bytes.clone(), entry.revision).await {
-            Ok(rev) => {
-                m.tables.apply(
-                    &key(name),
-                    rev,
-                    async_nats::jetstream::kv::Operation::Put,
-                    &bytes,
-                );
-                return Ok(TableReply { table: Some(table) });
-            }
-            Err(e) => {
-                tracing::debug!(table = name, error = %e, "alter table: compare-and-set lost")
+                tracing::debug!(table = name, error = %e, "table change: compare-and-set lost")
             }
         }
     }

@@ -86,11 +86,9 @@ enum Returned {
 pub async fn update_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let table = req.table_name()?;
     let key_json = req.get("Key").ok_or_else(|| null_member("key"))?;
-    let names = req.expression_names()?;
-    let values = req.expression_values()?;
-    tern_model::validate_substitutions(names.as_ref(), values.as_ref())?;
     let update_text = req.str("UpdateExpression")?;
     let condition_text = req.str("ConditionExpression")?;
+    let (names, values) = req.substitutions(update_text.is_some() || condition_text.is_some())?;
     let legacy_updates = req.object("AttributeUpdates")?;
     if let (Some(_), Some(_)) = (update_text, legacy_updates) {
         return Err(ApiError::validation(
@@ -101,18 +99,6 @@ pub async fn update_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         return Err(ApiError::validation(
             "Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {Expected} Expression parameters: {ConditionExpression}",
         ));
-    }
-    if update_text.is_none() && condition_text.is_none() {
-        if names.is_some() {
-            return Err(ApiError::validation(
-                "ExpressionAttributeNames can only be specified when using expressions",
-            ));
-        }
-        if values.is_some() {
-            return Err(ApiError::validation(
-                "ExpressionAttributeValues can only be specified when using expressions",
-            ));
-        }
     }
     let (update, mut condition) =
         tern_model::parse_update(update_text, condition_text, names.as_ref(), values.as_ref())?;
@@ -281,20 +267,9 @@ fn return_values(req: &Request, invalid: &str) -> Result<bool, ApiError> {
 
 /// The request's ConditionExpression, compiled and encoded for the storage node.
 fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
-    let names = req.expression_names()?;
-    let values = req.expression_values()?;
-    tern_model::validate_substitutions(names.as_ref(), values.as_ref())?;
-    let Some(expr) = req.str("ConditionExpression")? else {
-        if names.is_some() {
-            return Err(ApiError::validation(
-                "ExpressionAttributeNames can only be specified when using expressions",
-            ));
-        }
-        if values.is_some() {
-            return Err(ApiError::validation(
-                "ExpressionAttributeValues can only be specified when using expressions",
-            ));
-        }
+    let expr = req.str("ConditionExpression")?;
+    let (names, values) = req.substitutions(expr.is_some())?;
+    let Some(expr) = expr else {
         return match legacy_expected(req)? {
             Some(c) => encode_condition(&c),
             None => Ok(Vec::new()),

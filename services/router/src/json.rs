@@ -101,6 +101,37 @@ impl Request {
         Ok(name)
     }
 
+    /// ExpressionAttributeNames and ExpressionAttributeValues, checked as DynamoDB checks them
+    /// (limits; and present only when the request has an expression, `with_expressions`).
+    #[allow(clippy::type_complexity)]
+    pub fn substitutions(
+        &self,
+        with_expressions: bool,
+    ) -> Result<
+        (
+            Option<HashMap<String, String>>,
+            Option<HashMap<String, AttributeValue>>,
+        ),
+        ApiError,
+    > {
+        let names = self.expression_names()?;
+        let values = self.expression_values()?;
+        tern_model::validate_substitutions(names.as_ref(), values.as_ref())?;
+        if !with_expressions {
+            for (present, field) in [
+                (names.is_some(), "ExpressionAttributeNames"),
+                (values.is_some(), "ExpressionAttributeValues"),
+            ] {
+                if present {
+                    return Err(ApiError::validation(format!(
+                        "{field} can only be specified when using expressions"
+                    )));
+                }
+            }
+        }
+        Ok((names, values))
+    }
+
     pub fn expression_names(&self) -> Result<Option<HashMap<String, String>>, ApiError> {
         let Some(map) = self.object("ExpressionAttributeNames")? else {
             return Ok(None);

@@ -43,9 +43,6 @@ fn common(req: &Request, t: Arc<TableInfo>, key_expr: bool) -> Result<Common, Ap
         )));
     }
     let schema = key_schema(&t)?;
-    let names = req.expression_names()?;
-    let values = req.expression_values()?;
-    tern_model::validate_substitutions(names.as_ref(), values.as_ref())?;
     let key_text = if key_expr {
         req.str("KeyConditionExpression")?
     } else {
@@ -90,18 +87,8 @@ fn common(req: &Request, t: Arc<TableInfo>, key_expr: bool) -> Result<Common, Ap
         }
         None => None,
     };
-    if key_text.is_none() && filter_text.is_none() && projection_text.is_none() {
-        if names.is_some() {
-            return Err(ApiError::validation(
-                "ExpressionAttributeNames can only be specified when using expressions",
-            ));
-        }
-        if values.is_some() {
-            return Err(ApiError::validation(
-                "ExpressionAttributeValues can only be specified when using expressions",
-            ));
-        }
-    }
+    let (names, values) = req
+        .substitutions(key_text.is_some() || filter_text.is_some() || projection_text.is_some())?;
     let mut exprs = tern_model::parse_read_expressions(
         &schema,
         key_text,

@@ -59,9 +59,12 @@ pub fn client(endpoint: &str) -> Client {
 }
 
 /// Creates a table keyed by `pk` (S) and, if given, sort key `sk` of `sk_type`; waits for ACTIVE.
-pub async fn create_table(c: &Client, name: &str, sk: Option<ScalarAttributeType>) {
-    let mut req = c
-        .create_table()
+/// A CreateTable of an on-demand table keyed by `pk` (S), to send or to extend.
+pub fn create_table_request(
+    c: &Client,
+    name: &str,
+) -> aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder {
+    c.create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
         .key_schema(
@@ -77,7 +80,11 @@ pub async fn create_table(c: &Client, name: &str, sk: Option<ScalarAttributeType
                 .attribute_type(ScalarAttributeType::S)
                 .build()
                 .unwrap(),
-        );
+        )
+}
+
+pub async fn create_table(c: &Client, name: &str, sk: Option<ScalarAttributeType>) {
+    let mut req = create_table_request(c, name);
     if let Some(t) = sk {
         req = req
             .key_schema(
