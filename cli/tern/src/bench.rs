@@ -30,9 +30,16 @@ pub struct Args {
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
-    /// Phases to run, in order: put, get, get-consistent.
+    /// Phases to run, in order: put, get, get-consistent, pages (Query and Scan page cost at the
+    /// start and at the end of a table of `--page-items` items).
     #[arg(long, value_delimiter = ',', default_value = "put,get,get-consistent")]
     ops: Vec<String>,
+    /// Items loaded for the `pages` phase (a fifth under one partition key, for Query).
+    #[arg(long, default_value_t = 1_000_000)]
+    page_items: u64,
+    /// Items per page in the `pages` phase.
+    #[arg(long, default_value_t = 1000)]
+    page_limit: u64,
     /// Storage nodes sync each write on its own (only with a fresh local cluster).
     #[arg(long)]
     no_group_commit: bool,
@@ -74,9 +81,158 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if args.no_replication { "off" } else { "on" }
     );
     for op in &args.ops {
+        if op == "pages" {
+            pages(&client, &endpoint, &args, _cluster.as_ref()).await?;
+            continue;
+        }
         let report = phase(&client, &endpoint, &table, op, &args).await?;
         println!("{report}");
     }
+    Ok(())
+}
+
+/// Loads `page_items` items, then pages through a Query of one partition key and a Scan of the
+/// whole table, timing every page: the first and the last tenth of the pages should cost the same
+/// (reads are range scans from the page's start key, not skips from the table's start).
+async fn pages(
+    client: &HttpClient,
+    endpoint: &str,
+    args: &Args,
+    cluster: Option<&Cluster>,
+) -> anyhow::Result<()> {
+    let table = format!("bench-pages-{}", std::process::id());
+    let body = json!({
+        "TableName": table,
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "N"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    });
+    let (status, resp) = call(client, endpoint, "CreateTable", body.to_string()).await?;
+    if status != 200 {
+        bail!("CreateTable failed: {}", String::from_utf8_lossy(&resp));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n = args.page_items;
+    let payload = "x".repeat(args.item_size);
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, endpoint, table, payload, next) = (
+            client.clone(),
+            endpoint.to_string(),
+            table.clone(),
+            payload.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(25, Ordering::Relaxed);
+                if from >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let mut writes: Vec<serde_json::Value> = (from..(from + 25).min(n))
+                    .map(|i| {
+                        let pk = if i % 5 == 0 { "q".to_string() } else { format!("p{i}") };
+                        json!({"PutRequest": {"Item": {"pk": {"S": pk}, "sk": {"N": i.to_string()}, "data": {"S": payload}}}})
+                    })
+                    .collect();
+                // Unprocessed items are sent again until none is left.
+                while !writes.is_empty() {
+                    let body = json!({"RequestItems": {&table: writes}}).to_string();
+                    let (status, resp) = call(&client, &endpoint, "BatchWriteItem", body).await?;
+                    if status != 200 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    let v: serde_json::Value = serde_json::from_slice(&resp)?;
+                    writes = v["UnprocessedItems"][&table]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let load = started.elapsed().as_secs_f64();
+    println!(
+        "{:>15}: {n} items loaded in {load:.1} s ({:.0} items/s)",
+        "pages",
+        n as f64 / load
+    );
+    let rss = |label: &str| {
+        if let Some(c) = cluster {
+            let nodes: Vec<String> = c
+                .storage_metrics()
+                .into_iter()
+                .map(|(node, _)| node)
+                .collect();
+            let mut parts = Vec::new();
+            for node in nodes {
+                if let Ok(Some(b)) = c.rss_of(&node) {
+                    parts.push(format!("{node} {} MB", b / (1024 * 1024)));
+                }
+            }
+            println!(
+                "{:>15}: resident memory {label}: {}",
+                "pages",
+                parts.join(", ")
+            );
+        }
+    };
+    rss("after loading");
+    for (what, query) in [("query", true), ("scan", false)] {
+        let mut times = Vec::new();
+        let mut start: Option<serde_json::Value> = None;
+        let mut items = 0u64;
+        loop {
+            let mut body = if query {
+                json!({"TableName": table, "KeyConditionExpression": "pk = :q",
+                       "ExpressionAttributeValues": {":q": {"S": "q"}}, "Limit": args.page_limit})
+            } else {
+                json!({"TableName": table, "Limit": args.page_limit})
+            };
+            if let Some(k) = start.take() {
+                body["ExclusiveStartKey"] = k;
+            }
+            let t0 = Instant::now();
+            let (status, resp) = call(
+                client,
+                endpoint,
+                if query { "Query" } else { "Scan" },
+                body.to_string(),
+            )
+            .await?;
+            times.push(t0.elapsed());
+            if status != 200 {
+                bail!("{what} page failed: {}", String::from_utf8_lossy(&resp));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&resp)?;
+            items += v["Count"].as_u64().unwrap_or(0);
+            match v.get("LastEvaluatedKey") {
+                Some(k) => start = Some(k.clone()),
+                None => break,
+            }
+        }
+        let tenth = (times.len() / 10).max(1);
+        let p50 = |t: &[Duration]| {
+            let mut t = t.to_vec();
+            t.sort();
+            t[t.len() / 2].as_secs_f64() * 1000.0
+        };
+        println!(
+            "{what:>15}: {items} items in {} pages of {}: p50 per page {:.2} ms in the first tenth, {:.2} ms in the last tenth, {:.2} ms overall",
+            times.len(),
+            args.page_limit,
+            p50(&times[..tenth]),
+            p50(&times[times.len() - tenth..]),
+            p50(&times)
+        );
+    }
+    rss("after paging");
     Ok(())
 }
 

@@ -232,6 +232,15 @@ impl Cluster {
         Ok(self.service(name)?.0.rss_bytes())
     }
 
+    /// [`Self::rss_bytes`] through a shared reference.
+    pub fn rss_of(&self, name: &str) -> anyhow::Result<Option<u64>> {
+        let (p, _, _) = self
+            .services
+            .get(name)
+            .with_context(|| format!("no service named {name}"))?;
+        Ok(p.rss_bytes())
+    }
+
     /// Starts a stopped or killed service again and waits until it is healthy.
     pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
         self.start_process(name)?;
