@@ -9,7 +9,11 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_and_service_calls() {
-    let tc = start_cluster(&[]).await;
+    let tc = start_cluster(&[
+        ("TERN_STORAGE_STATS_FIRST_MS", "100"),
+        ("TERN_STORAGE_STATS_INTERVAL_MS", "300"),
+    ])
+    .await;
     let endpoint = tc.cluster.endpoint();
     let c = client(&endpoint);
     let out = create_table_request(&c, "ready").send().await.unwrap();
@@ -152,6 +156,35 @@ async fn table_and_service_calls() {
         .await
         .unwrap_err();
     assert_eq!(error_of(&e).0, "ResourceNotFoundException");
+
+    // ItemCount and TableSizeBytes follow the storage nodes' counts (every 300 ms here; DynamoDB
+    // and Tern's default: every few hours).
+    for i in 0..25 {
+        c.put_item()
+            .table_name("ready")
+            .item(
+                "pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("k{i}")),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let t = c.describe_table().table_name("ready").send().await.unwrap();
+        let t = t.table().unwrap();
+        if t.item_count() == Some(25) {
+            assert!(t.table_size_bytes().unwrap_or(0) >= 25 * 10, "{t:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ItemCount {:?}",
+            t.item_count()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     // Tags.
     let arn = d.table().unwrap().table_arn().unwrap().to_string();

@@ -40,6 +40,7 @@ async fn serve_lookups(bus: &Bus, subject: &str, queue: Option<&str>, hits: Arc<
                         name: "t".into(),
                         ..Default::default()
                     }),
+                    ..Default::default()
                 })
             } else {
                 Err(BusError::Api(ApiError::new(

@@ -164,6 +164,11 @@ pub struct LookupBatchResponse {
 pub struct TableReply {
     #[prost(message, optional, tag = "1")]
     pub table: Option<TableInfo>,
+    /// ItemCount and TableSizeBytes as the storage nodes last counted them (DescribeTable).
+    #[prost(uint64, tag = "2")]
+    pub item_count: u64,
+    #[prost(uint64, tag = "3")]
+    pub size_bytes: u64,
 }
 
 /// The router has validated the request; MemDS checks existence, places partitions and persists.

@@ -323,6 +323,7 @@ messages![
     memds::TableReply,
     memds::CreateTableRequest,
     memds::AlterTableRequest,
+    node::PartitionStats,
     memds::TableNameRequest,
     memds::ListTablesRequest,
     memds::ListTablesResponse,

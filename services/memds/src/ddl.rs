@@ -52,7 +52,10 @@ pub async fn create_table(m: &Memds, req: CreateTableRequest) -> Result<TableRep
     let s = m.clone();
     let name = table.name.clone();
     tokio::spawn(async move { drive(&s, &name).await });
-    Ok(TableReply { table: Some(table) })
+    Ok(TableReply {
+        table: Some(table),
+        ..Default::default()
+    })
 }
 
 /// Places a new table's partitions. Right after start-up this MemDS may not have heard every
@@ -87,7 +90,10 @@ pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError>
     let s = m.clone();
     let n = name.to_string();
     tokio::spawn(async move { drive(&s, &n).await });
-    Ok(TableReply { table: Some(table) })
+    Ok(TableReply {
+        table: Some(table),
+        ..Default::default()
+    })
 }
 
 /// UpdateTable, TagResource, UntagResource.
@@ -111,7 +117,10 @@ pub async fn alter_table(m: &Memds, req: AlterTableRequest) -> Result<TableReply
         Ok(())
     })
     .await?;
-    Ok(TableReply { table: Some(table) })
+    Ok(TableReply {
+        table: Some(table),
+        ..Default::default()
+    })
 }
 
 /// Changes an ACTIVE table's metadata by compare-and-set (read again and retried when another

@@ -73,6 +73,8 @@ pub(crate) struct Memds {
     pub nodes: nodes::Nodes,
     pub lookups: Arc<AtomicU64>,
     pub strays: Arc<heal::Strays>,
+    /// Partition id → (items, bytes) as its replicas last counted them.
+    pub item_stats: Arc<parking_lot::Mutex<std::collections::HashMap<u64, (u64, u64)>>>,
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -87,6 +89,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         nodes: nodes::Nodes::new(Duration::from_millis(config.node_timeout_ms)),
         lookups: Arc::new(AtomicU64::new(0)),
         strays: Arc::default(),
+        item_stats: Arc::default(),
     };
     serve(&memds).await?;
     let ready = Arc::new(AtomicBool::new(true));
@@ -117,6 +120,7 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
             match reply {
                 Some(t) => Ok(TableReply {
                     table: Some((*t).clone()),
+                    ..Default::default()
                 }),
                 None => Err(not_found().into()),
             }
@@ -159,9 +163,14 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
                     None => s.tables.refresh(&s.kv, &req.table_name).await,
                 };
                 match t {
-                    Some(t) => Ok(TableReply {
-                        table: Some((*t).clone()),
-                    }),
+                    Some(t) => {
+                        let (item_count, size_bytes) = s.table_stats(&t);
+                        Ok(TableReply {
+                            table: Some((*t).clone()),
+                            item_count,
+                            size_bytes,
+                        })
+                    }
                     None => Err(ApiError::new(
                         ErrorCode::ResourceNotFound,
                         format!(
@@ -251,11 +260,28 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
     let s = m.clone();
     bus.serve(subjects::NODE_HEARTBEAT, None, move |hb: NodeHeartbeat| {
         heal::drop_strays(&s, &hb.node_id, &hb.partition_ids);
+        {
+            let mut stats = s.item_stats.lock();
+            for p in &hb.stats {
+                stats.insert(p.partition_id, (p.items, p.bytes));
+            }
+        }
         s.nodes.heard(hb);
         async { Ok(tern_proto::Empty {}) }
     })
     .await?;
     Ok(())
+}
+
+impl Memds {
+    /// ItemCount and TableSizeBytes of a table: its partitions' last counts, summed.
+    pub(crate) fn table_stats(&self, t: &tern_proto::memds::TableInfo) -> (u64, u64) {
+        let stats = self.item_stats.lock();
+        t.partitions
+            .iter()
+            .filter_map(|p| stats.get(&p.id))
+            .fold((0, 0), |(i, b), (pi, pb)| (i + pi, b + pb))
+    }
 }
 
 /// DynamoDB's answer for a data request to a table that does not exist (or is not active).

@@ -91,12 +91,12 @@ impl RouteCache {
     pub async fn lookup(&self, table: &str) -> Result<Arc<TableInfo>, ApiError> {
         inc(&self.metrics.memds_lookups);
         match self.memds.lookup(table).await {
-            Ok(TableReply { table: Some(t) }) => {
+            Ok(TableReply { table: Some(t), .. }) => {
                 let t = Arc::new(t);
                 self.entries.write().insert(table.to_string(), t.clone());
                 Ok(t)
             }
-            Ok(TableReply { table: None }) => Err(ApiError::new(
+            Ok(TableReply { table: None, .. }) => Err(ApiError::new(
                 ErrorCode::InternalServerError,
                 "empty lookup reply",
             )),

@@ -32,7 +32,10 @@ pub async fn create_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
     while t.status() != TableStatus::Active && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        if let Ok(TableReply { table: Some(now) }) = r.memds.describe_table(&name).await {
+        if let Ok(TableReply {
+            table: Some(now), ..
+        }) = r.memds.describe_table(&name).await
+        {
             t = now;
         }
     }
@@ -238,7 +241,10 @@ pub async fn describe_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
         .await
         .map_err(|e| e.into_api())?;
     let t = reply.table.unwrap_or_default();
-    Ok(json!({ "Table": describe(&t) }).to_string().into_bytes())
+    let mut d = describe(&t);
+    d["ItemCount"] = json!(reply.item_count);
+    d["TableSizeBytes"] = json!(reply.size_bytes);
+    Ok(json!({ "Table": d }).to_string().into_bytes())
 }
 
 pub async fn delete_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {

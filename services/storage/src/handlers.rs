@@ -61,6 +61,25 @@ impl Node {
             .collect()
     }
 
+    /// Whether this node's replica of the partition holds items (not a log replica).
+    pub fn has_items(&self, partition_id: u64) -> bool {
+        self.inner
+            .replication
+            .as_ref()
+            .is_none_or(|r| r.has_items(partition_id))
+    }
+
+    /// Items of the partition on this node and their stored bytes.
+    pub fn count_items(&self, partition_id: u64) -> fjall::Result<(u64, u64)> {
+        let (mut items, mut bytes) = (0u64, 0u64);
+        for kv in self.inner.store.items().prefix(partition_id.to_be_bytes()) {
+            let (_, v) = kv.into_inner()?;
+            items += 1;
+            bytes += v.len() as u64;
+        }
+        Ok((items, bytes))
+    }
+
     pub fn replica_count(&self) -> usize {
         self.inner.partitions.len()
     }

@@ -60,6 +60,11 @@ pub struct Config {
     pub compact_bytes: u64,
     /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9101`); empty: none.
     pub metrics_listen: String,
+    /// How often the items of each replica are counted for DescribeTable's ItemCount and
+    /// TableSizeBytes (DynamoDB refreshes them about every six hours); the first count runs
+    /// `stats_first_ms` after start.
+    pub stats_interval_ms: u64,
+    pub stats_first_ms: u64,
 }
 
 impl Default for Config {
@@ -77,6 +82,8 @@ impl Default for Config {
             compact_after: 20_000,
             compact_bytes: 32 * 1024 * 1024,
             metrics_listen: String::new(),
+            stats_interval_ms: 6 * 3600 * 1000,
+            stats_first_ms: 30_000,
         }
     }
 }
@@ -117,7 +124,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     node.serve(&bus).await?;
     let ready = Arc::new(AtomicBool::new(false));
     tern_bus::serve_health(&bus, "storage", &config.node_id, ready.clone()).await?;
-    let heartbeat = tokio::spawn(heartbeat(bus.clone(), config.clone(), node.clone()));
+    let stats = Stats::default();
+    let counter = tokio::spawn(count_items(config.clone(), node.clone(), stats.clone()));
+    let heartbeat = tokio::spawn(heartbeat(bus.clone(), config.clone(), node.clone(), stats));
     let metrics = if config.metrics_listen.is_empty() {
         None
     } else {
@@ -133,6 +142,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     tracing::info!("storage node stopping");
     heartbeat.abort();
+    counter.abort();
     if let Some(m) = metrics {
         m.abort();
     }
@@ -142,7 +152,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-async fn heartbeat(bus: Bus, config: Config, node: handlers::Node) {
+/// Item count and bytes of each replica holding items, as last counted.
+type Stats = Arc<parking_lot::Mutex<std::collections::HashMap<u64, (u64, u64)>>>;
+
+/// Counts the items of every replica that holds items, now and then (a range read of the
+/// partition in a blocking task, one partition at a time).
+async fn count_items(config: Config, node: handlers::Node, stats: Stats) {
+    tokio::time::sleep(Duration::from_millis(config.stats_first_ms)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(config.stats_interval_ms.max(100)));
+    loop {
+        tick.tick().await;
+        let mut counted = std::collections::HashMap::new();
+        for pid in node.partition_ids() {
+            if !node.has_items(pid) {
+                continue;
+            }
+            let n = node.clone();
+            match tokio::task::spawn_blocking(move || n.count_items(pid)).await {
+                Ok(Ok(c)) => {
+                    counted.insert(pid, c);
+                }
+                Ok(Err(e)) => tracing::warn!(partition = pid, error = %e, "count items"),
+                Err(e) => tracing::warn!(partition = pid, error = %e, "count items"),
+            }
+        }
+        *stats.lock() = counted;
+    }
+}
+
+async fn heartbeat(bus: Bus, config: Config, node: handlers::Node, stats: Stats) {
     let mut tick = tokio::time::interval(Duration::from_millis(config.heartbeat_ms));
     loop {
         tick.tick().await;
@@ -151,6 +189,15 @@ async fn heartbeat(bus: Bus, config: Config, node: handlers::Node) {
             az: config.az.clone(),
             replicas: node.replica_count() as u32,
             partition_ids: node.partition_ids(),
+            stats: stats
+                .lock()
+                .iter()
+                .map(|(pid, (items, bytes))| tern_proto::node::PartitionStats {
+                    partition_id: *pid,
+                    items: *items,
+                    bytes: *bytes,
+                })
+                .collect(),
         };
         if let Err(e) = bus.publish(subjects::NODE_HEARTBEAT, &msg).await {
             tracing::debug!(error = %e, "publish heartbeat");
