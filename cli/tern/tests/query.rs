@@ -163,10 +163,16 @@ async fn query_and_scan_as_dynamodb_answers_them() {
     assert_eq!(out.items()[1], HashMap::from([("tag".to_string(), n(10))]));
     let out = q("pk = :p", vec![])
         .select(Select::Count)
+        .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Indexes)
         .send()
         .await
         .unwrap();
     assert_eq!(out.count, 50);
+    // 50 small items: one 4 KB unit, halved for an eventually consistent read; with INDEXES the
+    // table's share is reported apart.
+    let cc = out.consumed_capacity.clone().unwrap();
+    assert_eq!(cc.capacity_units, Some(0.5));
+    assert_eq!(cc.table.and_then(|t| t.capacity_units), Some(0.5));
     assert!(out.items.is_none() || out.items().is_empty());
 
     // DynamoDB's errors.

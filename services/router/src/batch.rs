@@ -13,7 +13,9 @@ use tern_proto::memds::TableInfo;
 use tern_proto::storage::{GetRequest, WriteKind, WriteRequest};
 
 use crate::dispatch;
-use crate::items::{key_schema, projection, stored_size, wants_capacity, write_units};
+use crate::items::{
+    capacity_json, key_schema, projection, stored_size, wants_capacity, wants_indexes, write_units,
+};
 use crate::json::{null_member, Request};
 use crate::Router;
 
@@ -156,16 +158,16 @@ pub async fn batch_write_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiE
     }
     let mut out = json!({ "UnprocessedItems": unprocessed });
     if capacity {
-        out["ConsumedCapacity"] = consumed(&units);
+        out["ConsumedCapacity"] = consumed(&units, wants_indexes(req));
     }
     Ok(serde_json::to_vec(&out).expect("json"))
 }
 
-fn consumed(units: &BTreeMap<&str, f64>) -> Value {
+fn consumed(units: &BTreeMap<&str, f64>, indexes: bool) -> Value {
     Value::Array(
         units
             .iter()
-            .map(|(t, u)| json!({ "TableName": t, "CapacityUnits": u }))
+            .map(|(t, u)| capacity_json(t, *u, indexes))
             .collect(),
     )
 }
@@ -293,7 +295,7 @@ pub async fn batch_get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
         .collect();
     let mut out = json!({ "Responses": responses, "UnprocessedKeys": unprocessed });
     if capacity {
-        out["ConsumedCapacity"] = consumed(&units);
+        out["ConsumedCapacity"] = consumed(&units, wants_indexes(req));
     }
     Ok(serde_json::to_vec(&out).expect("json"))
 }

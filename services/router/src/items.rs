@@ -44,7 +44,13 @@ pub async fn put_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     let resp = dispatch::write(r, t, key.hash(), write).await?;
     failed_with_item(&resp)?;
     let units = capacity.then(|| write_units(size));
-    Ok(reply("Attributes", resp.old_item.as_deref(), table, units))
+    Ok(reply(
+        "Attributes",
+        resp.old_item.as_deref(),
+        table,
+        units,
+        wants_indexes(req),
+    ))
 }
 
 pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
@@ -70,7 +76,13 @@ pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         Some(old) => write_units(stored_size(old)),
         None => 1.0,
     });
-    Ok(reply("Attributes", resp.old_item.as_deref(), table, units))
+    Ok(reply(
+        "Attributes",
+        resp.old_item.as_deref(),
+        table,
+        units,
+        wants_indexes(req),
+    ))
 }
 
 /// What UpdateItem returns.
@@ -172,7 +184,13 @@ pub async fn update_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         Returned::UpdatedOld => updated_only(resp.old_item.as_ref())?,
         Returned::UpdatedNew => updated_only(resp.new_item.as_ref())?,
     };
-    Ok(reply("Attributes", attributes.as_deref(), table, units))
+    Ok(reply(
+        "Attributes",
+        attributes.as_deref(),
+        table,
+        units,
+        wants_indexes(req),
+    ))
 }
 
 /// The legacy AttributeUpdates parameter as an update: PUT sets, DELETE removes (or takes
@@ -236,9 +254,10 @@ pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
                 Some(&tern_model::item_to_json(&projected)),
                 table,
                 units,
+                wants_indexes(req),
             )
         }
-        (item, _) => reply("Item", item.as_deref(), table, units),
+        (item, _) => reply("Item", item.as_deref(), table, units, wants_indexes(req)),
     })
 }
 
@@ -396,6 +415,20 @@ pub(crate) fn wants_capacity(req: &Request) -> Result<bool, ApiError> {
     }
 }
 
+/// ReturnConsumedCapacity INDEXES: the table's share is reported apart too (there are no indexes).
+pub(crate) fn wants_indexes(req: &Request) -> bool {
+    matches!(req.str("ReturnConsumedCapacity"), Ok(Some("INDEXES")))
+}
+
+/// DynamoDB's ConsumedCapacity of one table.
+pub(crate) fn capacity_json(table: &str, units: f64, indexes: bool) -> serde_json::Value {
+    let mut cc = serde_json::json!({ "TableName": table, "CapacityUnits": units });
+    if indexes {
+        cc["Table"] = serde_json::json!({ "CapacityUnits": units });
+    }
+    cc
+}
+
 /// Write capacity units: one per started KB.
 pub(crate) fn write_units(size: usize) -> f64 {
     size.div_ceil(1024).max(1) as f64
@@ -408,7 +441,13 @@ pub(crate) fn stored_size(bytes: &[u8]) -> usize {
 }
 
 /// `{"<field>": <item>, "ConsumedCapacity": …}`, splicing the stored item's bytes as they are.
-fn reply(field: &str, item: Option<&[u8]>, table: &str, units: Option<f64>) -> Vec<u8> {
+fn reply(
+    field: &str,
+    item: Option<&[u8]>,
+    table: &str,
+    units: Option<f64>,
+    indexes: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(item.map_or(0, <[u8]>::len) + 64);
     out.push(b'{');
     if let Some(item) = item {
@@ -421,7 +460,7 @@ fn reply(field: &str, item: Option<&[u8]>, table: &str, units: Option<f64>) -> V
         if item.is_some() {
             out.push(b',');
         }
-        let cc = serde_json::json!({ "TableName": table, "CapacityUnits": units });
+        let cc = capacity_json(table, units, indexes);
         out.extend_from_slice(b"\"ConsumedCapacity\":");
         out.extend_from_slice(cc.to_string().as_bytes());
     }

@@ -10,7 +10,7 @@ use tern_proto::memds::TableInfo;
 use tern_proto::storage::ScanRequest;
 
 use crate::dispatch;
-use crate::items::{key_schema, wants_capacity};
+use crate::items::{capacity_json, key_schema, wants_capacity, wants_indexes};
 use crate::json::Request;
 use crate::Router;
 
@@ -33,6 +33,7 @@ struct Common {
     limit: Option<u32>,
     consistent: bool,
     capacity: bool,
+    indexes: bool,
     start_key: Option<PrimaryKey>,
 }
 
@@ -189,6 +190,7 @@ fn common(req: &Request, t: Arc<TableInfo>, key_expr: bool) -> Result<Common, Ap
         limit,
         consistent: req.bool("ConsistentRead")?.unwrap_or(false),
         capacity: wants_capacity(req)?,
+        indexes: wants_indexes(req),
         start_key,
     })
 }
@@ -288,7 +290,7 @@ impl Page {
         if c.capacity {
             let units = self.bytes.div_ceil(4096).max(1) as f64;
             let units = if c.consistent { units } else { units / 2.0 };
-            tail["ConsumedCapacity"] = json!({ "TableName": c.table.name, "CapacityUnits": units });
+            tail["ConsumedCapacity"] = capacity_json(&c.table.name, units, c.indexes);
         }
         let tail = serde_json::to_vec(&tail).expect("json");
         out.extend_from_slice(&tail[1..]);
