@@ -1,5 +1,5 @@
-//! boto3 (the Python SDK, as applications use it) against a real cluster: every operation once,
-//! through `tests/boto3/smoke.py`. `scripts/install-deps` installs boto3.
+//! boto3 (the Python SDK, as applications use it) against `tern up`: every operation once,
+//! through `tests/boto3/smoke.py`. `scripts/install-deps --test` installs boto3.
 
 mod common;
 
@@ -7,9 +7,13 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_answers_every_operation() {
-    let tc = start_cluster(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = tern_cluster::free_port().unwrap();
+    let up = Up::start(dir.path(), port);
+    up.wait_printed("endpoint:", std::time::Duration::from_secs(90))
+        .await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/boto3/smoke.py");
-    let endpoint = tc.cluster.endpoint();
+    let endpoint = format!("http://127.0.0.1:{port}");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
             .arg(script)

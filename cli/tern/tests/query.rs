@@ -51,6 +51,7 @@ async fn query_all(c: &Client, pk: &str, limit: i32, forward: bool) -> (Vec<i64>
             .key_condition_expression("pk = :p")
             .expression_attribute_values(":p", s(pk))
             .limit(limit)
+            .consistent_read(true)
             .scan_index_forward(forward)
             .set_exclusive_start_key(start.take())
             .send()
@@ -97,9 +98,11 @@ async fn query_and_scan_as_dynamodb_answers_them() {
 
     // Sort-key conditions.
     let q = |cond: &str, vals: Vec<(&str, V)>| {
+        // Consistent: the items were just written, and eventually consistent reads may lag.
         let mut r = c
             .query()
             .table_name(TABLE)
+            .consistent_read(true)
             .key_condition_expression(cond)
             .expression_attribute_values(":p", s("a"));
         for (k, v) in vals {
@@ -168,12 +171,29 @@ async fn query_and_scan_as_dynamodb_answers_them() {
         .await
         .unwrap();
     assert_eq!(out.count, 50);
-    // 50 small items: one 4 KB unit, halved for an eventually consistent read; with INDEXES the
-    // table's share is reported apart.
+    // 50 small items: one 4 KB unit for a consistent read; with INDEXES the table's share is
+    // reported apart.
     let cc = out.consumed_capacity.clone().unwrap();
-    assert_eq!(cc.capacity_units, Some(0.5));
-    assert_eq!(cc.table.and_then(|t| t.capacity_units), Some(0.5));
+    assert_eq!(cc.capacity_units, Some(1.0));
+    assert_eq!(cc.table.and_then(|t| t.capacity_units), Some(1.0));
     assert!(out.items.is_none() || out.items().is_empty());
+    let total = c
+        .query()
+        .table_name(TABLE)
+        .key_condition_expression("pk = :p")
+        .expression_attribute_values(":p", s("a"))
+        .select(Select::Count)
+        .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .unwrap();
+    let cc = total.consumed_capacity.unwrap();
+    assert_eq!(
+        cc.capacity_units,
+        Some(0.5),
+        "half for an eventually consistent read"
+    );
+    assert!(cc.table.is_none(), "TOTAL has no per-table part");
 
     // DynamoDB's errors.
     let cases: Vec<(&str, &str)> = vec![
@@ -247,6 +267,7 @@ async fn query_and_scan_as_dynamodb_answers_them() {
         let out = c
             .scan()
             .table_name(TABLE)
+            .consistent_read(true)
             .limit(13)
             .projection_expression("pk, sk")
             .set_exclusive_start_key(start.take())
@@ -272,6 +293,7 @@ async fn query_and_scan_as_dynamodb_answers_them() {
             let out = c
                 .scan()
                 .table_name(TABLE)
+                .consistent_read(true)
                 .segment(segment)
                 .total_segments(4)
                 .projection_expression("pk, sk")
@@ -308,6 +330,7 @@ async fn query_and_scan_as_dynamodb_answers_them() {
         let out = c
             .scan()
             .table_name(TABLE)
+            .consistent_read(true)
             .filter_expression("pk = :b")
             .expression_attribute_values(":b", s("b"))
             .set_exclusive_start_key(start.take())

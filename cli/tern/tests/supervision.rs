@@ -4,65 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
-use common::{bin_dir, client, create_table};
-
-/// `tern up` as a child process, its stdout collected line by line.
-struct Up {
-    child: Child,
-    out: Arc<Mutex<Vec<String>>>,
-}
-
-impl Up {
-    fn start(dir: &Path, port: u16) -> Self {
-        let mut child = Command::new(bin_dir().join("tern"))
-            .args(["up", "--port", &port.to_string(), "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tern up");
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let lines = out.clone();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("tern up: {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Self { child, out }
-    }
-
-    fn printed(&self, what: &str) -> bool {
-        self.out.lock().unwrap().iter().any(|l| l.contains(what))
-    }
-
-    async fn wait_printed(&self, what: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.printed(what) {
-            assert!(
-                Instant::now() < deadline,
-                "tern up did not print {what:?} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{client, create_table, Up};
 
 fn pid_of(dir: &Path, name: &str) -> Option<u32> {
     std::fs::read_to_string(dir.join("run").join(format!("{name}.pid")))

@@ -63,20 +63,31 @@ out = table.update_item(
 )
 check("UpdateItem", out["Attributes"]["v"] == "updated" and out["Attributes"]["hits"] == 1, out)
 
-q = table.query(KeyConditionExpression=Key("pk").eq("a") & Key("sk").between(2, 5))
+# Reads right after writes are consistent: an eventually consistent one may not see them yet.
+q = table.query(KeyConditionExpression=Key("pk").eq("a") & Key("sk").between(2, 5), ConsistentRead=True)
 check("Query", [int(i["sk"]) for i in q["Items"]] == [2, 3, 4, 5], q["Items"])
-q = table.query(KeyConditionExpression=Key("pk").eq("a"), ScanIndexForward=False, Limit=3)
+q = table.query(
+    KeyConditionExpression=Key("pk").eq("a"), ScanIndexForward=False, Limit=3, ConsistentRead=True
+)
 check("Query page", [int(i["sk"]) for i in q["Items"]] == [9, 8, 7] and "LastEvaluatedKey" in q, q)
 
-s = table.scan(FilterExpression=Attr("v").begins_with("value-"))
+s = table.scan(FilterExpression=Attr("v").begins_with("value-"), ConsistentRead=True)
 check("Scan", s["Count"] == 9 and s["ScannedCount"] == 10, (s["Count"], s["ScannedCount"]))
 
 with table.batch_writer() as batch:
     for i in range(10, 40):
         batch.put_item(Item={"pk": "b", "sk": i})
-check("BatchWriteItem", table.query(KeyConditionExpression=Key("pk").eq("b"))["Count"] == 30)
+check(
+    "BatchWriteItem",
+    table.query(KeyConditionExpression=Key("pk").eq("b"), ConsistentRead=True)["Count"] == 30,
+)
 bg = resource.batch_get_item(
-    RequestItems={"boto3-smoke": {"Keys": [{"pk": "b", "sk": i} for i in range(10, 20)]}}
+    RequestItems={
+        "boto3-smoke": {
+            "Keys": [{"pk": "b", "sk": i} for i in range(10, 20)],
+            "ConsistentRead": True,
+        }
+    }
 )
 check("BatchGetItem", len(bg["Responses"]["boto3-smoke"]) == 10, bg)
 

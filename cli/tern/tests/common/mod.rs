@@ -433,3 +433,67 @@ pub async fn compare_replicas(tc: &TestCluster, table_name: &str) {
         }
     }
 }
+
+/// `tern up` as a child process, its stdout collected line by line.
+pub struct Up {
+    pub child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Up {
+    pub fn start(dir: &std::path::Path, port: u16) -> Self {
+        let mut child = std::process::Command::new(bin_dir().join("tern"))
+            .args(["up", "--port", &port.to_string(), "--data-dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start tern up");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = out.clone();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                println!("tern up: {line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Self { child, out }
+    }
+
+    pub fn printed(&self, what: &str) -> bool {
+        self.out.lock().unwrap().iter().any(|l| l.contains(what))
+    }
+
+    pub async fn wait_printed(&self, what: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.printed(what) {
+            assert!(
+                Instant::now() < deadline,
+                "tern up did not print {what:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Up {
+    /// SIGTERM, so `tern up` stops every process it started; SIGKILL if it has not after 20 s.
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
