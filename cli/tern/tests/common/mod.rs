@@ -484,6 +484,10 @@ impl Up {
 impl Drop for Up {
     /// SIGTERM, so `tern up` stops every process it started; SIGKILL if it has not after 20 s.
     fn drop(&mut self) {
+        // Already stopped (and reaped): its pid may belong to another process by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
