@@ -118,17 +118,23 @@ impl Cluster {
         let logs = spec.data_dir.join("logs");
         std::fs::create_dir_all(&logs).context("create logs dir")?;
         let nats = NatsServer::start(&spec.data_dir.join("nats"), &logs.join("nats-server.log"))?;
+        // Every port at once, so that no two processes are given the same one.
+        let routers = spec.routers.max(1);
+        let mut ports = crate::free_ports(routers + spec.storage_nodes.len())
+            .context("pick ports")?
+            .into_iter();
         let mut router_ports = BTreeMap::new();
-        for i in 0..spec.routers.max(1) {
+        for i in 0..routers {
+            let free = ports.next().expect("one port per router");
             let port = match spec.router_port {
                 Some(p) => p + i as u16,
-                None => crate::free_port()?,
+                None => free,
             };
             router_ports.insert(numbered("router", i), port);
         }
         let mut metrics_ports = BTreeMap::new();
         for node in &spec.storage_nodes {
-            metrics_ports.insert(node.id.clone(), crate::free_port()?);
+            metrics_ports.insert(node.id.clone(), ports.next().expect("one port per node"));
         }
         let mut services = BTreeMap::new();
         for (name, service, instance, env) in
@@ -266,8 +272,9 @@ impl Cluster {
         loop {
             if !proc.is_running() {
                 bail!(
-                    "{name} exited during start-up; see {}",
-                    proc.log_file().display()
+                    "{name} exited during start-up; last lines of {}:\n{}",
+                    proc.log_file().display(),
+                    log_tail(proc.log_file(), 10).join("\n")
                 );
             }
             let healthy = match bus

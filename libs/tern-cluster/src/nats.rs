@@ -103,8 +103,8 @@ impl NatsServer {
     pub fn start(store_dir: &Path, log_file: &Path) -> anyhow::Result<Self> {
         let bin = nats_server_binary()?;
         std::fs::create_dir_all(store_dir).context("create JetStream store dir")?;
-        let port = crate::free_port().context("pick a port for nats-server")?;
-        let monitor_port = crate::free_port().context("pick a monitoring port for nats-server")?;
+        let ports = crate::free_ports(2).context("pick ports for nats-server")?;
+        let (port, monitor_port) = (ports[0], ports[1]);
         let conf = store_dir.join("tern-nats.conf");
         std::fs::write(&conf, config_text(store_dir, monitor_port))
             .with_context(|| format!("write {}", conf.display()))?;

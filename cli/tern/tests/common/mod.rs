@@ -36,14 +36,24 @@ pub struct TestCluster {
 
 /// Starts a cluster with three storage nodes in az-a/b/c; `env` adds service configuration.
 pub async fn start_cluster(env: &[(&str, &str)]) -> TestCluster {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut spec = ClusterSpec::new(dir.path(), bin_dir());
-    spec.env = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let cluster = Cluster::start(spec).await.expect("start cluster");
-    TestCluster { cluster, dir }
+    // NOTE: ports are picked free and bound by the processes a moment later; on a busy machine
+    // another socket can take one in between. A start that fails is said, and tried once more
+    // in a fresh directory.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut spec = ClusterSpec::new(dir.path(), bin_dir());
+        spec.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match Cluster::start(spec).await {
+            Ok(cluster) => return TestCluster { cluster, dir },
+            Err(e) if attempt == 1 => eprintln!("cluster start failed, trying again: {e:#}"),
+            Err(e) => panic!("start cluster: {e:#}"),
+        }
+    }
 }
 
 pub fn client(endpoint: &str) -> Client {
