@@ -241,6 +241,16 @@ async fn query_and_scan_as_dynamodb_answers_them() {
     assert!(error_of(&e)
         .1
         .contains("KeyConditions or KeyConditionExpression"));
+    let e = q("pk = :p AND sk < :v", vec![(":v", n(3))])
+        .exclusive_start_key("pk", s("a"))
+        .exclusive_start_key("sk", n(40))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_of(&e).1,
+        "The provided starting key is outside query boundaries based on provided conditions"
+    );
     let e = q("pk = :p", vec![])
         .index_name("byKind")
         .send()

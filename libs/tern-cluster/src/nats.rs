@@ -71,11 +71,15 @@ pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// (major, minor) of a nats-server binary, from `nats-server --version` ("nats-server: v2.15.1").
+/// (major, minor) of a nats-server binary, from `nats-server --version`.
 fn version_of(bin: &Path) -> Option<(u32, u32)> {
     let out = Command::new(bin).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text.split('v').nth(1)?.trim();
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// (major, minor) of "nats-server: v2.15.1".
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.trim().rsplit(' ').next()?.trim_start_matches('v');
     let mut parts = v.split('.');
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
@@ -236,5 +240,19 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_are_read_from_the_version_line() {
+        assert_eq!(
+            super::parse_version("nats-server: v2.15.1\n"),
+            Some((2, 15))
+        );
+        assert_eq!(super::parse_version("nats-server: v2.9.10"), Some((2, 9)));
+        assert!(super::parse_version("nats-server: v2.9.10").unwrap() < super::MIN_VERSION);
+        assert_eq!(super::parse_version("garbage"), None);
     }
 }

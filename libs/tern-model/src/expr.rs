@@ -974,7 +974,7 @@ pub(crate) fn resolve<'a>(item: &'a Item, path: &[PathElem]) -> Option<&'a Attri
 }
 
 /// The order of two strings, numbers or binaries of one type; `None` for anything else.
-fn order(a: &AttributeValue, b: &AttributeValue) -> Option<std::cmp::Ordering> {
+pub(crate) fn order(a: &AttributeValue, b: &AttributeValue) -> Option<std::cmp::Ordering> {
     match (a, b) {
         (AttributeValue::S(x), AttributeValue::S(y)) => Some(x.cmp(y)),
         (AttributeValue::N(x), AttributeValue::N(y)) => Some(x.cmp(y)),

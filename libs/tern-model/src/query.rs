@@ -272,7 +272,14 @@ pub fn legacy_key_condition(
             "LE" => cmp(CmpOp::Le)?,
             "GT" => cmp(CmpOp::Gt)?,
             "GE" => cmp(CmpOp::Ge)?,
-            "BETWEEN" => Condition::Between(path.clone(), arg(0)?, arg(1)?),
+            "BETWEEN" => {
+                if crate::expr::order(&args[0], &args[1]) == Some(std::cmp::Ordering::Greater) {
+                    return Err(ApiError::validation(
+                        "Invalid KeyConditions: The BETWEEN operator requires upper bound to be greater than or equal to lower bound",
+                    ));
+                }
+                Condition::Between(path.clone(), arg(0)?, arg(1)?)
+            }
             "BEGINS_WITH" => Condition::BeginsWith(path.clone(), arg(0)?),
             other => {
                 return Err(ApiError::validation(format!(

@@ -165,7 +165,14 @@ impl Parser<'_> {
         actions.extend(deletes);
         let paths: Vec<Vec<PathElem>> = actions.iter().map(|a| a.path().to_vec()).collect();
         check_paths(KIND, &paths)?;
-        Ok(Update { actions })
+        let update = Update { actions };
+        if update.encoded_depth() > crate::expr::MAX_ENCODED_DEPTH {
+            return Err(syntax(
+                "The expression is nested too deeply for its values; nest fewer functions or \
+                 values",
+            ));
+        }
+        Ok(update)
     }
 
     /// `operand [(+|-) operand]`.
@@ -333,6 +340,38 @@ impl Update {
             }
         }
         Ok(())
+    }
+
+    /// Nesting of the JSON the update travels in (the replication log's decoder allows 128).
+    fn encoded_depth(&self) -> usize {
+        fn operand(o: &Operand) -> usize {
+            match o {
+                Operand::Value(v) => 1 + crate::expr::value_depth(v),
+                _ => 3,
+            }
+        }
+        fn set_value(v: &SetValue) -> usize {
+            match v {
+                SetValue::Operand(o) => 1 + operand(o),
+                SetValue::IfNotExists(_, f) => 2 + set_value(f).max(2),
+                SetValue::ListAppend(a, b) | SetValue::Plus(a, b) | SetValue::Minus(a, b) => {
+                    2 + set_value(a).max(set_value(b))
+                }
+            }
+        }
+        // {"actions":[{"Set":[path, value]}]}: four levels before the action's parts.
+        4 + self
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Set(_, v) => set_value(v).max(2),
+                Action::Remove(_) => 2,
+                Action::Add(_, v) | Action::Delete(_, v) => {
+                    (1 + crate::expr::value_depth(v)).max(2)
+                }
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The document paths the update writes (for ReturnValues UPDATED_OLD and UPDATED_NEW).
@@ -634,6 +673,30 @@ mod tests {
         );
         assert!(msg("", json!({})).contains("can not be empty"));
         assert!(msg("SET", json!({})).starts_with("Invalid UpdateExpression: Syntax error"));
+    }
+
+    #[test]
+    fn updates_the_log_could_not_decode_are_refused() {
+        // 30 nested functions around a list nested 30 levels deep: within each limit, too deep
+        // together for the log's decoder.
+        let mut deep = json!({"S": "x"});
+        for _ in 0..30 {
+            deep = json!({"L": [deep]});
+        }
+        let expr = format!(
+            "SET a = {}:v{}",
+            "list_append(:v, ".repeat(30),
+            ")".repeat(30)
+        );
+        let e = run(&expr, json!({":v": deep})).unwrap_err();
+        assert!(e.message.contains("nested too deeply"), "{}", e.message);
+        // What is accepted decodes (run() round-trips every update through JSON).
+        let expr = format!(
+            "SET a = {}:v{}",
+            "list_append(:v, ".repeat(5),
+            ")".repeat(5)
+        );
+        assert!(run(&expr, json!({":v": {"L": [{"S": "x"}]}})).is_ok());
     }
 
     #[test]

@@ -312,10 +312,15 @@ pub async fn query(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
             ));
         }
         let k = start.storage_key();
-        if forward && k >= range.start {
+        if k < range.start || k > range.end {
+            return Err(ApiError::validation(
+                "The provided starting key is outside query boundaries based on provided conditions",
+            ));
+        }
+        if forward {
             range.start = k;
             range.start_inclusive = false;
-        } else if !forward && k <= range.end {
+        } else {
             range.end = k;
             range.end_inclusive = false;
         }
