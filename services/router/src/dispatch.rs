@@ -142,8 +142,15 @@ pub async fn get(
     // An eventually consistent read goes to the replica in this router's zone first: any replica
     // may answer it, and staying in the zone is what keeps its latency and cost low.
     if !req.consistent {
-        if let Some(resp) = get_in_zone(r, &t, hash, &req).await {
-            return Ok(resp);
+        if let Some((node, partition_id, epoch)) = in_zone(r, &t, hash) {
+            let local = GetRequest {
+                partition_id,
+                epoch,
+                ..req.clone()
+            };
+            if let Ok(resp) = r.storage.get(&node, &local).await {
+                return Ok(resp);
+            }
         }
     }
     with_redirects(r, t, hash, Idempotent::Yes, |node, p| {
@@ -164,16 +171,14 @@ pub async fn scan(
     req: ScanRequest,
 ) -> Result<ScanResponse, ApiError> {
     if !req.consistent {
-        if let Some(p) = t.partition_for(hash) {
-            if let Some(local) = p.replicas.iter().find(|rep| rep.az == r.az && !rep.log) {
-                let local_req = ScanRequest {
-                    partition_id: p.id,
-                    epoch: p.epoch,
-                    ..req.clone()
-                };
-                if let Ok(resp) = r.storage.scan(&local.node_id, &local_req).await {
-                    return Ok(resp);
-                }
+        if let Some((node, partition_id, epoch)) = in_zone(r, &t, hash) {
+            let local = ScanRequest {
+                partition_id,
+                epoch,
+                ..req.clone()
+            };
+            if let Ok(resp) = r.storage.scan(&node, &local).await {
+                return Ok(resp);
             }
         }
     }
@@ -187,19 +192,10 @@ pub async fn scan(
     .await
 }
 
-/// One attempt at the replica in the router's zone; `None` if there is none or it cannot answer.
-async fn get_in_zone(
-    r: &Router,
-    t: &TableInfo,
-    hash: u64,
-    req: &GetRequest,
-) -> Option<GetResponse> {
+/// The full replica in the router's zone of the partition holding `hash`, for an eventually
+/// consistent read's first attempt: (node, partition id, epoch).
+fn in_zone(r: &Router, t: &TableInfo, hash: u64) -> Option<(String, u64, u64)> {
     let p = t.partition_for(hash)?;
     let local = p.replicas.iter().find(|rep| rep.az == r.az && !rep.log)?;
-    let req = GetRequest {
-        partition_id: p.id,
-        epoch: p.epoch,
-        ..req.clone()
-    };
-    r.storage.get(&local.node_id, &req).await.ok()
+    Some((local.node_id.clone(), p.id, p.epoch))
 }
