@@ -54,6 +54,13 @@ fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
         failure_persistence: None,
+        // A fixed seed unless PROPTEST_RNG_SEED names another: the same cases on every CI run.
+        rng_seed: proptest::test_runner::RngSeed::Fixed(
+            std::env::var("PROPTEST_RNG_SEED")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20261129),
+        ),
         ..ProptestConfig::default()
     }
 }
@@ -1181,7 +1188,8 @@ proptest! {
         // Ordering comparisons of a value that is no string, number or binary are refused, as
         // DynamoDB refuses them.
         if matches!(&c, Err(err) if err.message.contains("too many operators")
-            || err.message.contains("Incorrect operand type"))
+            || err.message.contains("Incorrect operand type")
+            || err.message.contains("reserved keyword"))
         {
             return Ok(());
         }
@@ -1206,7 +1214,9 @@ proptest! {
         match parse_projection(&e.text, e.names()) {
             Ok(paths) => check_projection(&paths, &item)?,
             Err(err) => prop_assert!(
-                err.message.contains("overlap") || err.message.contains("conflict"),
+                err.message.contains("overlap")
+                    || err.message.contains("conflict")
+                    || err.message.contains("reserved keyword"),
                 "{:?}: {}", e.text, err
             ),
         }
