@@ -6,6 +6,7 @@
 //! so fields are only ever added with new tags, never renumbered or retyped.
 //! `tests/compat.rs` pins that property.
 
+pub mod expr;
 pub mod memds;
 pub mod node;
 pub mod raft;

@@ -25,13 +25,15 @@ pub struct WriteRequest {
     /// Canonical DynamoDB JSON of the new item (Put only).
     #[prost(bytes = "bytes", tag = "5")]
     pub item: bytes::Bytes,
-    /// A `tern_model::Condition` as JSON; empty when the write is unconditional.
+    /// Before `condition_expr`: a `tern_model::Condition` as serde JSON. Read from log entries
+    /// written by older versions, never written now.
     #[prost(bytes = "vec", tag = "6")]
     pub condition: Vec<u8>,
     /// Return the item as it was before the write.
     #[prost(bool, tag = "7")]
     pub return_old: bool,
-    /// A `tern_model::Update` as JSON (Update only).
+    /// Before `update_expr`: a `tern_model::Update` as serde JSON. Read from log entries written
+    /// by older versions, never written now.
     #[prost(bytes = "vec", tag = "8")]
     pub update: Vec<u8>,
     /// Return the item as it is after the write (Update only).
@@ -41,6 +43,12 @@ pub struct WriteRequest {
     /// of an error (ReturnValuesOnConditionCheckFailure: ALL_OLD).
     #[prost(bool, tag = "10")]
     pub return_old_on_failure: bool,
+    /// The condition (`crate::expr::encode_condition`); absent when the write is unconditional.
+    #[prost(message, optional, tag = "11")]
+    pub condition_expr: Option<crate::expr::ConditionProgram>,
+    /// The update (`crate::expr::encode_update`), Update only.
+    #[prost(message, optional, tag = "12")]
+    pub update_expr: Option<crate::expr::UpdateProgram>,
 }
 
 /// A write as the replication log carries it (the storage state machine's command; the

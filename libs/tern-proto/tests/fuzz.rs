@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message;
-use tern_proto::{memds, node, raft, storage};
+use tern_proto::{expr, memds, node, raft, storage};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -357,6 +357,13 @@ messages![
     storage::RebuildRequest,
     storage::SnapshotChunkRequest,
     storage::SnapshotChunk,
+    expr::PathStep,
+    expr::Operand,
+    expr::CondNode,
+    expr::ConditionProgram,
+    expr::SetNode,
+    expr::UpdateAction,
+    expr::UpdateProgram,
 ];
 
 fn short_name(listed: &str) -> &str {
@@ -367,6 +374,7 @@ fn short_name(listed: &str) -> &str {
 fn derived_messages() -> BTreeSet<String> {
     let sources = [
         include_str!("../src/lib.rs"),
+        include_str!("../src/expr.rs"),
         include_str!("../src/memds.rs"),
         include_str!("../src/node.rs"),
         include_str!("../src/raft.rs"),

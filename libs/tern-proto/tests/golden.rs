@@ -84,9 +84,51 @@ fn replicated_writes() {
             update: Vec::new(),
             return_new: false,
             return_old_on_failure: false,
+            condition_expr: None,
+            update_expr: None,
         }),
     };
+    // Written by versions before `condition_expr`: still decodes, and storage reads its JSON.
     pinned(&w, GOLDEN_WRITE);
+}
+
+/// The condition and update as the log carries them since they are protobuf.
+#[test]
+fn logged_conditions_and_updates() {
+    let values = [
+        (":v".to_string(), tern_model::AttributeValue::S("x".into())),
+        (
+            ":n".to_string(),
+            tern_model::AttributeValue::N(tern_model::Number::parse("5").unwrap()),
+        ),
+    ]
+    .into();
+    let (update, condition) = tern_model::parse_update(
+        Some("SET a = if_not_exists(a, :v), b[1] = b[0] + :n REMOVE c"),
+        Some("attribute_not_exists(pk) OR (a = :v AND size(b) BETWEEN :n AND :n)"),
+        None,
+        Some(&values),
+    )
+    .unwrap();
+    let w = WriteRequest {
+        partition_id: 77,
+        epoch: 1,
+        key: b"\x01k".to_vec(),
+        kind: 2,
+        item: bytes::Bytes::from_static(br#"{"pk":{"S":"k"}}"#),
+        condition_expr: condition.as_ref().map(tern_proto::expr::encode_condition),
+        update_expr: update.as_ref().map(tern_proto::expr::encode_update),
+        ..Default::default()
+    };
+    pinned(&w, GOLDEN_EXPRESSIONS);
+    assert_eq!(
+        tern_proto::expr::decode_condition(w.condition_expr.as_ref().unwrap()).unwrap(),
+        condition.unwrap()
+    );
+    assert_eq!(
+        tern_proto::expr::decode_update(w.update_expr.as_ref().unwrap()).unwrap(),
+        update.unwrap()
+    );
 }
 
 /// An Update write as the log carries it.
@@ -163,4 +205,5 @@ const GOLDEN_HARD_STATE: &str = "08091002";
 const GOLDEN_SNAPSHOT_META: &str = "08e80710091a030102032805";
 const GOLDEN_WRITE: &str = "0a0973746f726167652d61102a1a3b084d10011a02016b2a107b22706b223a7b2253223a226b227d7d321d7b224174747269627574654e6f74457869737473223a5b22706b225d7d3801";
 const GOLDEN_UPDATE: &str = "084d10011a02016b20022a107b22706b223a7b2253223a226b227d7d42467b22616374696f6e73223a5b7b22536574223a5b5b7b224e616d65223a2261227d5d2c7b224f706572616e64223a7b2256616c7565223a7b2253223a2278227d7d7d5d7d5d7d48015001";
+const GOLDEN_EXPRESSIONS: &str = "084d10011a02016b20022a107b22706b223a7b2253223a226b227d7d5a5b0a0808011a040a02706b0a180802220512030a0161220d08011a097b2253223a2278227d0a2908062207080212030a0162220d08011a097b224e223a2235227d220d08011a097b224e223a2235227d0a04080428020a040805280262570a1f12030a01611a0f120d08011a097b2253223a2278227d1a0708011a030a01610a2b12030a0162120210011a0b120912030a0162120210001a0f120d08011a097b224e223a2235227d1a0208030a07080112030a0163";
 const GOLDEN_TABLE: &str = "0a056d757369631203742d31180122140a066172746973741201531a04736f6e6722014e2a0b0a066172746973741201533080d095ffbc313a0f5041595f5045525f52455155455354522f080b100220ffffffffffffffffff012a130a0973746f726167652d621204617a2d621802320973746f726167652d62";

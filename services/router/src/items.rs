@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tern_model::{ApiError, Condition, ErrorCode, KeySchema, PathElem, PrimaryKey, ScalarType};
+use tern_proto::expr::{encode_condition, ConditionProgram};
 use tern_proto::memds::TableInfo;
 use tern_proto::storage::{GetRequest, WriteKind, WriteRequest};
 
@@ -36,7 +37,7 @@ pub async fn put_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         key: key.storage_key(),
         kind: WriteKind::Put as i32,
         item: Bytes::from(tern_model::item_to_json(&item)),
-        condition,
+        condition_expr: condition,
         return_old,
         return_old_on_failure: old_on_failure(req)?,
         ..Default::default()
@@ -63,7 +64,7 @@ pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
     let write = WriteRequest {
         key: key.storage_key(),
         kind: WriteKind::Delete as i32,
-        condition,
+        condition_expr: condition,
         return_old,
         return_old_on_failure: old_on_failure(req)?,
         ..Default::default()
@@ -149,21 +150,12 @@ pub async fn update_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
             }
         }
     }
-    let internal = |what: &str, e: serde_json::Error| {
-        ApiError::new(
-            ErrorCode::InternalServerError,
-            format!("encode {what}: {e}"),
-        )
-    };
     let write = WriteRequest {
         key: key.storage_key(),
         kind: WriteKind::Update as i32,
         item: Bytes::from(tern_model::item_to_json(&key_item)),
-        update: serde_json::to_vec(&update).map_err(|e| internal("update", e))?,
-        condition: match &condition {
-            Some(c) => serde_json::to_vec(c).map_err(|e| internal("condition", e))?,
-            None => Vec::new(),
-        },
+        update_expr: Some(tern_proto::expr::encode_update(&update)),
+        condition_expr: condition.as_ref().map(tern_proto::expr::encode_condition),
         return_old: matches!(returned, Returned::AllOld | Returned::UpdatedOld),
         return_new: matches!(returned, Returned::AllNew | Returned::UpdatedNew),
         return_old_on_failure: old_on_failure(req)?,
@@ -285,13 +277,13 @@ fn return_values(req: &Request, invalid: &str) -> Result<bool, ApiError> {
 }
 
 /// The request's ConditionExpression, compiled and encoded for the storage node.
-fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
+fn condition(req: &Request) -> Result<Option<ConditionProgram>, ApiError> {
     let expr = req.str("ConditionExpression")?;
     let (names, values) = req.substitutions(expr.is_some())?;
     let Some(expr) = expr else {
         return match legacy_expected(req)? {
-            Some(c) => encode_condition(&c),
-            None => Ok(Vec::new()),
+            Some(c) => Ok(Some(encode_condition(&c))),
+            None => Ok(None),
         };
     };
     if req.get("ConditionalOperator").is_some() {
@@ -305,12 +297,7 @@ fn condition(req: &Request) -> Result<Vec<u8>, ApiError> {
         ));
     }
     let cond: Condition = tern_model::parse_condition(expr, names.as_ref(), values.as_ref())?;
-    serde_json::to_vec(&cond).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InternalServerError,
-            format!("encode condition: {e}"),
-        )
-    })
+    Ok(Some(encode_condition(&cond)))
 }
 
 /// ReturnValuesOnConditionCheckFailure: whether a failed condition returns the item (ALL_OLD).
@@ -348,15 +335,6 @@ pub(crate) fn legacy_expected(req: &Request) -> Result<Option<Condition>, ApiErr
         return Ok(None);
     };
     tern_model::legacy_condition("Expected", expected, req.str("ConditionalOperator")?).map(Some)
-}
-
-fn encode_condition(c: &Condition) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(c).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InternalServerError,
-            format!("encode condition: {e}"),
-        )
-    })
 }
 
 /// The document paths a read returns, from ProjectionExpression (or legacy AttributesToGet).

@@ -13,19 +13,54 @@ use crate::store::{item_key, Store};
 /// Keys a batch has written so far, with their new value (`None`: deleted).
 pub type Staged = HashMap<Vec<u8>, Option<Bytes>>;
 
-/// The condition carried by a write request (JSON of a `tern_model::Condition`), if any.
+/// The condition carried by a write request, if any: protobuf (`condition_expr`), or the serde
+/// JSON that versions before it wrote (`condition`), still read from older log entries.
 pub fn condition_of(req: &WriteRequest) -> Result<Option<Condition>, ApiError> {
+    if let Some(p) = &req.condition_expr {
+        return tern_proto::expr::decode_condition(p)
+            .map(Some)
+            .map_err(|e| undecodable("condition", e));
+    }
     if req.condition.is_empty() {
         return Ok(None);
     }
     serde_json::from_slice(&req.condition)
         .map(Some)
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::InternalServerError,
-                format!("undecodable condition: {e}"),
-            )
-        })
+        .map_err(|e| undecodable("condition", e))
+}
+
+/// The update carried by an Update write, like [`condition_of`].
+pub fn update_of(req: &WriteRequest) -> Result<tern_model::Update, ApiError> {
+    if let Some(p) = &req.update_expr {
+        return tern_proto::expr::decode_update(p).map_err(|e| undecodable("update", e));
+    }
+    serde_json::from_slice(&req.update).map_err(|e| undecodable("update", e))
+}
+
+/// What a write request carries besides its item, decoded once.
+#[derive(Debug, Default)]
+pub struct Ops {
+    pub condition: Option<Condition>,
+    /// Update writes only.
+    pub update: Option<tern_model::Update>,
+}
+
+/// Decodes a write's condition and update.
+pub fn ops_of(req: &WriteRequest) -> Result<Ops, ApiError> {
+    Ok(Ops {
+        condition: condition_of(req)?,
+        update: match WriteKind::try_from(req.kind) {
+            Ok(WriteKind::Update) => Some(update_of(req)?),
+            _ => None,
+        },
+    })
+}
+
+fn undecodable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        ErrorCode::InternalServerError,
+        format!("undecodable {what}: {e}"),
+    )
 }
 
 /// Stages `req` in `batch` unless its condition fails; answers as the client will see it.
@@ -34,7 +69,7 @@ pub fn apply_write(
     batch: &mut fjall::OwnedWriteBatch,
     staged: &mut Staged,
     req: &WriteRequest,
-    condition: Option<&Condition>,
+    ops: &Ops,
 ) -> Result<WriteResponse, ApiError> {
     let key = item_key(req.partition_id, &req.key);
     let old = match staged.get(&key) {
@@ -45,7 +80,7 @@ pub fn apply_write(
             .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
             .unwrap_or_else(|e| fatal("read item", e)),
     };
-    if let Err(e) = check_condition(condition, old.as_ref()) {
+    if let Err(e) = check_condition(ops.condition.as_ref(), old.as_ref()) {
         if req.return_old_on_failure && e.code == ErrorCode::ConditionalCheckFailed {
             return Ok(WriteResponse {
                 condition_failed: true,
@@ -66,7 +101,10 @@ pub fn apply_write(
             Some(req.item.clone())
         }
         Ok(WriteKind::Update) => {
-            let (bytes, size) = updated(req, old.as_ref())?;
+            let Some(update) = &ops.update else {
+                fatal("apply a write", "an update write without its update")
+            };
+            let (bytes, size) = updated(req, update, old.as_ref())?;
             resp.item_size = size as u64;
             batch.insert(store.items(), key.clone(), bytes.as_ref());
             if req.return_new {
@@ -91,13 +129,11 @@ const MAX_ITEM_SIZE: usize = 400 * 1024;
 /// The item an Update leaves (its JSON) and its write cost's size. The same on every replica: it
 /// depends only on the request and the item as the log order left it. Any error leaves nothing
 /// written.
-fn updated(req: &WriteRequest, old: Option<&Bytes>) -> Result<(Bytes, usize), ApiError> {
-    let update: tern_model::Update = serde_json::from_slice(&req.update).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InternalServerError,
-            format!("undecodable update: {e}"),
-        )
-    })?;
+fn updated(
+    req: &WriteRequest,
+    update: &tern_model::Update,
+    old: Option<&Bytes>,
+) -> Result<(Bytes, usize), ApiError> {
     let mut item = match old {
         Some(b) => tern_model::parse_item_json(b)?,
         None => tern_model::parse_item_json(&req.item)?,
@@ -136,4 +172,53 @@ fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result
 pub fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
     tracing::error!(error = %e, "{what} failed; stopping the node to recover from its journal");
     std::process::exit(70)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> std::collections::HashMap<String, tern_model::AttributeValue> {
+        [(":v".to_string(), tern_model::AttributeValue::S("x".into()))].into()
+    }
+
+    /// Both forms read: entries written before the protobuf form carry serde JSON.
+    #[test]
+    fn conditions_and_updates_decode_in_both_forms() {
+        let (update, condition) = tern_model::parse_update(
+            Some("SET a = :v"),
+            Some("attribute_not_exists(a) OR a <> :v"),
+            None,
+            Some(&values()),
+        )
+        .unwrap();
+        let (update, condition) = (update.unwrap(), condition.unwrap());
+        let proto = WriteRequest {
+            kind: WriteKind::Update as i32,
+            condition_expr: Some(tern_proto::expr::encode_condition(&condition)),
+            update_expr: Some(tern_proto::expr::encode_update(&update)),
+            ..Default::default()
+        };
+        let json = WriteRequest {
+            kind: WriteKind::Update as i32,
+            condition: serde_json::to_vec(&condition).unwrap(),
+            update: serde_json::to_vec(&update).unwrap(),
+            ..Default::default()
+        };
+        for req in [proto, json] {
+            let ops = ops_of(&req).unwrap();
+            assert_eq!(ops.condition.as_ref(), Some(&condition));
+            assert_eq!(ops.update.as_ref(), Some(&update));
+        }
+        let unconditional = ops_of(&WriteRequest::default()).unwrap();
+        assert!(unconditional.condition.is_none() && unconditional.update.is_none());
+        let broken = WriteRequest {
+            condition_expr: Some(tern_proto::expr::ConditionProgram::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ops_of(&broken).unwrap_err().code,
+            ErrorCode::InternalServerError
+        );
+    }
 }

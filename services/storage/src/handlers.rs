@@ -10,7 +10,7 @@ use tern_proto::storage::{
 };
 use tern_proto::{subjects, Empty};
 
-use crate::apply::condition_of;
+use crate::apply::ops_of;
 use crate::partitions::Partitions;
 use crate::replication::Replication;
 use crate::store::{item_key, Store};
@@ -201,8 +201,8 @@ impl Node {
         inner
             .partitions
             .check(&inner.id, req.partition_id, req.epoch)?;
-        let condition = condition_of(&req)?;
-        Ok(inner.writer.submit(req, condition).await?)
+        let ops = ops_of(&req)?;
+        Ok(inner.writer.submit(req, ops).await?)
     }
 
     async fn get(&self, req: GetRequest) -> Result<GetResponse, BusError> {

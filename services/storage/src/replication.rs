@@ -30,7 +30,7 @@ use tern_replication::{
 use tern_storage_client::StorageClient;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::apply::{apply_write, condition_of, fatal, Staged};
+use crate::apply::{apply_write, fatal, ops_of, Staged};
 use crate::codec;
 use crate::compaction::{compaction_point, LogView};
 use crate::replica_store::ReplicaStore;
@@ -375,6 +375,9 @@ impl Replication {
         let group = self
             .group(req.partition_id)
             .ok_or_else(|| BusError::Redirect(String::new()))?;
+        // What reaches the log must decode on every replica: a write whose condition or update
+        // does not is refused here, and one in a committed entry stops the replica (`apply`).
+        ops_of(&req)?;
         let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let entry = ReplicatedWrite {
@@ -815,8 +818,8 @@ impl Replication {
             let Some(req) = rw.write else {
                 fatal("decode a committed write", "the entry carries no write")
             };
-            let result = condition_of(&req)
-                .and_then(|c| apply_write(store, &mut batch, &mut latest, &req, c.as_ref()));
+            let ops = ops_of(&req).unwrap_or_else(|e| fatal("decode a committed write", e.message));
+            let result = apply_write(store, &mut batch, &mut latest, &req, &ops);
             if rw.origin_node == self.inner.node {
                 if let Some(w) = g.writes.remove(&rw.request_id) {
                     replies.push((w, result));

@@ -13,16 +13,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tern_model::{ApiError, Condition, ErrorCode};
+use tern_model::{ApiError, ErrorCode};
 use tern_proto::storage::{WriteRequest, WriteResponse};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::apply::{apply_write, fatal, Staged};
+use crate::apply::{apply_write, fatal, Ops, Staged};
 use crate::store::Store;
 
 pub struct WriteOp {
     pub req: WriteRequest,
-    pub condition: Option<Condition>,
+    pub ops: Ops,
     pub reply: oneshot::Sender<Result<WriteResponse, ApiError>>,
 }
 
@@ -95,17 +95,9 @@ impl Writer {
     }
 
     /// Queues a write; the reply comes once it is durable (or rejected).
-    pub async fn submit(
-        &self,
-        req: WriteRequest,
-        condition: Option<Condition>,
-    ) -> Result<WriteResponse, ApiError> {
+    pub async fn submit(&self, req: WriteRequest, ops: Ops) -> Result<WriteResponse, ApiError> {
         let (reply, rx) = oneshot::channel();
-        let op = WriteOp {
-            req,
-            condition,
-            reply,
-        };
+        let op = WriteOp { req, ops, reply };
         if self.tx.send(Msg::Write(op)).is_err() {
             return Err(ApiError::new(
                 ErrorCode::ServiceUnavailable,
@@ -216,13 +208,7 @@ fn commit_batch(store: &Store, pending: &Pending, seq: u64, work: Batch) {
     let mut latest = Staged::new();
     let mut replies: Vec<Reply> = Vec::new();
     for op in work.ops {
-        let result = apply_write(
-            store,
-            &mut batch,
-            &mut latest,
-            &op.req,
-            op.condition.as_ref(),
-        );
+        let result = apply_write(store, &mut batch, &mut latest, &op.req, &op.ops);
         replies.push((op.reply, result));
     }
     if !latest.is_empty() || !log_done.is_empty() {
@@ -326,7 +312,10 @@ mod tests {
         (
             WriteOp {
                 req,
-                condition,
+                ops: crate::apply::Ops {
+                    condition,
+                    update: None,
+                },
                 reply,
             },
             rx,
