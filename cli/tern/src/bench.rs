@@ -43,9 +43,6 @@ pub struct Args {
     /// Storage nodes sync each write on its own (only with a fresh local cluster).
     #[arg(long)]
     no_group_commit: bool,
-    /// Each partition served by one replica, without replication (only with a fresh cluster).
-    #[arg(long)]
-    no_replication: bool,
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -61,8 +58,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "TERN_STORAGE_GROUP_COMMIT".into(),
                 flag(args.no_group_commit),
             ));
-            spec.env
-                .push(("TERN_STORAGE_REPLICATION".into(), flag(args.no_replication)));
             let cluster = Cluster::start(spec).await?;
             (cluster.endpoint(), Some(cluster), Some(dir))
         }
@@ -73,12 +68,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let table = format!("bench-{}", std::process::id());
     create_table(&client, &endpoint, &table).await?;
     println!(
-        "endpoint {endpoint}, {} connections, {}-byte items, {} keys, group commit {}, replication {}",
+        "endpoint {endpoint}, {} connections, {}-byte items, {} keys, group commit {}",
         args.concurrency,
         args.item_size,
         args.keys,
         if args.no_group_commit { "off" } else { "on" },
-        if args.no_replication { "off" } else { "on" }
     );
     for op in &args.ops {
         if op == "pages" {

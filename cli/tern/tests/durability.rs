@@ -1,7 +1,6 @@
-//! Power-off of storage nodes under write load, without replication (each partition served by
-//! one replica, the comparison mode): every acknowledged write survives kill -9 and restart, which
-//! exercises the group commit's fsync-before-acknowledge alone. `replication.rs` does the same
-//! with three-way replication.
+//! Power-off of each storage node in turn under blind write load: every acknowledged write
+//! survives kill -9 and restart of the leader and of the followers alike. `replication.rs` does
+//! the same with a conditional workload and more kills.
 
 mod common;
 
@@ -17,7 +16,7 @@ const WRITERS: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_and_restart() {
-    let mut tc = start_cluster(&[("TERN_STORAGE_REPLICATION", "false")]).await;
+    let mut tc = start_cluster(&[]).await;
     let c = client(&tc.cluster.endpoint());
     create_table(&c, "durable", None).await;
 

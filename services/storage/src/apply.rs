@@ -1,6 +1,6 @@
-//! Applying one write to the items, by the same rules whether it comes through the group commit
-//! (no replication) or from a committed log entry (replication): the condition is decided against
-//! the latest value of the item, earlier writes of the same batch included.
+//! Applying one committed write to the items: the condition is decided against the latest value
+//! of the item, earlier writes of the same apply batch included, so every replica applying the
+//! same entries in log order reaches the same items and the same answers.
 
 use std::collections::HashMap;
 
@@ -220,5 +220,45 @@ mod tests {
             ops_of(&broken).unwrap_err().code,
             ErrorCode::InternalServerError
         );
+    }
+
+    /// Two writes of one apply batch: the second's condition sees the first (staged, not yet
+    /// committed), as it would had they been applied one batch each.
+    #[test]
+    fn conditions_in_a_batch_see_the_writes_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let condition =
+            tern_model::parse_condition("attribute_not_exists(pk)", None, None).unwrap();
+        let put = |value: &str| WriteRequest {
+            partition_id: 1,
+            key: b"k".to_vec(),
+            kind: WriteKind::Put as i32,
+            item: Bytes::from(format!(r#"{{"pk":{{"S":"{value}"}}}}"#)),
+            condition_expr: Some(tern_proto::expr::encode_condition(&condition)),
+            ..Default::default()
+        };
+        let mut batch = store.batch();
+        let mut staged = Staged::new();
+        let (first, second) = (put("first"), put("second"));
+        let r1 = apply_write(
+            &store,
+            &mut batch,
+            &mut staged,
+            &first,
+            &ops_of(&first).unwrap(),
+        );
+        let r2 = apply_write(
+            &store,
+            &mut batch,
+            &mut staged,
+            &second,
+            &ops_of(&second).unwrap(),
+        );
+        assert!(r1.is_ok());
+        assert_eq!(r2.unwrap_err().code, ErrorCode::ConditionalCheckFailed);
+        batch.commit().unwrap();
+        let stored = store.get(1, b"k").unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&stored).contains("first"));
     }
 }

@@ -10,7 +10,6 @@ use tern_proto::storage::{
 };
 use tern_proto::{subjects, Empty};
 
-use crate::apply::ops_of;
 use crate::partitions::Partitions;
 use crate::replication::Replication;
 use crate::store::{item_key, Store};
@@ -26,7 +25,7 @@ struct Inner {
     store: Store,
     partitions: Partitions,
     writer: Writer,
-    replication: Option<Replication>,
+    replication: Replication,
 }
 
 impl Node {
@@ -35,7 +34,7 @@ impl Node {
         store: Store,
         partitions: Partitions,
         writer: Writer,
-        replication: Option<Replication>,
+        replication: Replication,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -63,10 +62,7 @@ impl Node {
 
     /// Whether this node's replica of the partition holds items (not a log replica).
     pub fn has_items(&self, partition_id: u64) -> bool {
-        self.inner
-            .replication
-            .as_ref()
-            .is_none_or(|r| r.has_items(partition_id))
+        self.inner.replication.has_items(partition_id)
     }
 
     /// Items of the partition on this node and their stored bytes.
@@ -91,9 +87,7 @@ impl Node {
             self.inner.id,
             self.replica_count()
         );
-        if let Some(r) = &self.inner.replication {
-            r.render_metrics(&mut out);
-        }
+        self.inner.replication.render_metrics(&mut out);
         out
     }
 
@@ -134,9 +128,7 @@ impl Node {
                 async move {
                     let r = n.inner.replication.clone();
                     n.admin(move |p| {
-                        if let Some(r) = r {
-                            r.open_group(&req)?;
-                        }
+                        r.open_group(&req)?;
                         p.create(req)
                     })
                     .await
@@ -153,9 +145,7 @@ impl Node {
                 async move {
                     let r = n.inner.replication.clone();
                     n.admin(move |p| {
-                        if let Some(r) = r {
-                            r.close_group(req.partition_id)?;
-                        }
+                        r.close_group(req.partition_id)?;
                         p.drop(req.partition_id)
                     })
                     .await
@@ -163,136 +153,86 @@ impl Node {
             },
         )
         .await?;
-        if let Some(r) = &self.inner.replication {
-            let r2 = r.clone();
-            bus.serve(
-                &subjects::storage_rebuild(id),
-                None,
-                move |req: RebuildRequest| {
-                    let r = r2.clone();
-                    async move { r.rebuild(req).await }
-                },
-            )
-            .await?;
-            let r2 = r.clone();
-            bus.serve(
-                &subjects::storage_snapshot(id),
-                None,
-                move |req: SnapshotChunkRequest| {
-                    let r = r2.clone();
-                    async move {
-                        tokio::task::spawn_blocking(move || r.snapshot_chunk(req))
-                            .await
-                            .map_err(|e| internal(e.to_string()))?
-                    }
-                },
-            )
-            .await?;
-        }
+        let r = &self.inner.replication;
+        let r2 = r.clone();
+        bus.serve(
+            &subjects::storage_rebuild(id),
+            None,
+            move |req: RebuildRequest| {
+                let r = r2.clone();
+                async move { r.rebuild(req).await }
+            },
+        )
+        .await?;
+        let r2 = r.clone();
+        bus.serve(
+            &subjects::storage_snapshot(id),
+            None,
+            move |req: SnapshotChunkRequest| {
+                let r = r2.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || r.snapshot_chunk(req))
+                        .await
+                        .map_err(|e| internal(e.to_string()))?
+                }
+            },
+        )
+        .await?;
         Ok(())
     }
 
     async fn write(&self, req: WriteRequest) -> Result<WriteResponse, BusError> {
-        let inner = &self.inner;
-        if let Some(r) = &inner.replication {
-            inner.partitions.check_epoch(req.partition_id, req.epoch)?;
-            return r.write(req).await;
-        }
-        inner
+        self.inner
             .partitions
-            .check(&inner.id, req.partition_id, req.epoch)?;
-        let ops = ops_of(&req)?;
-        Ok(inner.writer.submit(req, ops).await?)
+            .check_epoch(req.partition_id, req.epoch)?;
+        self.inner.replication.write(req).await
     }
 
     async fn get(&self, req: GetRequest) -> Result<GetResponse, BusError> {
-        let inner = &self.inner;
-        if let Some(r) = &inner.replication {
-            inner.partitions.check_epoch(req.partition_id, req.epoch)?;
-            // Strong reads wait for the leader's lease and its applied state; eventual reads are
-            // served by any replica from what it has applied.
-            if req.consistent {
-                r.read_barrier(req.partition_id).await?;
-            }
-            if !r.has_items(req.partition_id) {
-                // A log replica (or one being rebuilt) holds no items to read.
-                return Err(BusError::Redirect(String::new()));
-            }
-            let item = inner
-                .store
-                .get(req.partition_id, &req.key)
-                .map_err(internal)?;
-            // NOTE: checked after reading, against the clock: a leader that stalled between the
-            // barrier and here may have been replaced, and must not answer with what it read.
-            if req.consistent && !r.lease_holds(req.partition_id) {
-                return Err(BusError::Redirect(String::new()));
-            }
-            return Ok(GetResponse { item });
+        let (inner, r) = (&self.inner, &self.inner.replication);
+        inner.partitions.check_epoch(req.partition_id, req.epoch)?;
+        // Strong reads wait for the leader's lease and its applied state; eventual reads are
+        // served by any replica from what it has applied.
+        if req.consistent {
+            r.read_barrier(req.partition_id).await?;
         }
-        inner
-            .partitions
-            .check(&inner.id, req.partition_id, req.epoch)?;
-        let pending = inner.writer.pending();
-        let full_key = item_key(req.partition_id, &req.key);
-        loop {
-            // NOTE: read first, then check: the writer marks a key pending before committing it
-            // and clears the mark only after the fsync, so a value read while unmarked is durable.
-            let item = inner
-                .store
-                .get(req.partition_id, &req.key)
-                .map_err(internal)?;
-            match pending.batch_of(&full_key) {
-                None => return Ok(GetResponse { item }),
-                Some(seq) => pending.wait_durable(seq).await,
-            }
+        if !r.has_items(req.partition_id) {
+            // A log replica (or one being rebuilt) holds no items to read.
+            return Err(BusError::Redirect(String::new()));
         }
+        let item = inner
+            .store
+            .get(req.partition_id, &req.key)
+            .map_err(internal)?;
+        // NOTE: checked after reading, against the clock: a leader that stalled between the
+        // barrier and here may have been replaced, and must not answer with what it read.
+        if req.consistent && !r.lease_holds(req.partition_id) {
+            return Err(BusError::Redirect(String::new()));
+        }
+        Ok(GetResponse { item })
     }
 
     /// A range read (Query, Scan), by the consistency rules of [`Self::get`].
     async fn scan(&self, req: ScanRequest) -> Result<ScanResponse, BusError> {
-        let inner = &self.inner;
-        if let Some(r) = &inner.replication {
-            inner.partitions.check_epoch(req.partition_id, req.epoch)?;
-            if req.consistent {
-                r.read_barrier(req.partition_id).await?;
-            }
-            if !r.has_items(req.partition_id) {
-                return Err(BusError::Redirect(String::new()));
-            }
-            let store = inner.store.clone();
-            let consistent = req.consistent;
-            let pid = req.partition_id;
-            let resp = tokio::task::spawn_blocking(move || read_range(&store, &req))
-                .await
-                .map_err(internal)?
-                .map_err(internal)?;
-            if consistent && !r.lease_holds(pid) {
-                return Err(BusError::Redirect(String::new()));
-            }
-            return Ok(resp);
+        let (inner, r) = (&self.inner, &self.inner.replication);
+        inner.partitions.check_epoch(req.partition_id, req.epoch)?;
+        if req.consistent {
+            r.read_barrier(req.partition_id).await?;
         }
-        inner
-            .partitions
-            .check(&inner.id, req.partition_id, req.epoch)?;
-        let pending = inner.writer.pending();
-        loop {
-            let store = inner.store.clone();
-            let r = req.clone();
-            let resp = tokio::task::spawn_blocking(move || read_range(&store, &r))
-                .await
-                .map_err(internal)?
-                .map_err(internal)?;
-            // As for single reads: an item of a batch not yet durable waits for its fsync.
-            let waiting = resp
-                .keys
-                .iter()
-                .filter_map(|k| pending.batch_of(&item_key(req.partition_id, k)))
-                .max();
-            match waiting {
-                None => return Ok(resp),
-                Some(seq) => pending.wait_durable(seq).await,
-            }
+        if !r.has_items(req.partition_id) {
+            return Err(BusError::Redirect(String::new()));
         }
+        let store = inner.store.clone();
+        let consistent = req.consistent;
+        let pid = req.partition_id;
+        let resp = tokio::task::spawn_blocking(move || read_range(&store, &req))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        if consistent && !r.lease_holds(pid) {
+            return Err(BusError::Redirect(String::new()));
+        }
+        Ok(resp)
     }
 
     async fn admin(

@@ -1,7 +1,8 @@
 //! A storage node: partition replicas on one fjall database, served over the bus.
 //!
-//! Writes go through the group-commit writer ([`writer`]): many concurrent writes from many
-//! partitions share one journal fsync, and none is acknowledged before that fsync returns.
+//! Every partition is a replication group ([`replication`]); the group-commit writer
+//! ([`writer`]) makes the logs of all groups durable with one journal fsync per batch, and no
+//! write is acknowledged before a quorum's copies of it are durable.
 
 mod apply;
 mod codec;
@@ -40,14 +41,11 @@ pub struct Config {
     /// Availability zone label.
     pub az: String,
     pub data_dir: PathBuf,
-    /// One fsync for many writes; `false` syncs each write on its own (for comparison only).
+    /// One fsync for many log appends; `false` syncs each on its own (for comparison only).
     pub group_commit: bool,
     /// Most writes one group commit takes.
     pub max_batch: usize,
     pub heartbeat_ms: u64,
-    /// Serve each partition by its three-replica group (leader, quorum writes, elections)
-    /// instead of by its first replica alone.
-    pub replication: bool,
     /// A replica that acknowledges nothing for this long is replaced by its group's leader (a log
     /// replica on a healthy node at once, rebuilt into a full replica after).
     pub replace_after_ms: u64,
@@ -77,7 +75,6 @@ impl Default for Config {
             group_commit: true,
             max_batch: 1024,
             heartbeat_ms: 1000,
-            replication: true,
             replace_after_ms: 10_000,
             compact_after: 20_000,
             compact_bytes: 32 * 1024 * 1024,
@@ -93,27 +90,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let bus = Bus::connect_instance(&config.nats_url, "storage", &config.node_id).await?;
     let store = Store::open(&config.data_dir).context("open store")?;
     let partitions = partitions::Partitions::load(&store).context("load partitions")?;
-    let writer = writer::Writer::start(store.clone(), config.group_commit, config.max_batch);
-    let replication = if config.replication {
-        let r = replication::Replication::start(
-            config.node_id.clone(),
-            store.clone(),
-            writer.clone(),
-            bus.clone(),
-            Duration::from_millis(config.replace_after_ms),
-            replication::CompactLimits {
-                entries: config.compact_after.max(2),
-                bytes: config.compact_bytes.max(1024 * 1024),
-            },
-        );
-        for p in partitions.all() {
-            r.open_group(&p).context("recover replica")?;
-        }
-        r.serve(&bus).await?;
-        Some(r)
-    } else {
-        None
-    };
+    let writer = writer::Writer::start(
+        store.clone(),
+        if config.group_commit {
+            config.max_batch
+        } else {
+            1
+        },
+    );
+    let replication = replication::Replication::start(
+        config.node_id.clone(),
+        store.clone(),
+        writer.clone(),
+        bus.clone(),
+        Duration::from_millis(config.replace_after_ms),
+        replication::CompactLimits {
+            entries: config.compact_after.max(2),
+            bytes: config.compact_bytes.max(1024 * 1024),
+        },
+    );
+    for p in partitions.all() {
+        replication.open_group(&p).context("recover replica")?;
+    }
+    replication.serve(&bus).await?;
     let node = handlers::Node::new(
         config.node_id.clone(),
         store.clone(),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use prost::Message;
 use tern_bus::BusError;
-use tern_proto::memds::PartitionInfo;
 use tern_proto::storage::CreatePartitionRequest;
 
 use crate::store::Store;
@@ -74,31 +73,5 @@ impl Partitions {
             Some(info) => Err(BusError::Redirect(info.leader.clone())),
             None => Err(BusError::Redirect(String::new())),
         }
-    }
-
-    /// Checks that this node serves `id` at `epoch`: a redirect otherwise.
-    pub fn check(&self, node_id: &str, id: u64, epoch: u64) -> Result<(), BusError> {
-        let map = self.map.read();
-        let Some(p) = map.get(&id) else {
-            return Err(BusError::Redirect(String::new()));
-        };
-        let info: &PartitionInfo = p.partition.as_ref().expect("checked at create");
-        if info.epoch != epoch {
-            return Err(BusError::Redirect(info.leader.clone()));
-        }
-        // NOTE: until the replication issue lands, the partition's leader (its first placed
-        // replica) serves it alone.
-        let leader = if info.leader.is_empty() {
-            info.replicas
-                .first()
-                .map(|r| r.node_id.as_str())
-                .unwrap_or("")
-        } else {
-            info.leader.as_str()
-        };
-        if leader != node_id {
-            return Err(BusError::Redirect(leader.to_string()));
-        }
-        Ok(())
     }
 }
