@@ -56,6 +56,9 @@ pub struct Config {
     /// ... or once its entries hold this many payload bytes, so memory is bounded by bytes
     /// whatever the item size.
     pub compact_bytes: u64,
+    /// Payload bytes the logs of all replicas on the node may hold: each replica's byte limit is
+    /// this shared among them when that is less than `compact_bytes` (at least 4 MiB each).
+    pub log_budget_bytes: u64,
     /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9101`); empty: none.
     pub metrics_listen: String,
     /// How often the items of each replica are counted for DescribeTable's ItemCount and
@@ -78,6 +81,7 @@ impl Default for Config {
             replace_after_ms: 10_000,
             compact_after: 20_000,
             compact_bytes: 32 * 1024 * 1024,
+            log_budget_bytes: 256 * 1024 * 1024,
             metrics_listen: String::new(),
             stats_interval_ms: 6 * 3600 * 1000,
             stats_first_ms: 30_000,
@@ -108,6 +112,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             entries: config.compact_after.max(2),
             bytes: config.compact_bytes.max(1024 * 1024),
         },
+        config.log_budget_bytes,
     );
     for p in partitions.all() {
         replication.open_group(&p).context("recover replica")?;

@@ -111,6 +111,17 @@ pub struct CompactLimits {
     pub bytes: u64,
 }
 
+/// A replica's byte limit never goes below this, however many replicas share the node's budget:
+/// a few of the largest entries (a 400 KB item is about 550 KB in the log) fit.
+pub const MIN_COMPACT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The byte limit of each replica's log: `per_replica`, or the node's budget shared among its
+/// replicas when that is smaller, never below [`MIN_COMPACT_BYTES`].
+pub fn replica_log_bytes(per_replica: u64, node_budget: u64, replicas: usize) -> u64 {
+    (node_budget / replicas.max(1) as u64)
+        .clamp(MIN_COMPACT_BYTES, per_replica.max(MIN_COMPACT_BYTES))
+}
+
 /// KiB of writes in progress on one node before new ones wait (and, after `BUDGET_WAIT`, are
 /// told to slow down).
 const WRITE_BUDGET_KIB: usize = 64 * 1024;
@@ -166,6 +177,8 @@ pub(crate) struct Inner {
     pub compact_after: u64,
     /// Payload bytes a log holds before it is compacted.
     pub compact_bytes: u64,
+    /// Payload bytes all logs of the node hold, shared among its replicas.
+    pub log_budget: u64,
     /// Largest append the engine builds: well under the bus's message limit.
     pub max_append_bytes: usize,
     /// Largest message the bus carries (the server's max_payload, less headers).
@@ -185,6 +198,7 @@ impl Replication {
         bus: Bus,
         replace_after: Duration,
         compact: CompactLimits,
+        log_budget: u64,
     ) -> Self {
         let (persisted, persisted_rx) = mpsc::unbounded_channel();
         // Room for the headers (trace context) and the batch's own framing.
@@ -209,6 +223,7 @@ impl Replication {
                 replace_after,
                 compact_after: compact.entries,
                 compact_bytes: compact.bytes,
+                log_budget,
                 max_append_bytes: max_message / 2,
                 max_message,
                 write_budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BUDGET_KIB)),
@@ -224,6 +239,12 @@ impl Replication {
 
     pub fn render_metrics(&self, out: &mut String) {
         self.inner.metrics.render(&self.inner.node, out);
+        let bytes: u64 = self
+            .groups()
+            .iter()
+            .map(|g| g.lock().engine.log_bytes())
+            .sum();
+        out.push_str(&format!("# HELP tern_storage_log_bytes Payload bytes the replication logs of this node hold in memory.\n# TYPE tern_storage_log_bytes gauge\ntern_storage_log_bytes{{node=\"{}\"}} {bytes}\n", self.inner.node));
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -695,9 +716,10 @@ impl Replication {
     /// behind. A leader keeps what its live followers still need unless its log has grown four
     /// times past the limit; a follower beyond that catches up by snapshot.
     pub(crate) fn compact(&self, group: &Mutex<Group>) {
+        let replicas = self.inner.groups.read().len();
         let limits = CompactLimits {
             entries: self.inner.compact_after,
-            bytes: self.inner.compact_bytes,
+            bytes: replica_log_bytes(self.inner.compact_bytes, self.inner.log_budget, replicas),
         };
         let upto = {
             let g = group.lock();
@@ -952,6 +974,22 @@ fn rand_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_budget_is_shared_among_replicas() {
+        const MIB: u64 = 1024 * 1024;
+        // Few replicas: each keeps its own limit.
+        assert_eq!(replica_log_bytes(32 * MIB, 256 * MIB, 4), 32 * MIB);
+        // Many: the budget shared, so the node's total stays at the budget...
+        assert_eq!(replica_log_bytes(32 * MIB, 256 * MIB, 32), 8 * MIB);
+        // ...down to the floor, below which an entry of a large item would not fit.
+        assert_eq!(
+            replica_log_bytes(32 * MIB, 256 * MIB, 1000),
+            MIN_COMPACT_BYTES
+        );
+        assert_eq!(replica_log_bytes(MIB, 256 * MIB, 1), MIN_COMPACT_BYTES);
+        assert_eq!(replica_log_bytes(32 * MIB, 256 * MIB, 0), 32 * MIB);
+    }
     use tern_proto::raft::{RaftEntry, RaftMessage};
 
     fn envelope(bytes: usize) -> RaftEnvelope {
