@@ -112,8 +112,9 @@ pub struct CompactLimits {
 }
 
 /// A replica's byte limit never goes below this, however many replicas share the node's budget:
-/// a few of the largest entries (a 400 KB item is about 550 KB in the log) fit.
-pub const MIN_COMPACT_BYTES: u64 = 4 * 1024 * 1024;
+/// the largest entry (a 400 KB item is about 550 KB in the log) fits. At 1 MiB the default budget
+/// holds for up to 256 replicas on a node; beyond that the node's logs hold 1 MiB per replica.
+pub const MIN_COMPACT_BYTES: u64 = 1024 * 1024;
 
 /// The byte limit of each replica's log: `per_replica`, or the node's budget shared among its
 /// replicas when that is smaller, never below [`MIN_COMPACT_BYTES`].
@@ -987,7 +988,9 @@ mod tests {
             replica_log_bytes(32 * MIB, 256 * MIB, 1000),
             MIN_COMPACT_BYTES
         );
-        assert_eq!(replica_log_bytes(MIB, 256 * MIB, 1), MIN_COMPACT_BYTES);
+        assert_eq!(replica_log_bytes(MIB / 2, 256 * MIB, 1), MIN_COMPACT_BYTES);
+        // 120 replicas (60 tables of 2 partitions): the budget holds, 2.1 MiB each.
+        assert!(replica_log_bytes(32 * MIB, 256 * MIB, 120) * 120 <= 256 * MIB);
         assert_eq!(replica_log_bytes(32 * MIB, 256 * MIB, 0), 32 * MIB);
     }
     use tern_proto::raft::{RaftEntry, RaftMessage};
