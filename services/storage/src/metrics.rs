@@ -32,6 +32,8 @@ pub struct ReplicationMetrics {
     pub writes_throttled: AtomicU64,
     /// Writes refused because their log entry would not fit a bus message.
     pub writes_too_large: AtomicU64,
+    /// Replication messages dropped because their sender is no member of the group.
+    pub foreign_messages: AtomicU64,
     commit: Histogram,
 }
 
@@ -70,6 +72,7 @@ impl ReplicationMetrics {
         let _ = writeln!(out, "# HELP tern_storage_lease_expired_reads_total Consistent reads refused because the leader's lease ran out (in real time) after its read barrier.\n# TYPE tern_storage_lease_expired_reads_total counter\ntern_storage_lease_expired_reads_total{{{l}}} {}", get(&self.lease_expired_reads));
         let _ = writeln!(out, "# HELP tern_storage_writes_throttled_total Writes answered ThrottlingException: the node's writes in progress were at their limit.\n# TYPE tern_storage_writes_throttled_total counter\ntern_storage_writes_throttled_total{{{l}}} {}", get(&self.writes_throttled));
         let _ = writeln!(out, "# HELP tern_storage_writes_too_large_total Writes refused because their log entry would not fit the bus's max_payload.\n# TYPE tern_storage_writes_too_large_total counter\ntern_storage_writes_too_large_total{{{l}}} {}", get(&self.writes_too_large));
+        let _ = writeln!(out, "# HELP tern_storage_foreign_messages_total Replication messages dropped because their sender is no member of the group (or not at the member's node).\n# TYPE tern_storage_foreign_messages_total counter\ntern_storage_foreign_messages_total{{{l}}} {}", get(&self.foreign_messages));
         let h = &self.commit;
         let _ = writeln!(out, "# HELP tern_storage_commit_seconds Time from proposing a write to its commit and apply on the leader.\n# TYPE tern_storage_commit_seconds histogram");
         let mut cumulative = 0;

@@ -521,6 +521,20 @@ impl Replication {
                 continue;
             };
             let mut g = group.lock();
+            // Only a member of the group speaks for it: a message from a member id this replica
+            // knows at another node, or from an id that is not a member, is dropped.
+            let accepted = match g.addrs.get(&env.from) {
+                Some((node, _)) => *node == batch.from_node,
+                None => g.engine.membership().contains(env.from),
+            };
+            if !accepted {
+                self.inner
+                    .metrics
+                    .foreign_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(partition = g.pid, member = env.from, node = %batch.from_node, "message from no member of the group ignored");
+                continue;
+            }
             g.addrs
                 .entry(env.from)
                 .or_insert_with(|| (batch.from_node.clone(), String::new()));

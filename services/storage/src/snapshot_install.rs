@@ -69,6 +69,20 @@ impl Replication {
             .ok_or_else(|| BusError::Redirect(String::new()))?;
         let log_only = {
             let mut g = group.lock();
+            // Items come only from a replica of this group: a source that is no member's node
+            // (someone else on the bus asking this replica to install what they serve) is refused.
+            let known_source = g.addrs.values().any(|(node, _)| *node == req.source_node);
+            if !known_source || req.source_node == self.inner().node {
+                self.inner()
+                    .metrics
+                    .foreign_messages
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(partition = pid, source = %req.source_node, "rebuild from a node that holds no replica of the group refused");
+                return Err(BusError::Api(ApiError::new(
+                    ErrorCode::Validation,
+                    "the snapshot source holds no replica of this partition",
+                )));
+            }
             let wanted = if req.install {
                 g.engine.applied_index() < req.index && g.engine.role() != Role::Leader
             } else {
