@@ -40,12 +40,26 @@ pub struct Args {
     /// Items per page in the `pages` phase.
     #[arg(long, default_value_t = 1000)]
     page_limit: u64,
+    /// Access key id to sign requests with (SigV4).
+    #[arg(long, default_value = tern_cluster::DEV_ACCESS_KEY_ID, env = "TERN_ACCESS_KEY_ID")]
+    access_key_id: String,
+    /// Its secret access key.
+    #[arg(long, default_value = tern_cluster::DEV_SECRET_ACCESS_KEY, env = "TERN_SECRET_ACCESS_KEY", hide_env_values = true, hide_default_value = true)]
+    secret_access_key: String,
+    /// Send requests unsigned (for a router started with --no-auth).
+    #[arg(long)]
+    no_auth: bool,
     /// Storage nodes sync each write on its own (only with a fresh local cluster).
     #[arg(long)]
     no_group_commit: bool,
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+/// A pooled HTTP client and the key it signs with (`None`: unsigned).
+#[derive(Clone)]
+struct HttpClient {
+    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    key: Option<std::sync::Arc<(String, String)>>,
+}
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (endpoint, _cluster, _dir) = match &args.endpoint {
@@ -53,6 +67,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => {
             let dir = tempfile::tempdir().context("create a data dir")?;
             let mut spec = ClusterSpec::new(dir.path(), crate::bin_dir()?);
+            spec.api_credentials = (!args.no_auth)
+                .then(|| (args.access_key_id.clone(), args.secret_access_key.clone()));
             let flag = |on: bool| if on { "false" } else { "true" }.to_string();
             spec.env.push((
                 "TERN_STORAGE_GROUP_COMMIT".into(),
@@ -62,9 +78,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (cluster.endpoint(), Some(cluster), Some(dir))
         }
     };
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.concurrency)
-        .build_http();
+    let client = HttpClient {
+        http: Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(args.concurrency)
+            .build_http(),
+        key: (!args.no_auth).then(|| {
+            std::sync::Arc::new((args.access_key_id.clone(), args.secret_access_key.clone()))
+        }),
+    };
     let table = format!("bench-{}", std::process::id());
     create_table(&client, &endpoint, &table).await?;
     println!(
@@ -236,11 +257,32 @@ async fn call(
     op: &str,
     body: String,
 ) -> anyhow::Result<(u16, Bytes)> {
-    let req = hyper::Request::post(endpoint)
+    let target = format!("DynamoDB_20120810.{op}");
+    let mut req = hyper::Request::post(endpoint)
         .header("content-type", "application/x-amz-json-1.0")
-        .header("x-amz-target", format!("DynamoDB_20120810.{op}"))
-        .body(Full::new(Bytes::from(body)))?;
-    let resp = client.request(req).await?;
+        .header("x-amz-target", &target);
+    if let Some(key) = &client.key {
+        let uri: hyper::Uri = endpoint.parse()?;
+        let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let signed = tern_cluster::sigv4::sign_headers(
+            "POST",
+            endpoint,
+            &[
+                ("host", host.as_str()),
+                ("content-type", "application/x-amz-json-1.0"),
+                ("x-amz-target", target.as_str()),
+            ],
+            body.as_bytes(),
+            (key.0.as_str(), key.1.as_str()),
+            "us-east-1",
+            std::time::SystemTime::now(),
+        )?;
+        for (k, v) in signed {
+            req = req.header(k, v);
+        }
+    }
+    let req = req.body(Full::new(Bytes::from(body)))?;
+    let resp = client.http.request(req).await?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, body))

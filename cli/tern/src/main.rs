@@ -38,6 +38,16 @@ enum Command {
         /// MemDS instances (they share the lookups and the table DDL).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
         memds: u16,
+        /// Access key id every request must be signed with (SigV4).
+        #[arg(long, default_value = tern_cluster::DEV_ACCESS_KEY_ID, env = "TERN_ACCESS_KEY_ID")]
+        access_key_id: String,
+        /// Its secret access key. Prefer the environment variable to the flag: a command line
+        /// is visible to every user of the machine.
+        #[arg(long, default_value = tern_cluster::DEV_SECRET_ACCESS_KEY, env = "TERN_SECRET_ACCESS_KEY", hide_env_values = true, hide_default_value = true)]
+        secret_access_key: String,
+        /// Check no signature at all: for local benchmarks only.
+        #[arg(long)]
+        no_auth: bool,
     },
     /// Drive PutItem and GetItem through the full stack and print throughput and latency.
     Bench(bench::Args),
@@ -54,7 +64,13 @@ async fn main() -> std::process::ExitCode {
             cache_mode,
             routers,
             memds,
-        } => up(data_dir, port, cache_mode, routers, memds).await,
+            access_key_id,
+            secret_access_key,
+            no_auth,
+        } => {
+            let credentials = (!no_auth).then_some((access_key_id, secret_access_key));
+            up(data_dir, port, cache_mode, routers, memds, credentials).await
+        }
         Command::Bench(args) => bench::run(args).await,
     };
     tern_telemetry::exit_code(result)
@@ -75,8 +91,10 @@ async fn up(
     cache_mode: String,
     routers: u16,
     memds: u16,
+    credentials: Option<(String, String)>,
 ) -> anyhow::Result<()> {
     let mut spec = ClusterSpec::new(&data_dir, bin_dir()?);
+    spec.api_credentials = credentials.clone();
     spec.router_port = Some(port);
     spec.routers = routers.into();
     spec.memds = memds.into();
@@ -94,6 +112,18 @@ async fn up(
         println!("{name} endpoint: {url}");
     }
     println!("endpoint: {}", cluster.endpoint());
+    match &credentials {
+        None => println!(
+            "auth: OFF (--no-auth): requests are not authenticated; for local benchmarks only"
+        ),
+        Some((id, secret)) if id == tern_cluster::DEV_ACCESS_KEY_ID && secret == tern_cluster::DEV_SECRET_ACCESS_KEY => println!(
+            "auth: SigV4, development key: AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY={secret} (choose your own with --access-key-id and TERN_SECRET_ACCESS_KEY)"
+        ),
+        Some((id, _)) => println!(
+            "auth: SigV4, access key id {id} (its secret is in {})",
+            data_dir.join("secrets").join("api-credentials").display()
+        ),
+    }
     // Every process is watched: one that exits is reported and restarted, with backoff.
     let shutdown = tern_telemetry::shutdown_signal();
     tokio::pin!(shutdown);

@@ -163,6 +163,14 @@ async fn second_router(tc: &TestCluster) -> (tern_cluster::ServiceProcess, Strin
         // Routing metadata looked up on a miss only: every request until a redirect goes where
         // the metadata of its last lookup points.
         ("TERN_ROUTER_CACHE_MODE", "classic".to_string()),
+        (
+            "TERN_ROUTER_CREDENTIALS_FILE",
+            tc.dir
+                .path()
+                .join("secrets/api-credentials")
+                .display()
+                .to_string(),
+        ),
     ];
     let mut router = tern_cluster::ServiceProcess::new(
         "router-2",

@@ -21,6 +21,23 @@ fn invalid_configuration_names_the_key() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 
+    // Auth on (the default) without a key: no start, and the line says what to set.
+    let out = Command::new(bin_dir().join("tern-router"))
+        .env("TERN_ROUTER_NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .expect("run tern-router");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no access keys are configured"),
+        "{stderr}"
+    );
+    let out = Command::new(bin_dir().join("tern-router"))
+        .env("TERN_ROUTER_AUTH", "sometimes")
+        .output()
+        .expect("run tern-router");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("auth"), "{stderr}");
+
     let out = Command::new(bin_dir().join("tern-storage"))
         .env("TERN_STORAGE_MAX_BATCH", "lots")
         .output()

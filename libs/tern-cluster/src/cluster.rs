@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -73,7 +73,15 @@ pub struct ClusterSpec {
     pub routers: usize,
     /// MemDS instances, serving as one queue group. Processes `memds`, `memds-2`, ...
     pub memds: usize,
+    /// The access key (id, secret) requests must be signed with; `None`: the routers check no
+    /// signature (local benchmarks only). Written to `<data>/secrets/api-credentials`, readable
+    /// by its owner only.
+    pub api_credentials: Option<(String, String)>,
 }
+
+/// The development access key of a local cluster: what the README's commands sign with.
+pub const DEV_ACCESS_KEY_ID: &str = "tern";
+pub const DEV_SECRET_ACCESS_KEY: &str = "tern";
 
 impl ClusterSpec {
     /// Three storage nodes in az-a, az-b, az-c.
@@ -93,6 +101,7 @@ impl ClusterSpec {
             env: Vec::new(),
             routers: 1,
             memds: 1,
+            api_credentials: Some((DEV_ACCESS_KEY_ID.into(), DEV_SECRET_ACCESS_KEY.into())),
         }
     }
 }
@@ -136,10 +145,18 @@ impl Cluster {
         for node in &spec.storage_nodes {
             metrics_ports.insert(node.id.clone(), ports.next().expect("one port per node"));
         }
+        let credentials = match &spec.api_credentials {
+            Some((id, secret)) => Some(write_credentials(&spec.data_dir, id, secret)?),
+            None => None,
+        };
         let mut services = BTreeMap::new();
-        for (name, service, instance, env) in
-            service_plan(&spec, &nats.url(), &router_ports, &metrics_ports)
-        {
+        for (name, service, instance, env) in service_plan(
+            &spec,
+            &nats.url(),
+            &router_ports,
+            &metrics_ports,
+            credentials.as_deref(),
+        ) {
             let binary = spec.bin_dir.join(format!("tern-{service}"));
             if !binary.is_file() {
                 bail!(
@@ -464,6 +481,39 @@ pub fn rotate_if_large(log: &std::path::Path, max: u64) -> std::io::Result<bool>
     Ok(true)
 }
 
+/// Writes the routers' access key to `<data>/secrets/api-credentials` (directory 0700, file
+/// 0600): the secret stays out of process environments and command lines.
+fn write_credentials(data_dir: &Path, id: &str, secret: &str) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if id.is_empty()
+        || secret.is_empty()
+        || id.contains([':', ',', '/', '\n'])
+        || secret.contains([',', '\n'])
+    {
+        bail!("an access key id or secret is empty or holds one of : , / or a new line");
+    }
+    let dir = data_dir.join("secrets");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join("api-credentials");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    writeln!(f, "# access key id:secret access key, one pair per line")?;
+    writeln!(f, "{id}:{secret}")?;
+    Ok(path)
+}
+
 fn router_listens(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
@@ -485,6 +535,7 @@ fn service_plan(
     nats_url: &str,
     router_ports: &BTreeMap<String, u16>,
     metrics_ports: &BTreeMap<String, u16>,
+    credentials: Option<&Path>,
 ) -> Plan {
     let env = |service: &str, pairs: &[(&str, String)]| -> Vec<(String, String)> {
         let up = service.to_ascii_uppercase();
@@ -553,6 +604,10 @@ fn service_plan(
                 &[
                     ("INSTANCE", instance),
                     ("LISTEN", format!("127.0.0.1:{port}")),
+                    match credentials {
+                        Some(path) => ("CREDENTIALS_FILE", path.display().to_string()),
+                        None => ("AUTH", "off".to_string()),
+                    },
                 ],
             ),
         ));

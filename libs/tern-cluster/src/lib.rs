@@ -4,8 +4,11 @@
 mod cluster;
 mod nats;
 mod process;
+pub mod sigv4;
 
-pub use cluster::{Cluster, ClusterSpec, StorageNodeSpec, NATS};
+pub use cluster::{
+    Cluster, ClusterSpec, StorageNodeSpec, DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, NATS,
+};
 pub use nats::NatsServer;
 pub use process::{log_tail, ServiceProcess};
 

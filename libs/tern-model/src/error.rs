@@ -23,9 +23,13 @@ pub enum ErrorCode {
     AccessDenied = 17,
     /// A request body above the largest request DynamoDB accepts (HTTP 413).
     RequestEntityTooLarge = 18,
+    /// The Authorization header lacks a part SigV4 needs.
+    IncompleteSignature = 19,
+    /// The signature does not match, or its time or scope is wrong.
+    InvalidSignature = 20,
 }
 
-const ALL: [ErrorCode; 18] = [
+const ALL: [ErrorCode; 20] = [
     ErrorCode::Validation,
     ErrorCode::ResourceNotFound,
     ErrorCode::ResourceInUse,
@@ -44,6 +48,8 @@ const ALL: [ErrorCode; 18] = [
     ErrorCode::UnrecognizedClient,
     ErrorCode::AccessDenied,
     ErrorCode::RequestEntityTooLarge,
+    ErrorCode::IncompleteSignature,
+    ErrorCode::InvalidSignature,
 ];
 
 impl ErrorCode {
@@ -70,6 +76,8 @@ impl ErrorCode {
             UnrecognizedClient => "UnrecognizedClientException",
             AccessDenied => "AccessDeniedException",
             RequestEntityTooLarge => "RequestEntityTooLargeException",
+            IncompleteSignature => "IncompleteSignatureException",
+            InvalidSignature => "InvalidSignatureException",
         }
     }
 
@@ -84,6 +92,8 @@ impl ErrorCode {
             | UnrecognizedClient
             | AccessDenied
             | RequestEntityTooLarge
+            | IncompleteSignature
+            | InvalidSignature
             | ServiceUnavailable => "com.amazon.coral.service",
             _ => "com.amazonaws.dynamodb.v20120810",
         };

@@ -174,6 +174,19 @@ async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
             let body = axum::body::to_bytes(body, MAX_BODY)
                 .await
                 .map_err(|_| too_large(len))?;
+            if let Some(keys) = &r.keys {
+                keys.verify(
+                    &parts.method,
+                    &parts.uri,
+                    &parts.headers,
+                    &body,
+                    std::time::SystemTime::now(),
+                )
+                .inspect_err(|e| {
+                    inc(&r.metrics.auth_failures);
+                    tracing::debug!(error = %e, "request refused");
+                })?;
+            }
             dispatch(&r, &op, &body).await
         };
         match tokio::time::timeout(timeout, work).await {

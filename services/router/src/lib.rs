@@ -2,6 +2,7 @@
 //! dispatch of each request to the storage node serving its partition.
 
 mod api;
+mod auth;
 mod batch;
 mod cache;
 mod dispatch;
@@ -22,6 +23,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tern_bus::Bus;
 
+pub use auth::{AuthMode, Secret};
 pub use cache::CacheMode;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +46,16 @@ pub struct Config {
     /// Request bodies held at once, in MiB (each counted by its Content-Length); more are
     /// answered ThrottlingException.
     pub max_in_flight_body_mb: usize,
+    /// `on`: every request must be signed (SigV4) by a configured access key; `off`: nothing is
+    /// checked, for local benchmarks only.
+    pub auth: AuthMode,
+    /// Access key pairs, `KEY:SECRET`, comma-separated. Prefer `credentials_file`.
+    pub credentials: Secret,
+    /// A file of access key pairs, one `KEY:SECRET` per line (`#` starts a comment); it should be
+    /// readable by the router's user only.
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// The region requests must be signed for; empty: any region.
+    pub region: String,
 }
 
 impl Default for Config {
@@ -58,6 +70,10 @@ impl Default for Config {
             request_timeout_ms: 10_000,
             max_in_flight: 1024,
             max_in_flight_body_mb: 256,
+            auth: AuthMode::On,
+            credentials: Secret::default(),
+            credentials_file: None,
+            region: String::new(),
         }
     }
 }
@@ -75,17 +91,41 @@ pub(crate) struct Router {
     pub admission: api::Admission,
     /// `host:port` this router answers on, for DescribeEndpoints.
     pub endpoint_address: String,
+    /// The access keys requests are checked against; `None`: no check (`auth = off`).
+    pub keys: Option<auth::Keys>,
 }
 
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Keys first: a router that could not check requests must not start.
+    let keys = match config.auth {
+        AuthMode::Off => {
+            tracing::warn!("auth = off: requests are not authenticated (local benchmarks only)");
+            None
+        }
+        AuthMode::On => {
+            let keys = auth::Keys::load(
+                &config.credentials,
+                config.credentials_file.as_deref(),
+                &config.region,
+            )?;
+            if keys.len() == 0 {
+                anyhow::bail!(
+                    "auth is on but no access keys are configured: set credentials_file (or credentials), or auth = off"
+                );
+            }
+            tracing::info!(keys = ?keys.ids(), "requests must be signed (SigV4) by one of these access keys");
+            Some(keys)
+        }
+    };
     let bus = Bus::connect_instance(&config.nats_url, "router", &config.instance)
         .await?
         .with_timeout(Duration::from_millis(config.bus_timeout_ms));
     let metrics = metrics::Metrics::default();
     let router = Arc::new(Router {
+        keys,
         cache: cache::RouteCache::new(
             tern_memds_client::MemdsClient::new(bus.clone()),
             config.cache_mode,

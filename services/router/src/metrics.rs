@@ -21,6 +21,7 @@ pub struct Counters {
     pub throttled: AtomicU64,
     pub timeouts: AtomicU64,
     pub lookups_skipped: AtomicU64,
+    pub auth_failures: AtomicU64,
 }
 
 impl std::ops::Deref for Metrics {
@@ -37,7 +38,7 @@ pub fn inc(c: &AtomicU64) {
 impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &AtomicU64); 10] = [
+        let rows: [(&str, &str, &AtomicU64); 11] = [
             (
                 "tern_router_requests_total",
                 "DynamoDB API requests received",
@@ -87,6 +88,11 @@ impl Metrics {
                 "tern_router_lookups_skipped_total",
                 "background lookups of cache hits skipped because the queue to MemDS was full",
                 &self.lookups_skipped,
+            ),
+            (
+                "tern_router_auth_failures_total",
+                "requests refused because their signature, key, time or scope did not hold",
+                &self.auth_failures,
             ),
         ];
         for (name, help, v) in rows {

@@ -171,25 +171,83 @@ macro_rules! assert_api_error {
     }};
 }
 
-/// A raw HTTP POST to the endpoint, for inputs no SDK would send.
+/// A raw HTTP POST to the endpoint, for inputs no SDK would send, signed with the development
+/// key as an SDK would sign it.
 pub async fn raw_post(
     endpoint: &str,
     target: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
     let addr = endpoint.trim_start_matches("http://");
-    let mut req =
-        format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.0\r\n");
+    let mut headers = vec![
+        ("host".to_string(), addr.to_string()),
+        (
+            "content-type".to_string(),
+            "application/x-amz-json-1.0".to_string(),
+        ),
+    ];
     if let Some(t) = target {
-        req.push_str(&format!("X-Amz-Target: {t}\r\n"));
+        headers.push(("x-amz-target".to_string(), t.to_string()));
+    }
+    let signed = signed_headers(
+        endpoint,
+        &headers,
+        body.as_bytes(),
+        (DEV_KEY, DEV_SECRET),
+        std::time::SystemTime::now(),
+    );
+    headers.extend(signed);
+    send_raw(endpoint, &headers, body.as_bytes()).await
+}
+
+/// The development access key `tern up` and the test clusters accept.
+pub const DEV_KEY: &str = tern_cluster::DEV_ACCESS_KEY_ID;
+pub const DEV_SECRET: &str = tern_cluster::DEV_SECRET_ACCESS_KEY;
+
+/// The headers an SDK adds to sign `headers` and `body` with `key` at `time` (AWS's own signer).
+pub fn signed_headers(
+    endpoint: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    key: (&str, &str),
+    time: std::time::SystemTime,
+) -> Vec<(String, String)> {
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    tern_cluster::sigv4::sign_headers(
+        "POST",
+        &format!("{endpoint}/"),
+        &pairs,
+        body,
+        key,
+        "us-east-1",
+        time,
+    )
+    .expect("sign")
+}
+
+/// POSTs `body` with exactly `headers` (plus Content-Length); the status and the JSON answer.
+pub async fn send_raw(
+    endpoint: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let addr = endpoint.trim_start_matches("http://");
+    let mut req = "POST / HTTP/1.1\r\n".to_string();
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     ));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).to_string();
