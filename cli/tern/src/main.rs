@@ -51,6 +51,20 @@ enum Command {
     },
     /// Drive PutItem and GetItem through the full stack and print throughput and latency.
     Bench(bench::Args),
+    /// Make the bus keys of a deployment (compose runs it once): one nkey seed per service and
+    /// storage node under <dir>/secrets/nats, and <dir>/secrets/nats-auth.conf for nats-server
+    /// to include. Existing keys are kept.
+    BusKeys {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Storage node ids, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "storage-a,storage-b,storage-c"
+        )]
+        storage_nodes: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -72,8 +86,21 @@ async fn main() -> std::process::ExitCode {
             up(data_dir, port, cache_mode, routers, memds, credentials).await
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::BusKeys { dir, storage_nodes } => bus_keys(&dir, &storage_nodes),
     };
     tern_telemetry::exit_code(result)
+}
+
+fn bus_keys(dir: &std::path::Path, storage_nodes: &[String]) -> anyhow::Result<()> {
+    let auth = tern_cluster::bus_auth::BusAuth::generate(dir, storage_nodes)?;
+    let conf = dir.join("secrets").join("nats-auth.conf");
+    auth.write_config(&conf)?;
+    println!(
+        "bus keys in {}, nats-server configuration in {}",
+        dir.join("secrets").join("nats").display(),
+        conf.display()
+    );
+    Ok(())
 }
 
 /// Directory of the service binaries: the one holding this executable.

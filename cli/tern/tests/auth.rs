@@ -264,3 +264,116 @@ async fn the_secret_stays_out_of_sight() {
     }
     drop(cluster);
 }
+
+/// Whether a message `publisher` publishes on `subject` reaches `subscriber` (identities of the
+/// cluster's bus). A refused publish or subscription is dropped by nats-server.
+async fn delivered(
+    cluster: &tern_cluster::Cluster,
+    publisher: &str,
+    subscriber: &str,
+    subject: &str,
+) -> bool {
+    let connect = |id: &str| {
+        let seed = cluster.nkey_file(id).expect("bus authentication is on");
+        let url = cluster.nats_url();
+        let prefix = tern_proto::subjects::inbox_prefix(id, "probe");
+        let id = id.to_string();
+        async move {
+            tern_bus::Bus::connect_with(&url, &format!("probe-{id}"), Some(&seed), Some(&prefix))
+                .await
+                .expect("connect with a valid key")
+        }
+    };
+    let (sub_bus, pub_bus) = (connect(subscriber).await, connect(publisher).await);
+    let mut sub = sub_bus
+        .client()
+        .subscribe(subject.to_string())
+        .await
+        .unwrap();
+    sub_bus.client().flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let marker = format!("probe {publisher} -> {subscriber}");
+    let _ = pub_bus
+        .client()
+        .publish(subject.to_string(), marker.clone().into())
+        .await;
+    let _ = pub_bus.client().flush().await;
+    use futures::StreamExt;
+    match tokio::time::timeout(Duration::from_millis(700), sub.next()).await {
+        Ok(Some(m)) => {
+            assert_eq!(m.payload, marker.as_bytes(), "another message on {subject}");
+            true
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_admits_each_service_to_its_own_subjects_only() {
+    let t = start_cluster(&[]).await;
+    let url = t.cluster.nats_url();
+
+    // No credentials, or a key the server does not know: no connection.
+    let anonymous = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(&url)
+        .await;
+    assert!(anonymous.is_err(), "a client without credentials got in");
+    let stranger =
+        async_nats::ConnectOptions::with_nkey(nkeys::KeyPair::new_user().seed().unwrap())
+            .connection_timeout(Duration::from_secs(2))
+            .connect(&url)
+            .await;
+    assert!(stranger.is_err(), "a client with an unknown key got in");
+
+    // (publisher, subscriber, subject, delivered?)
+    let cases = [
+        // The router reaches storage data subjects, but not replication or administration.
+        ("router", "admin", "tern.storage.nowhere.write", true),
+        ("router", "admin", "tern.storage.nowhere.raft", false),
+        (
+            "router",
+            "admin",
+            "tern.storage.nowhere.admin.create_partition",
+            false,
+        ),
+        ("router", "admin", "tern.storage.nowhere.snapshot", false),
+        // Storage nodes speak replication, not client writes.
+        ("storage-b", "admin", "tern.storage.nowhere.raft", true),
+        ("storage-b", "admin", "tern.storage.nowhere.write", false),
+        ("storage-b", "admin", "tern.memds.ddl.create_table", false),
+        // MemDS creates replicas; nobody else does.
+        (
+            "memds",
+            "admin",
+            "tern.storage.nowhere.admin.create_partition",
+            true,
+        ),
+        // A node hears its own subjects only.
+        ("admin", "storage-a", "tern.storage.storage-a.probe", true),
+        ("admin", "storage-b", "tern.storage.storage-a.probe", false),
+        // Nobody reads the replies meant for another service.
+        ("admin", "router", "_INBOX.router.router-1.x", true),
+        ("admin", "memds", "_INBOX.router.router-1.x", false),
+        ("admin", "storage-a", "_INBOX.storage.storage-b.x", false),
+    ];
+    let mut wrong = Vec::new();
+    for (publisher, subscriber, subject, expected) in cases {
+        let got = delivered(&t.cluster, publisher, subscriber, subject).await;
+        if got != expected {
+            wrong.push(format!(
+                "{publisher} -> {subscriber} on {subject}: delivered {got}, expected {expected}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // And the cluster still serves, every service through its own permissions.
+    let c = client(&t.cluster.endpoint());
+    create_table(&c, "permitted", None).await;
+    c.put_item()
+        .table_name("permitted")
+        .item("pk", aws_sdk_dynamodb::types::AttributeValue::S("k".into()))
+        .send()
+        .await
+        .expect("a write through every permission");
+}

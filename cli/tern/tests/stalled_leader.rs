@@ -164,6 +164,14 @@ async fn second_router(tc: &TestCluster) -> (tern_cluster::ServiceProcess, Strin
         // the metadata of its last lookup points.
         ("TERN_ROUTER_CACHE_MODE", "classic".to_string()),
         (
+            "TERN_ROUTER_NATS_NKEY_FILE",
+            tc.cluster
+                .nkey_file("router")
+                .expect("bus authentication is on")
+                .display()
+                .to_string(),
+        ),
+        (
             "TERN_ROUTER_CREDENTIALS_FILE",
             tc.dir
                 .path()

@@ -40,7 +40,29 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 impl Bus {
     /// Connects to NATS at `url`, naming the connection after the service instance.
     pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
+        Self::connect_with(url, name, None, None).await
+    }
+
+    /// Connects as the NATS user whose nkey seed is in `nkey_file` (if any), with replies
+    /// delivered under `inbox_prefix` (if any; the server's permissions may allow a user its own
+    /// prefix only, so no one reads the replies meant for another).
+    pub async fn connect_with(
+        url: &str,
+        name: &str,
+        nkey_file: Option<&std::path::Path>,
+        inbox_prefix: Option<&str>,
+    ) -> Result<Self, BusError> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(path) = nkey_file {
+            let seed = std::fs::read_to_string(path).map_err(|e| {
+                BusError::Transport(format!("read the nkey seed {}: {e}", path.display()))
+            })?;
+            options = options.nkey(seed.trim().to_string());
+        }
+        if let Some(prefix) = inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        let client = options
             .name(name)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
@@ -48,6 +70,12 @@ impl Bus {
             // is found again within a second of listening (the default backs off to 4 s).
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis(100 * attempts.saturating_sub(1).min(10) as u64)
+            })
+            .event_callback(|event| async move {
+                if let async_nats::Event::ServerError(e) = &event {
+                    // Permission violations and authorization errors: the server said no.
+                    tracing::warn!(error = %e, "nats-server refused an operation");
+                }
             })
             .connect(url)
             .await
@@ -74,6 +102,7 @@ impl Bus {
     /// token (it names the instance's subjects).
     pub async fn connect_instance(
         url: &str,
+        nkey_file: Option<&std::path::Path>,
         service: &str,
         instance: &str,
     ) -> Result<Self, BusError> {
@@ -82,7 +111,13 @@ impl Bus {
                 "invalid {service} configuration: instance id {instance:?} must be letters, digits, '-' or '_'"
             )));
         }
-        Self::connect(url, &format!("tern-{service}-{instance}")).await
+        Self::connect_with(
+            url,
+            &format!("tern-{service}-{instance}"),
+            nkey_file,
+            Some(&tern_proto::subjects::inbox_prefix(service, instance)),
+        )
+        .await
     }
 
     pub fn from_client(client: async_nats::Client) -> Self {
@@ -317,11 +352,12 @@ pub async fn serve_health(
 /// Runs a service that so far only joins the bus and answers health checks, until `shutdown`.
 pub async fn serve_health_until(
     nats_url: &str,
+    nkey_file: Option<&std::path::Path>,
     service: &'static str,
     instance: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BusError> {
-    let bus = Bus::connect_instance(nats_url, service, instance).await?;
+    let bus = Bus::connect_instance(nats_url, nkey_file, service, instance).await?;
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     serve_health(&bus, service, instance, ready).await?;
     tracing::info!(service, instance, "ready");

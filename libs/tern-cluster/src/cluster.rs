@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use tern_bus::Bus;
 use tern_proto::{subjects, HealthRequest, HealthResponse};
 
+use crate::bus_auth::BusAuth;
 use crate::process::log_tail;
 use crate::{NatsServer, ServiceProcess};
 
@@ -77,6 +78,9 @@ pub struct ClusterSpec {
     /// signature (local benchmarks only). Written to `<data>/secrets/api-credentials`, readable
     /// by its owner only.
     pub api_credentials: Option<(String, String)>,
+    /// Every process authenticates to nats-server with its own nkey and may use only its own
+    /// subjects (`crate::bus_auth`); `false`: the bus is open (for comparison only).
+    pub bus_auth: bool,
 }
 
 /// The development access key of a local cluster: what the README's commands sign with.
@@ -102,6 +106,7 @@ impl ClusterSpec {
             routers: 1,
             memds: 1,
             api_credentials: Some((DEV_ACCESS_KEY_ID.into(), DEV_SECRET_ACCESS_KEY.into())),
+            bus_auth: true,
         }
     }
 }
@@ -116,6 +121,7 @@ pub struct Cluster {
     /// Storage node id → port of its `/metrics`.
     metrics_ports: BTreeMap<String, u16>,
     bus: Bus,
+    bus_auth: Option<BusAuth>,
     /// Holds `<name>.pid` of every running process.
     run_dir: PathBuf,
     backoff: BTreeMap<String, Backoff>,
@@ -126,7 +132,20 @@ impl Cluster {
     pub async fn start(spec: ClusterSpec) -> anyhow::Result<Self> {
         let logs = spec.data_dir.join("logs");
         std::fs::create_dir_all(&logs).context("create logs dir")?;
-        let nats = NatsServer::start(&spec.data_dir.join("nats"), &logs.join("nats-server.log"))?;
+        let bus_auth = if spec.bus_auth {
+            let nodes: Vec<String> = spec.storage_nodes.iter().map(|n| n.id.clone()).collect();
+            Some(BusAuth::generate(&spec.data_dir, &nodes)?)
+        } else {
+            None
+        };
+        let nats = NatsServer::start_with(
+            &spec.data_dir.join("nats"),
+            &logs.join("nats-server.log"),
+            &bus_auth
+                .as_ref()
+                .map(BusAuth::config_block)
+                .unwrap_or_default(),
+        )?;
         // Every port at once, so that no two processes are given the same one.
         let routers = spec.routers.max(1);
         let mut ports = crate::free_ports(routers + spec.storage_nodes.len())
@@ -165,11 +184,22 @@ impl Cluster {
                 );
             }
             let mut env = env;
+            if let Some(auth) = &bus_auth {
+                let id = crate::bus_auth::identity(&service, &instance);
+                env.push((
+                    format!("TERN_{}_NATS_NKEY_FILE", service.to_ascii_uppercase()),
+                    auth.seed_file(&id).display().to_string(),
+                ));
+            }
             env.extend(spec.env.iter().cloned());
             let proc = ServiceProcess::new(&name, binary, env, logs.join(format!("{name}.log")));
             services.insert(name, (proc, service, instance));
         }
-        let bus = Bus::connect(&nats.url(), "tern-cluster").await?;
+        let admin_seed = bus_auth
+            .as_ref()
+            .map(|a| a.seed_file(crate::bus_auth::ADMIN));
+        let bus =
+            Bus::connect_with(&nats.url(), "tern-cluster", admin_seed.as_deref(), None).await?;
         let run_dir = spec.data_dir.join("run");
         std::fs::create_dir_all(&run_dir).context("create run dir")?;
         let mut cluster = Self {
@@ -178,6 +208,7 @@ impl Cluster {
             router_ports,
             metrics_ports,
             bus,
+            bus_auth,
             run_dir,
             backoff: BTreeMap::new(),
             logs_checked: Instant::now(),
@@ -217,6 +248,12 @@ impl Cluster {
 
     pub fn bus(&self) -> &Bus {
         &self.bus
+    }
+
+    /// The nkey seed file of a bus identity (`admin`, `router`, `memds`, a storage node id), when
+    /// the bus is authenticated.
+    pub fn nkey_file(&self, identity: &str) -> Option<PathBuf> {
+        self.bus_auth.as_ref().map(|a| a.seed_file(identity))
     }
 
     /// Names of the service processes (`memds`, `router`, `storage-a`, ...).

@@ -1,6 +1,7 @@
 //! A local Tern cluster as processes: a real nats-server with JetStream and each service as its
 //! own process. `tern up` and the integration tests share it.
 
+pub mod bus_auth;
 mod cluster;
 mod nats;
 mod process;

@@ -105,12 +105,18 @@ pub fn config_text(store_dir: &Path, monitor_port: u16) -> String {
 impl NatsServer {
     /// Starts nats-server storing JetStream data under `store_dir`, logging to `log_file`.
     pub fn start(store_dir: &Path, log_file: &Path) -> anyhow::Result<Self> {
+        Self::start_with(store_dir, log_file, "")
+    }
+
+    /// Like [`Self::start`], with `extra` appended to the configuration (an `authorization`
+    /// block).
+    pub fn start_with(store_dir: &Path, log_file: &Path, extra: &str) -> anyhow::Result<Self> {
         let bin = nats_server_binary()?;
         std::fs::create_dir_all(store_dir).context("create JetStream store dir")?;
         let ports = crate::free_ports(2).context("pick ports for nats-server")?;
         let (port, monitor_port) = (ports[0], ports[1]);
         let conf = store_dir.join("tern-nats.conf");
-        std::fs::write(&conf, config_text(store_dir, monitor_port))
+        std::fs::write(&conf, config_text(store_dir, monitor_port) + extra)
             .with_context(|| format!("write {}", conf.display()))?;
         let mut server = Self {
             child: None,

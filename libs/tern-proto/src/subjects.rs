@@ -31,6 +31,12 @@ pub fn memds_stats(instance: &str) -> String {
     format!("tern.memds.{instance}.stats")
 }
 
+/// Where the replies to one instance's requests arrive: `_INBOX.<service>.<instance>.…`. With
+/// bus authentication on, each service may subscribe to its own inboxes only.
+pub fn inbox_prefix(service: &str, instance: &str) -> String {
+    format!("_INBOX.{service}.{instance}")
+}
+
 /// Health of one instance of a service: `tern.health.<service>.<instance>`.
 pub fn health(service: &str, instance: &str) -> String {
     format!("tern.health.{service}.{instance}")

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub nats_url: String,
+    /// The nkey seed this service authenticates to nats-server with (`tern up` writes one per
+    /// service); none: connect without credentials.
+    pub nats_nkey_file: Option<std::path::PathBuf>,
     pub instance: String,
 }
 
@@ -16,12 +19,20 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_nkey_file: None,
             instance: "gac-1".into(),
         }
     }
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    tern_bus::serve_health_until(&config.nats_url, "gac", &config.instance, shutdown).await?;
+    tern_bus::serve_health_until(
+        &config.nats_url,
+        config.nats_nkey_file.as_deref(),
+        "gac",
+        &config.instance,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

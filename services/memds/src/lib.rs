@@ -33,6 +33,9 @@ pub use tables::Tables;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub nats_url: String,
+    /// The nkey seed this service authenticates to nats-server with (`tern up` writes one per
+    /// service); none: connect without credentials.
+    pub nats_nkey_file: Option<std::path::PathBuf>,
     pub instance: String,
     /// JetStream key-value bucket holding the metadata.
     pub bucket: String,
@@ -53,6 +56,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_nkey_file: None,
             instance: "memds-1".into(),
             bucket: "tern_meta".into(),
             partitions_per_table: 2,
@@ -78,7 +82,13 @@ pub(crate) struct Memds {
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let bus = Bus::connect_instance(&config.nats_url, "memds", &config.instance).await?;
+    let bus = Bus::connect_instance(
+        &config.nats_url,
+        config.nats_nkey_file.as_deref(),
+        "memds",
+        &config.instance,
+    )
+    .await?;
     let kv = kv::open_bucket(bus.client(), &config.bucket, config.bucket_replicas).await?;
     let (tables, watcher) = Tables::load_and_watch(kv.clone()).await?;
     let memds = Memds {

@@ -30,6 +30,9 @@ pub use cache::CacheMode;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub nats_url: String,
+    /// The nkey seed this service authenticates to nats-server with (`tern up` writes one per
+    /// service); none: connect without credentials.
+    pub nats_nkey_file: Option<std::path::PathBuf>,
     pub instance: String,
     /// HTTP listen address of the DynamoDB endpoint.
     pub listen: SocketAddr,
@@ -62,6 +65,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_nkey_file: None,
             instance: "router-1".into(),
             listen: "127.0.0.1:8000".parse().expect("valid address"),
             az: "az-a".into(),
@@ -120,9 +124,14 @@ pub async fn run(
             Some(keys)
         }
     };
-    let bus = Bus::connect_instance(&config.nats_url, "router", &config.instance)
-        .await?
-        .with_timeout(Duration::from_millis(config.bus_timeout_ms));
+    let bus = Bus::connect_instance(
+        &config.nats_url,
+        config.nats_nkey_file.as_deref(),
+        "router",
+        &config.instance,
+    )
+    .await?
+    .with_timeout(Duration::from_millis(config.bus_timeout_ms));
     let metrics = metrics::Metrics::default();
     let router = Arc::new(Router {
         keys,

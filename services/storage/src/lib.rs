@@ -36,6 +36,9 @@ pub use store::Store;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub nats_url: String,
+    /// The nkey seed this service authenticates to nats-server with (`tern up` writes one per
+    /// service); none: connect without credentials.
+    pub nats_nkey_file: Option<std::path::PathBuf>,
     /// Unique node id; a NATS subject token ([A-Za-z0-9_-]).
     pub node_id: String,
     /// Availability zone label.
@@ -72,6 +75,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_nkey_file: None,
             node_id: "storage-1".into(),
             az: "az-a".into(),
             data_dir: "data/storage-1".into(),
@@ -91,7 +95,13 @@ impl Default for Config {
 
 /// Runs the storage node until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let bus = Bus::connect_instance(&config.nats_url, "storage", &config.node_id).await?;
+    let bus = Bus::connect_instance(
+        &config.nats_url,
+        config.nats_nkey_file.as_deref(),
+        "storage",
+        &config.node_id,
+    )
+    .await?;
     let store = Store::open(&config.data_dir).context("open store")?;
     let partitions = partitions::Partitions::load(&store).context("load partitions")?;
     let writer = writer::Writer::start(
