@@ -48,6 +48,16 @@ enum Command {
         /// Check no signature at all: for local benchmarks only.
         #[arg(long)]
         no_auth: bool,
+        /// PEM certificate chain (for 127.0.0.1) the endpoint and nats-server present: HTTPS and
+        /// TLS on the bus. With --tls-key and --tls-ca.
+        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The CA certificate (PEM) the services check nats-server's certificate against.
+        #[arg(long, requires = "tls_cert")]
+        tls_ca: Option<PathBuf>,
     },
     /// Drive PutItem and GetItem through the full stack and print throughput and latency.
     Bench(bench::Args),
@@ -81,9 +91,20 @@ async fn main() -> std::process::ExitCode {
             access_key_id,
             secret_access_key,
             no_auth,
+            tls_cert,
+            tls_key,
+            tls_ca,
         } => {
             let credentials = (!no_auth).then_some((access_key_id, secret_access_key));
-            up(data_dir, port, cache_mode, routers, memds, credentials).await
+            let tls = match (tls_cert, tls_key, tls_ca) {
+                (Some(cert_file), Some(key_file), Some(ca_file)) => Some(tern_cluster::TlsFiles {
+                    cert_file,
+                    key_file,
+                    ca_file,
+                }),
+                _ => None,
+            };
+            up(data_dir, port, cache_mode, routers, memds, credentials, tls).await
         }
         Command::Bench(args) => bench::run(args).await,
         Command::BusKeys { dir, storage_nodes } => bus_keys(&dir, &storage_nodes),
@@ -119,8 +140,10 @@ async fn up(
     routers: u16,
     memds: u16,
     credentials: Option<(String, String)>,
+    tls: Option<tern_cluster::TlsFiles>,
 ) -> anyhow::Result<()> {
     let mut spec = ClusterSpec::new(&data_dir, bin_dir()?);
+    spec.tls = tls;
     spec.api_credentials = credentials.clone();
     spec.router_port = Some(port);
     spec.routers = routers.into();

@@ -279,7 +279,11 @@ async fn delivered(
         let prefix = tern_proto::subjects::inbox_prefix(id, "probe");
         let id = id.to_string();
         async move {
-            tern_bus::Bus::connect_with(&url, &format!("probe-{id}"), Some(&seed), Some(&prefix))
+            let access = tern_bus::NatsAccess {
+                nkey_file: Some(seed),
+                ca_file: None,
+            };
+            tern_bus::Bus::connect_with(&url, &format!("probe-{id}"), &access, Some(&prefix))
                 .await
                 .expect("connect with a valid key")
         }

@@ -27,6 +27,15 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a service waits for NATS at start-up before giving up.
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
 
+/// How a process proves itself to nats-server and checks it is talking to the real one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsAccess {
+    /// The NATS user's nkey seed file; none: connect without credentials.
+    pub nkey_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate that signed the server's TLS certificate; set: TLS is required.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
 /// A connection to the bus. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Bus {
@@ -40,20 +49,24 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 impl Bus {
     /// Connects to NATS at `url`, naming the connection after the service instance.
     pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
-        Self::connect_with(url, name, None, None).await
+        Self::connect_with(url, name, &NatsAccess::default(), None).await
     }
 
-    /// Connects as the NATS user whose nkey seed is in `nkey_file` (if any), with replies
-    /// delivered under `inbox_prefix` (if any; the server's permissions may allow a user its own
-    /// prefix only, so no one reads the replies meant for another).
+    /// Connects with `access` (the NATS user's nkey, the CA that signed the server's TLS
+    /// certificate), with replies delivered under `inbox_prefix` (if any; the server's
+    /// permissions may allow a user its own prefix only, so no one reads the replies meant for
+    /// another).
     pub async fn connect_with(
         url: &str,
         name: &str,
-        nkey_file: Option<&std::path::Path>,
+        access: &NatsAccess,
         inbox_prefix: Option<&str>,
     ) -> Result<Self, BusError> {
         let mut options = async_nats::ConnectOptions::new();
-        if let Some(path) = nkey_file {
+        if let Some(ca) = &access.ca_file {
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let Some(path) = &access.nkey_file {
             let seed = std::fs::read_to_string(path).map_err(|e| {
                 BusError::Transport(format!("read the nkey seed {}: {e}", path.display()))
             })?;
@@ -102,7 +115,7 @@ impl Bus {
     /// token (it names the instance's subjects).
     pub async fn connect_instance(
         url: &str,
-        nkey_file: Option<&std::path::Path>,
+        access: &NatsAccess,
         service: &str,
         instance: &str,
     ) -> Result<Self, BusError> {
@@ -114,7 +127,7 @@ impl Bus {
         Self::connect_with(
             url,
             &format!("tern-{service}-{instance}"),
-            nkey_file,
+            access,
             Some(&tern_proto::subjects::inbox_prefix(service, instance)),
         )
         .await
@@ -352,12 +365,12 @@ pub async fn serve_health(
 /// Runs a service that so far only joins the bus and answers health checks, until `shutdown`.
 pub async fn serve_health_until(
     nats_url: &str,
-    nkey_file: Option<&std::path::Path>,
+    access: &NatsAccess,
     service: &'static str,
     instance: &str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BusError> {
-    let bus = Bus::connect_instance(nats_url, nkey_file, service, instance).await?;
+    let bus = Bus::connect_instance(nats_url, access, service, instance).await?;
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     serve_health(&bus, service, instance, ready).await?;
     tracing::info!(service, instance, "ready");

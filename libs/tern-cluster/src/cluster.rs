@@ -81,6 +81,17 @@ pub struct ClusterSpec {
     /// Every process authenticates to nats-server with its own nkey and may use only its own
     /// subjects (`crate::bus_auth`); `false`: the bus is open (for comparison only).
     pub bus_auth: bool,
+    /// TLS for the DynamoDB endpoint and for nats-server (every service then requires it).
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for TLS: the certificate chain and key the router and nats-server present (for
+/// 127.0.0.1), and the CA certificate every bus client checks nats-server's against.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 /// The development access key of a local cluster: what the README's commands sign with.
@@ -107,6 +118,7 @@ impl ClusterSpec {
             memds: 1,
             api_credentials: Some((DEV_ACCESS_KEY_ID.into(), DEV_SECRET_ACCESS_KEY.into())),
             bus_auth: true,
+            tls: None,
         }
     }
 }
@@ -120,6 +132,8 @@ pub struct Cluster {
     router_ports: BTreeMap<String, u16>,
     /// Storage node id → port of its `/metrics`.
     metrics_ports: BTreeMap<String, u16>,
+    /// `http` or `https` (with TLS).
+    scheme: &'static str,
     bus: Bus,
     bus_auth: Option<BusAuth>,
     /// Holds `<name>.pid` of every running process.
@@ -138,13 +152,21 @@ impl Cluster {
         } else {
             None
         };
+        let mut nats_extra = bus_auth
+            .as_ref()
+            .map(BusAuth::config_block)
+            .unwrap_or_default();
+        if let Some(tls) = &spec.tls {
+            nats_extra.push_str(&format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ));
+        }
         let nats = NatsServer::start_with(
             &spec.data_dir.join("nats"),
             &logs.join("nats-server.log"),
-            &bus_auth
-                .as_ref()
-                .map(BusAuth::config_block)
-                .unwrap_or_default(),
+            &nats_extra,
         )?;
         // Every port at once, so that no two processes are given the same one.
         let routers = spec.routers.max(1);
@@ -191,15 +213,34 @@ impl Cluster {
                     auth.seed_file(&id).display().to_string(),
                 ));
             }
+            if let Some(tls) = &spec.tls {
+                let up = service.to_ascii_uppercase();
+                env.push((
+                    format!("TERN_{up}_NATS_CA_FILE"),
+                    tls.ca_file.display().to_string(),
+                ));
+                if service == "router" {
+                    env.push((
+                        "TERN_ROUTER_TLS_CERT_FILE".into(),
+                        tls.cert_file.display().to_string(),
+                    ));
+                    env.push((
+                        "TERN_ROUTER_TLS_KEY_FILE".into(),
+                        tls.key_file.display().to_string(),
+                    ));
+                }
+            }
             env.extend(spec.env.iter().cloned());
             let proc = ServiceProcess::new(&name, binary, env, logs.join(format!("{name}.log")));
             services.insert(name, (proc, service, instance));
         }
-        let admin_seed = bus_auth
-            .as_ref()
-            .map(|a| a.seed_file(crate::bus_auth::ADMIN));
-        let bus =
-            Bus::connect_with(&nats.url(), "tern-cluster", admin_seed.as_deref(), None).await?;
+        let access = tern_bus::NatsAccess {
+            nkey_file: bus_auth
+                .as_ref()
+                .map(|a| a.seed_file(crate::bus_auth::ADMIN)),
+            ca_file: spec.tls.as_ref().map(|t| t.ca_file.clone()),
+        };
+        let bus = Bus::connect_with(&nats.url(), "tern-cluster", &access, None).await?;
         let run_dir = spec.data_dir.join("run");
         std::fs::create_dir_all(&run_dir).context("create run dir")?;
         let mut cluster = Self {
@@ -207,6 +248,7 @@ impl Cluster {
             nats,
             router_ports,
             metrics_ports,
+            scheme: if spec.tls.is_some() { "https" } else { "http" },
             bus,
             bus_auth,
             run_dir,
@@ -223,14 +265,17 @@ impl Cluster {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.router_ports["router"])
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme, self.router_ports["router"]
+        )
     }
 
     /// Every router's endpoint, by process name (`router`, `router-2`, ...).
     pub fn endpoints(&self) -> Vec<(String, String)> {
         self.router_ports
             .iter()
-            .map(|(n, p)| (n.clone(), format!("http://127.0.0.1:{p}")))
+            .map(|(n, p)| (n.clone(), format!("{}://127.0.0.1:{p}", self.scheme)))
             .collect()
     }
 

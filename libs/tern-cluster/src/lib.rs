@@ -8,7 +8,7 @@ mod process;
 pub mod sigv4;
 
 pub use cluster::{
-    Cluster, ClusterSpec, StorageNodeSpec, DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, NATS,
+    Cluster, ClusterSpec, StorageNodeSpec, TlsFiles, DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, NATS,
 };
 pub use nats::NatsServer;
 pub use process::{log_tail, ServiceProcess};

@@ -13,6 +13,8 @@ pub struct Config {
     /// The nkey seed this service authenticates to nats-server with (`tern up` writes one per
     /// service); none: connect without credentials.
     pub nats_nkey_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate of nats-server's TLS certificate; set: the connection must be TLS.
+    pub nats_ca_file: Option<std::path::PathBuf>,
     pub instance: String,
 }
 
@@ -21,6 +23,7 @@ impl Default for Config {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_nkey_file: None,
+            nats_ca_file: None,
             instance: "archiver-1".into(),
         }
     }
@@ -29,7 +32,10 @@ impl Default for Config {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     tern_bus::serve_health_until(
         &config.nats_url,
-        config.nats_nkey_file.as_deref(),
+        &tern_bus::NatsAccess {
+            nkey_file: config.nats_nkey_file.clone(),
+            ca_file: config.nats_ca_file.clone(),
+        },
         "archiver",
         &config.instance,
         shutdown,

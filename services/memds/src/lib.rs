@@ -36,6 +36,8 @@ pub struct Config {
     /// The nkey seed this service authenticates to nats-server with (`tern up` writes one per
     /// service); none: connect without credentials.
     pub nats_nkey_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate of nats-server's TLS certificate; set: the connection must be TLS.
+    pub nats_ca_file: Option<std::path::PathBuf>,
     pub instance: String,
     /// JetStream key-value bucket holding the metadata.
     pub bucket: String,
@@ -57,6 +59,7 @@ impl Default for Config {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_nkey_file: None,
+            nats_ca_file: None,
             instance: "memds-1".into(),
             bucket: "tern_meta".into(),
             partitions_per_table: 2,
@@ -84,7 +87,10 @@ pub(crate) struct Memds {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let bus = Bus::connect_instance(
         &config.nats_url,
-        config.nats_nkey_file.as_deref(),
+        &tern_bus::NatsAccess {
+            nkey_file: config.nats_nkey_file.clone(),
+            ca_file: config.nats_ca_file.clone(),
+        },
         "memds",
         &config.instance,
     )

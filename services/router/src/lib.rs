@@ -12,6 +12,7 @@ mod leaders;
 mod metrics;
 mod query;
 mod tables;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub struct Config {
     /// The nkey seed this service authenticates to nats-server with (`tern up` writes one per
     /// service); none: connect without credentials.
     pub nats_nkey_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate of nats-server's TLS certificate; set: the connection must be TLS.
+    pub nats_ca_file: Option<std::path::PathBuf>,
     pub instance: String,
     /// HTTP listen address of the DynamoDB endpoint.
     pub listen: SocketAddr,
@@ -59,6 +62,9 @@ pub struct Config {
     pub credentials_file: Option<std::path::PathBuf>,
     /// The region requests must be signed for; empty: any region.
     pub region: String,
+    /// PEM certificate chain and private key: the endpoint speaks HTTPS. Both or neither.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -66,6 +72,7 @@ impl Default for Config {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_nkey_file: None,
+            nats_ca_file: None,
             instance: "router-1".into(),
             listen: "127.0.0.1:8000".parse().expect("valid address"),
             az: "az-a".into(),
@@ -78,6 +85,8 @@ impl Default for Config {
             credentials: Secret::default(),
             credentials_file: None,
             region: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -103,6 +112,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("tls_cert_file and tls_key_file go together: set both or neither"),
+    };
     // Keys first: a router that could not check requests must not start.
     let keys = match config.auth {
         AuthMode::Off => {
@@ -126,7 +140,10 @@ pub async fn run(
     };
     let bus = Bus::connect_instance(
         &config.nats_url,
-        config.nats_nkey_file.as_deref(),
+        &tern_bus::NatsAccess {
+            nkey_file: config.nats_nkey_file.clone(),
+            ca_file: config.nats_ca_file.clone(),
+        },
         "router",
         &config.instance,
     )
@@ -154,11 +171,17 @@ pub async fn run(
         .with_context(|| format!("listen on {}", config.listen))?;
     let ready = Arc::new(AtomicBool::new(true));
     tern_bus::serve_health(&bus, "router", &config.instance, ready).await?;
-    tracing::info!(listen = %config.listen, mode = ?config.cache_mode, "router ready");
-    axum::serve(listener, api::app(router))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serve http")?;
+    tracing::info!(listen = %config.listen, mode = ?config.cache_mode, https = tls.is_some(), "router ready");
+    match tls {
+        Some(acceptor) => axum::serve(tls::TlsListener::new(listener, acceptor)?, api::app(router))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serve https")?,
+        None => axum::serve(listener, api::app(router))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serve http")?,
+    }
     tracing::info!("router stopped taking requests");
     bus.drain().await;
     Ok(())

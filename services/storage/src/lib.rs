@@ -39,6 +39,8 @@ pub struct Config {
     /// The nkey seed this service authenticates to nats-server with (`tern up` writes one per
     /// service); none: connect without credentials.
     pub nats_nkey_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate of nats-server's TLS certificate; set: the connection must be TLS.
+    pub nats_ca_file: Option<std::path::PathBuf>,
     /// Unique node id; a NATS subject token ([A-Za-z0-9_-]).
     pub node_id: String,
     /// Availability zone label.
@@ -76,6 +78,7 @@ impl Default for Config {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_nkey_file: None,
+            nats_ca_file: None,
             node_id: "storage-1".into(),
             az: "az-a".into(),
             data_dir: "data/storage-1".into(),
@@ -97,7 +100,10 @@ impl Default for Config {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let bus = Bus::connect_instance(
         &config.nats_url,
-        config.nats_nkey_file.as_deref(),
+        &tern_bus::NatsAccess {
+            nkey_file: config.nats_nkey_file.clone(),
+            ca_file: config.nats_ca_file.clone(),
+        },
         "storage",
         &config.node_id,
     )
