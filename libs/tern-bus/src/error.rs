@@ -25,6 +25,10 @@ pub enum BusError {
     /// A name that cannot be part of a subject.
     #[error("{0}")]
     InvalidName(String),
+    /// A service's own status (1001 and up, e.g. a storage node's [`tern_proto::status`]
+    /// codes): its typed client turns it into that service's error.
+    #[error("status {code}: {message}")]
+    Status { code: u16, message: String },
 }
 
 impl BusError {
@@ -34,7 +38,7 @@ impl BusError {
             BusError::Api(e) => e.code.retryable(),
             BusError::Redirect(_) | BusError::Timeout { .. } | BusError::NoResponders(_) => true,
             BusError::Transport(_) => true,
-            BusError::Decode(_) | BusError::InvalidName(_) => false,
+            BusError::Decode(_) | BusError::InvalidName(_) | BusError::Status { .. } => false,
         }
     }
 
@@ -53,6 +57,7 @@ impl BusError {
         match self {
             BusError::Api(e) => (e.code as u16, e.message.clone().into_bytes()),
             BusError::Redirect(hint) => (status::REDIRECT, hint.clone().into_bytes()),
+            BusError::Status { code, message } => (*code, message.clone().into_bytes()),
             other => (
                 ErrorCode::InternalServerError as u16,
                 other.to_string().into_bytes(),
@@ -67,6 +72,10 @@ impl BusError {
         }
         match ErrorCode::from_u16(code) {
             Some(code) => BusError::Api(ApiError::new(code, text)),
+            None if code > status::REDIRECT => BusError::Status {
+                code,
+                message: text,
+            },
             None => BusError::Decode(format!("unknown status {code}: {text}")),
         }
     }
@@ -80,5 +89,33 @@ impl BusError {
             RequestErrorKind::NoResponders => BusError::NoResponders(subject.to_string()),
             _ => BusError::Transport(format!("request to {subject}: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_cross_the_wire() {
+        for e in [
+            BusError::Api(ApiError::validation("v")),
+            BusError::Redirect("storage-c".into()),
+            BusError::Status {
+                code: 1003,
+                message: "too large".into(),
+            },
+        ] {
+            let (code, body) = e.to_wire();
+            assert_eq!(
+                format!("{:?}", BusError::from_wire(code, &body)),
+                format!("{e:?}")
+            );
+        }
+        // Below the redirect, a code that is no DynamoDB error is not understood.
+        assert!(matches!(
+            BusError::from_wire(999, b"?"),
+            BusError::Decode(_)
+        ));
     }
 }

@@ -9,7 +9,58 @@ use tern_proto::storage::{
     CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, RebuildRequest,
     ScanRequest, ScanResponse, SnapshotChunk, SnapshotChunkRequest, WriteRequest, WriteResponse,
 };
-use tern_proto::{subjects, Empty};
+use tern_proto::{status, subjects, Empty};
+
+/// Why a storage node did not carry out a data request, in the storage node's own terms; the
+/// router decides what a DynamoDB client is told.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// The write's condition failed; nothing was written.
+    #[error("the condition failed")]
+    ConditionFailed,
+    /// The node takes no more writes for now (its writes in progress are at their limit).
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The write cannot be carried out as asked; the message is DynamoDB's words for why.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// Not taken, or its outcome unknown: commit timeout, leadership lost, an internal failure.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The call itself failed or was redirected (not the leader, no such replica, a timeout).
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl From<StorageError> for BusError {
+    /// As a storage node answers it on the bus.
+    fn from(e: StorageError) -> Self {
+        let (code, message) = match e {
+            StorageError::ConditionFailed => (status::STORAGE_CONDITION_FAILED, String::new()),
+            StorageError::Busy(m) => (status::STORAGE_BUSY, m),
+            StorageError::Invalid(m) => (status::STORAGE_INVALID, m),
+            StorageError::Unavailable(m) => (status::STORAGE_UNAVAILABLE, m),
+            StorageError::Bus(b) => return b,
+        };
+        BusError::Status { code, message }
+    }
+}
+
+impl StorageError {
+    /// A storage node's answer as its caller reads it.
+    pub fn from_bus(e: BusError) -> Self {
+        match e {
+            BusError::Status { code, message } => match code {
+                status::STORAGE_CONDITION_FAILED => StorageError::ConditionFailed,
+                status::STORAGE_BUSY => StorageError::Busy(message),
+                status::STORAGE_INVALID => StorageError::Invalid(message),
+                status::STORAGE_UNAVAILABLE => StorageError::Unavailable(message),
+                code => StorageError::Bus(BusError::Status { code, message }),
+            },
+            other => StorageError::Bus(other),
+        }
+    }
+}
 
 /// Creating or dropping a replica, or one snapshot chunk.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,16 +79,29 @@ impl StorageClient {
         Self { bus }
     }
 
-    pub async fn write(&self, node: &str, req: &WriteRequest) -> Result<WriteResponse, BusError> {
-        self.bus.call(&subjects::storage_write(node), req).await
+    pub async fn write(
+        &self,
+        node: &str,
+        req: &WriteRequest,
+    ) -> Result<WriteResponse, StorageError> {
+        self.bus
+            .call(&subjects::storage_write(node), req)
+            .await
+            .map_err(StorageError::from_bus)
     }
 
-    pub async fn get(&self, node: &str, req: &GetRequest) -> Result<GetResponse, BusError> {
-        self.bus.call(&subjects::storage_get(node), req).await
+    pub async fn get(&self, node: &str, req: &GetRequest) -> Result<GetResponse, StorageError> {
+        self.bus
+            .call(&subjects::storage_get(node), req)
+            .await
+            .map_err(StorageError::from_bus)
     }
 
-    pub async fn scan(&self, node: &str, req: &ScanRequest) -> Result<ScanResponse, BusError> {
-        self.bus.call(&subjects::storage_scan(node), req).await
+    pub async fn scan(&self, node: &str, req: &ScanRequest) -> Result<ScanResponse, StorageError> {
+        self.bus
+            .call(&subjects::storage_scan(node), req)
+            .await
+            .map_err(StorageError::from_bus)
     }
 
     pub async fn create_partition(
@@ -91,5 +155,35 @@ impl StorageClient {
         Resp: prost::Message + Default,
     {
         self.bus.with_timeout(timeout).call(subject, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every storage error reads back as itself after the trip through a bus status.
+    #[test]
+    fn storage_errors_travel_as_themselves() {
+        let all = [
+            StorageError::ConditionFailed,
+            StorageError::Busy("b".into()),
+            StorageError::Invalid("i".into()),
+            StorageError::Unavailable("u".into()),
+            StorageError::Bus(BusError::Redirect("storage-b".into())),
+        ];
+        for e in all {
+            let back = StorageError::from_bus(BusError::from(e.clone()));
+            assert_eq!(format!("{back:?}"), format!("{e:?}"));
+        }
+        // A status no storage error has stays a bus error.
+        let other = StorageError::from_bus(BusError::Status {
+            code: 1999,
+            message: "x".into(),
+        });
+        assert!(matches!(
+            other,
+            StorageError::Bus(BusError::Status { code: 1999, .. })
+        ));
     }
 }

@@ -9,6 +9,7 @@ use tern_proto::memds::{PartitionInfo, TableInfo, TableStatus};
 use tern_proto::storage::{
     GetRequest, GetResponse, ScanRequest, ScanResponse, WriteRequest, WriteResponse,
 };
+use tern_storage_client::StorageError;
 
 use crate::metrics::inc;
 use crate::Router;
@@ -68,7 +69,7 @@ async fn with_redirects<T, F, Fut>(
 ) -> Result<T, ApiError>
 where
     F: FnMut(String, &PartitionInfo) -> Fut,
-    Fut: std::future::Future<Output = Result<T, BusError>>,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
 {
     let mut last = None;
     let table = t.name.clone();
@@ -85,7 +86,7 @@ where
         .to_string();
         match call(node.clone(), p).await {
             Ok(v) => return Ok(v),
-            Err(e @ (BusError::Redirect(_) | BusError::NoResponders(_))) => {
+            Err(e @ StorageError::Bus(BusError::Redirect(_) | BusError::NoResponders(_))) => {
                 inc(&r.metrics.storage_redirects);
                 r.leaders.learn(p, &node, &e);
                 tracing::debug!(%table, attempt, error = %e, "retrying with fresh routing metadata");
@@ -96,25 +97,41 @@ where
                 r.leaders.learn(p, &node, &e);
                 tracing::debug!(%table, %node, attempt, error = %e, "storage node did not answer");
                 if idempotent == Idempotent::No {
-                    return Err(e.into_api());
+                    return Err(api_error(e));
                 }
                 last = Some(e);
             }
-            Err(e) => return Err(e.into_api()),
+            Err(e) => return Err(api_error(e)),
         }
     }
     Err(last
-        .map(BusError::into_api)
+        .map(api_error)
         .unwrap_or_else(|| ApiError::new(ErrorCode::InternalServerError, "Internal server error")))
 }
 
-/// A timeout, a transport failure or an internal error: the node may be stalled or deposed.
-fn unanswered(e: &BusError) -> bool {
+/// What a DynamoDB client is told when a storage node did not carry out its request.
+fn api_error(e: StorageError) -> ApiError {
     match e {
-        BusError::Transport(_) | BusError::Timeout { .. } => true,
-        BusError::Api(a) => a.code == ErrorCode::InternalServerError,
-        _ => false,
+        StorageError::ConditionFailed => ApiError::new(
+            ErrorCode::ConditionalCheckFailed,
+            "The conditional request failed",
+        ),
+        // The SDKs retry a ThrottlingException with backoff.
+        StorageError::Busy(m) => ApiError::new(ErrorCode::ThrottlingException, m),
+        StorageError::Invalid(m) => ApiError::validation(m),
+        StorageError::Unavailable(m) => ApiError::new(ErrorCode::InternalServerError, m),
+        StorageError::Bus(b) => b.into_api(),
     }
+}
+
+/// A timeout, a transport failure or a node that could not carry out the request: it may be
+/// stalled or deposed.
+fn unanswered(e: &StorageError) -> bool {
+    matches!(
+        e,
+        StorageError::Bus(BusError::Transport(_) | BusError::Timeout { .. })
+            | StorageError::Unavailable(_)
+    )
 }
 
 pub async fn write(

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use parking_lot::RwLock;
 use tern_bus::BusError;
 use tern_proto::memds::PartitionInfo;
+use tern_storage_client::StorageError;
 
 #[derive(Default)]
 pub struct Leaders {
@@ -27,9 +28,11 @@ impl Leaders {
     }
 
     /// Learns from a failed attempt at `tried`.
-    pub fn learn(&self, p: &PartitionInfo, tried: &str, e: &BusError) {
+    pub fn learn(&self, p: &PartitionInfo, tried: &str, e: &StorageError) {
         let named = match e {
-            BusError::Redirect(hint) if p.replicas.iter().any(|r| r.node_id == *hint) => {
+            StorageError::Bus(BusError::Redirect(hint))
+                if p.replicas.iter().any(|r| r.node_id == *hint) =>
+            {
                 Some(hint.clone())
             }
             _ => None,
@@ -77,20 +80,20 @@ mod tests {
     fn follows_named_leaders_and_rotates_otherwise() {
         let (l, p) = (Leaders::default(), partition());
         assert_eq!(l.target(&p), None);
-        l.learn(&p, "a", &BusError::Redirect("c".into()));
+        l.learn(&p, "a", &BusError::Redirect("c".into()).into());
         assert_eq!(l.target(&p), Some("c"));
-        l.learn(&p, "c", &BusError::NoResponders("x".into()));
+        l.learn(&p, "c", &BusError::NoResponders("x".into()).into());
         assert_eq!(l.target(&p), Some("a"));
-        l.learn(&p, "a", &BusError::Redirect(String::new()));
+        l.learn(&p, "a", &BusError::Redirect(String::new()).into());
         assert_eq!(l.target(&p), Some("b"));
-        l.learn(&p, "b", &BusError::Redirect("not-a-replica".into()));
+        l.learn(&p, "b", &BusError::Redirect("not-a-replica".into()).into());
         assert_eq!(l.target(&p), Some("c"));
         // A stalled leader that times out is not tried first again.
         let timeout = BusError::Timeout {
             subject: "x".into(),
             timeout: std::time::Duration::from_secs(1),
         };
-        l.learn(&p, "c", &timeout);
+        l.learn(&p, "c", &timeout.into());
         assert_eq!(l.target(&p), Some("a"));
     }
 }

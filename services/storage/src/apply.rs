@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use tern_model::{ApiError, Condition, ErrorCode};
 use tern_proto::storage::{WriteKind, WriteRequest, WriteResponse};
+use tern_storage_client::StorageError;
 
 use crate::store::{item_key, Store};
 
@@ -15,7 +16,7 @@ pub type Staged = HashMap<Vec<u8>, Option<Bytes>>;
 
 /// The condition carried by a write request, if any: protobuf (`condition_expr`), or the serde
 /// JSON that versions before it wrote (`condition`), still read from older log entries.
-pub fn condition_of(req: &WriteRequest) -> Result<Option<Condition>, ApiError> {
+pub fn condition_of(req: &WriteRequest) -> Result<Option<Condition>, StorageError> {
     if let Some(p) = &req.condition_expr {
         return tern_proto::expr::decode_condition(p)
             .map(Some)
@@ -30,7 +31,7 @@ pub fn condition_of(req: &WriteRequest) -> Result<Option<Condition>, ApiError> {
 }
 
 /// The update carried by an Update write, like [`condition_of`].
-pub fn update_of(req: &WriteRequest) -> Result<tern_model::Update, ApiError> {
+pub fn update_of(req: &WriteRequest) -> Result<tern_model::Update, StorageError> {
     if let Some(p) = &req.update_expr {
         return tern_proto::expr::decode_update(p).map_err(|e| undecodable("update", e));
     }
@@ -46,7 +47,7 @@ pub struct Ops {
 }
 
 /// Decodes a write's condition and update.
-pub fn ops_of(req: &WriteRequest) -> Result<Ops, ApiError> {
+pub fn ops_of(req: &WriteRequest) -> Result<Ops, StorageError> {
     Ok(Ops {
         condition: condition_of(req)?,
         update: match WriteKind::try_from(req.kind) {
@@ -56,11 +57,18 @@ pub fn ops_of(req: &WriteRequest) -> Result<Ops, ApiError> {
     })
 }
 
-fn undecodable(what: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        ErrorCode::InternalServerError,
-        format!("undecodable {what}: {e}"),
-    )
+fn undecodable(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(format!("undecodable {what}: {e}"))
+}
+
+/// An error of the data model (an update on the wrong types, an item too large) as the storage
+/// node answers it: invalid, in DynamoDB's words; anything else (a stored item that does not
+/// parse) is the node's own failure.
+fn model_error(e: ApiError) -> StorageError {
+    match e.code {
+        ErrorCode::Validation => StorageError::Invalid(e.message),
+        _ => StorageError::Unavailable(e.message),
+    }
 }
 
 /// Stages `req` in `batch` unless its condition fails; answers as the client will see it.
@@ -70,7 +78,7 @@ pub fn apply_write(
     staged: &mut Staged,
     req: &WriteRequest,
     ops: &Ops,
-) -> Result<WriteResponse, ApiError> {
+) -> Result<WriteResponse, StorageError> {
     let key = item_key(req.partition_id, &req.key);
     let old = match staged.get(&key) {
         Some(v) => v.clone(),
@@ -81,7 +89,7 @@ pub fn apply_write(
             .unwrap_or_else(|e| fatal("read item", e)),
     };
     if let Err(e) = check_condition(ops.condition.as_ref(), old.as_ref()) {
-        if req.return_old_on_failure && e.code == ErrorCode::ConditionalCheckFailed {
+        if req.return_old_on_failure && matches!(e, StorageError::ConditionFailed) {
             return Ok(WriteResponse {
                 condition_failed: true,
                 old_item: old,
@@ -104,7 +112,7 @@ pub fn apply_write(
             let Some(update) = &ops.update else {
                 fatal("apply a write", "an update write without its update")
             };
-            let (bytes, size) = updated(req, update, old.as_ref())?;
+            let (bytes, size) = updated(req, update, old.as_ref()).map_err(model_error)?;
             resp.item_size = size as u64;
             batch.insert(store.items(), key.clone(), bytes.as_ref());
             if req.return_new {
@@ -152,18 +160,18 @@ fn updated(
     ))
 }
 
-fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result<(), ApiError> {
+fn check_condition(condition: Option<&Condition>, old: Option<&Bytes>) -> Result<(), StorageError> {
     let Some(condition) = condition else {
         return Ok(());
     };
-    let old_item = old.map(|b| tern_model::parse_item_json(b)).transpose()?;
+    let old_item = old
+        .map(|b| tern_model::parse_item_json(b))
+        .transpose()
+        .map_err(model_error)?;
     if condition.evaluate(old_item.as_ref()) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            ErrorCode::ConditionalCheckFailed,
-            "The conditional request failed",
-        ))
+        Err(StorageError::ConditionFailed)
     }
 }
 
@@ -216,10 +224,10 @@ mod tests {
             condition_expr: Some(tern_proto::expr::ConditionProgram::default()),
             ..Default::default()
         };
-        assert_eq!(
-            ops_of(&broken).unwrap_err().code,
-            ErrorCode::InternalServerError
-        );
+        assert!(matches!(
+            ops_of(&broken).unwrap_err(),
+            StorageError::Unavailable(m) if m.contains("undecodable condition")
+        ));
     }
 
     /// Two writes of one apply batch: the second's condition sees the first (staged, not yet
@@ -256,7 +264,7 @@ mod tests {
             &ops_of(&second).unwrap(),
         );
         assert!(r1.is_ok());
-        assert_eq!(r2.unwrap_err().code, ErrorCode::ConditionalCheckFailed);
+        assert!(matches!(r2.unwrap_err(), StorageError::ConditionFailed));
         batch.commit().unwrap();
         let stored = store.get(1, b"k").unwrap().unwrap();
         assert!(String::from_utf8_lossy(&stored).contains("first"));

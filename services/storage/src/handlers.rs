@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use tern_bus::{Bus, BusError};
-use tern_model::{ApiError, ErrorCode};
 use tern_proto::storage::{
     CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, RebuildRequest,
     ScanRequest, ScanResponse, SnapshotChunkRequest, WriteRequest, WriteResponse,
@@ -311,8 +310,5 @@ fn read_range(store: &Store, req: &ScanRequest) -> fjall::Result<ScanResponse> {
 
 fn internal(e: impl std::fmt::Display) -> BusError {
     tracing::error!(error = %e, "storage request failed");
-    BusError::Api(ApiError::new(
-        ErrorCode::InternalServerError,
-        "Internal server error",
-    ))
+    tern_storage_client::StorageError::Unavailable("internal error".into()).into()
 }

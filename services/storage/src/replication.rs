@@ -16,7 +16,6 @@ use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
 use tern_bus::{Bus, BusError};
 use tern_memds_client::MemdsClient;
-use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::Replica;
 use tern_proto::raft::{RaftBatch, RaftEnvelope};
 use tern_proto::storage::{
@@ -27,7 +26,7 @@ use tern_replication::{
     Command, Config as EngineConfig, Engine, Event, HardState, Index, MemberKind, Membership,
     NodeId, Payload, ProposeError, Role,
 };
-use tern_storage_client::StorageClient;
+use tern_storage_client::{StorageClient, StorageError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{apply_write, fatal, ops_of, Staged};
@@ -60,7 +59,7 @@ pub(crate) fn ticks(d: Duration) -> u64 {
 /// below the router's bus timeout, so the router hears an answer rather than a timeout.
 const COMMIT_TIMEOUT: Duration = Duration::from_millis(1500);
 
-type WriteWaiter = oneshot::Sender<Result<WriteResponse, ApiError>>;
+type WriteWaiter = oneshot::Sender<Result<WriteResponse, StorageError>>;
 type ReadWaiter = oneshot::Sender<Result<(), BusError>>;
 
 /// Founding members of every group: the three replicas placed when the table was created.
@@ -420,10 +419,10 @@ impl Replication {
                 .metrics
                 .writes_too_large
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(BusError::Api(ApiError::new(
-                ErrorCode::Validation,
-                "Item size has exceeded the maximum allowed size",
-            )));
+            return Err(StorageError::Invalid(
+                "Item size has exceeded the maximum allowed size".into(),
+            )
+            .into());
         }
         // Backpressure: a node whose disk or followers fall behind stops taking writes instead of
         // queueing without bound.
@@ -437,10 +436,10 @@ impl Replication {
                     .metrics
                     .writes_throttled
                     .fetch_add(1, Ordering::Relaxed);
-                return Err(BusError::Api(ApiError::new(
-                    ErrorCode::ThrottlingException,
-                    "Too many writes in progress on the partition's storage node: retry",
-                )));
+                return Err(StorageError::Busy(
+                    "Too many writes in progress on the partition's storage node: retry".into(),
+                )
+                .into());
             }
         };
         let mut out = Outbox::new();
@@ -464,13 +463,10 @@ impl Replication {
         match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
             Ok(Ok(result)) => {
                 self.inner.metrics.commit_latency(proposed.elapsed());
-                result.map_err(BusError::Api)
+                result.map_err(BusError::from)
             }
             Ok(Err(_)) => Err(BusError::Redirect(String::new())),
-            Err(_) => Err(BusError::Api(ApiError::new(
-                ErrorCode::InternalServerError,
-                "write not committed in time",
-            ))),
+            Err(_) => Err(StorageError::Unavailable("write not committed in time".into()).into()),
         }
     }
 
@@ -652,11 +648,9 @@ impl Replication {
                     if let Some(w) = g.writes.remove(&id) {
                         let err = match e {
                             ProposeError::NotLeader { .. } => {
-                                ApiError::new(ErrorCode::InternalServerError, "leadership changed")
+                                StorageError::Unavailable("leadership changed".into())
                             }
-                            other => {
-                                ApiError::new(ErrorCode::InternalServerError, format!("{other:?}"))
-                            }
+                            other => StorageError::Unavailable(format!("{other:?}")),
                         };
                         let _ = w.send(Err(err));
                     }
@@ -689,10 +683,8 @@ impl Replication {
                     } else {
                         // Writes waiting here may never commit through us: let clients retry.
                         for (_, w) in g.writes.drain() {
-                            let _ = w.send(Err(ApiError::new(
-                                ErrorCode::InternalServerError,
-                                "leadership changed",
-                            )));
+                            let _ =
+                                w.send(Err(StorageError::Unavailable("leadership changed".into())));
                         }
                     }
                 }
@@ -855,7 +847,7 @@ impl Replication {
             let Some(req) = rw.write else {
                 fatal("decode a committed write", "the entry carries no write")
             };
-            let ops = ops_of(&req).unwrap_or_else(|e| fatal("decode a committed write", e.message));
+            let ops = ops_of(&req).unwrap_or_else(|e| fatal("decode a committed write", e));
             let result = apply_write(store, &mut batch, &mut latest, &req, &ops);
             if rw.origin_node == self.inner.node {
                 if let Some(w) = g.writes.remove(&rw.request_id) {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tern_bus::BusError;
-use tern_model::{ApiError, ErrorCode};
 use tern_proto::storage::{RebuildRequest, SnapshotChunk, SnapshotChunkRequest};
 use tern_proto::Empty;
 use tern_replication::{Event, MemberKind, Role};
@@ -78,10 +77,10 @@ impl Replication {
                     .foreign_messages
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(partition = pid, source = %req.source_node, "rebuild from a node that holds no replica of the group refused");
-                return Err(BusError::Api(ApiError::new(
-                    ErrorCode::Validation,
-                    "the snapshot source holds no replica of this partition",
-                )));
+                return Err(tern_storage_client::StorageError::Invalid(
+                    "the snapshot source holds no replica of this partition".into(),
+                )
+                .into());
             }
             let wanted = if req.install {
                 g.engine.applied_index() < req.index && g.engine.role() != Role::Leader
@@ -93,10 +92,10 @@ impl Replication {
             }
             if g.installing {
                 // A leader waiting to promote must not take another's install for its own.
-                return Err(BusError::Api(ApiError::new(
-                    ErrorCode::InternalServerError,
-                    "an install is under way",
-                )));
+                return Err(tern_storage_client::StorageError::Unavailable(
+                    "an install is under way".into(),
+                )
+                .into());
             }
             g.installing = true;
             // A log replica (or a new one, which does not know its own membership yet) keeps no
@@ -252,8 +251,5 @@ impl Replication {
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> BusError {
     tracing::error!(error = %e, "replica repair failed");
-    BusError::Api(ApiError::new(
-        ErrorCode::InternalServerError,
-        format!("replica repair failed: {e}"),
-    ))
+    tern_storage_client::StorageError::Unavailable(format!("replica repair failed: {e}")).into()
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use fjall::Readable;
 use parking_lot::Mutex;
 use tern_bus::BusError;
-use tern_model::{ApiError, ErrorCode};
 use tern_proto::storage::{SnapshotChunk, SnapshotChunkRequest};
+use tern_storage_client::StorageError;
 
 use crate::codec;
 use crate::replication::Replication;
@@ -70,10 +70,9 @@ impl Replication {
                 .ok_or_else(|| internal("applied index outside the log"))?;
             drop(g);
             if sessions.len() >= MAX_SESSIONS {
-                return Err(BusError::Api(ApiError::new(
-                    ErrorCode::ThrottlingException,
-                    "too many snapshot sessions: retry later",
-                )));
+                return Err(
+                    StorageError::Busy("too many snapshot sessions: retry later".into()).into(),
+                );
             }
             let id = rand::random::<u64>() | 1;
             sessions.insert(id, (snap, meta, Instant::now()));
@@ -82,10 +81,7 @@ impl Replication {
             req.session
         };
         let Some((snap, meta, used)) = sessions.get_mut(&session) else {
-            return Err(BusError::Api(ApiError::new(
-                ErrorCode::InternalServerError,
-                "snapshot session expired",
-            )));
+            return Err(StorageError::Unavailable("snapshot session expired".into()).into());
         };
         *used = Instant::now();
         let prefix = pid.to_be_bytes();
