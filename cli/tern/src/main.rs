@@ -153,7 +153,9 @@ async fn up(
     let mut cluster = Cluster::start(spec).await?;
     println!("nats: {}", cluster.nats_url());
     println!("logs: {}", data_dir.join("logs").display());
-    println!("router metrics: {}/metrics", cluster.endpoint());
+    for (router, url) in cluster.router_metrics() {
+        println!("{router} metrics: {url}");
+    }
     for (node, url) in cluster.storage_metrics() {
         println!("{node} metrics: {url}");
     }

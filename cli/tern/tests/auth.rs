@@ -201,7 +201,7 @@ async fn only_requests_signed_by_a_configured_key_get_in() {
         .expect("signed right");
 
     // Refusals are counted.
-    let (_, metrics) = raw_get(&ep, "/metrics").await;
+    let (_, metrics) = raw_get(&t.cluster.metrics_base("router").unwrap(), "/metrics").await;
     let refused: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tern_router_auth_failures_total "))

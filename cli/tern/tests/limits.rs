@@ -232,7 +232,9 @@ async fn the_router_caps_requests_in_flight_and_their_time() {
             "timed out after {took:?}, the request timeout is 1 s"
         );
     }
-    let metrics = raw_get(&endpoint, "/metrics").await.1;
+    let metrics = raw_get(&t.cluster.metrics_base("router").unwrap(), "/metrics")
+        .await
+        .1;
     assert_eq!(metric(&metrics, "tern_router_throttled_total"), Some(12.0));
     assert_eq!(metric(&metrics, "tern_router_timeouts_total"), Some(4.0));
     // Once the nodes are back, the endpoint serves again.

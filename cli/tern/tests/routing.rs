@@ -183,7 +183,7 @@ async fn stale_routes_are_redirected_and_retried() {
         .unwrap();
     assert_eq!(got.item().unwrap()["v"], V::S("new".into()));
 
-    let (_, metrics) = raw_get(&tc.cluster.endpoint(), "/metrics").await;
+    let (_, metrics) = raw_get(&tc.cluster.metrics_base("router").unwrap(), "/metrics").await;
     let redirects: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tern_router_storage_redirects_total "))

@@ -170,7 +170,7 @@ impl Cluster {
         )?;
         // Every port at once, so that no two processes are given the same one.
         let routers = spec.routers.max(1);
-        let mut ports = crate::free_ports(routers + spec.storage_nodes.len())
+        let mut ports = crate::free_ports(2 * routers + spec.storage_nodes.len())
             .context("pick ports")?
             .into_iter();
         let mut router_ports = BTreeMap::new();
@@ -185,6 +185,12 @@ impl Cluster {
         let mut metrics_ports = BTreeMap::new();
         for node in &spec.storage_nodes {
             metrics_ports.insert(node.id.clone(), ports.next().expect("one port per node"));
+        }
+        for i in 0..routers {
+            metrics_ports.insert(
+                numbered("router", i),
+                ports.next().expect("a metrics port per router"),
+            );
         }
         let credentials = match &spec.api_credentials {
             Some((id, secret)) => Some(write_credentials(&spec.data_dir, id, secret)?),
@@ -283,8 +289,26 @@ impl Cluster {
     pub fn storage_metrics(&self) -> Vec<(String, String)> {
         self.metrics_ports
             .iter()
+            .filter(|(n, _)| !n.starts_with("router"))
             .map(|(n, p)| (n.clone(), format!("http://127.0.0.1:{p}/metrics")))
             .collect()
+    }
+
+    /// The Prometheus endpoint of each router, on its own port: (process name, URL).
+    pub fn router_metrics(&self) -> Vec<(String, String)> {
+        self.metrics_ports
+            .iter()
+            .filter(|(n, _)| n.starts_with("router"))
+            .map(|(n, p)| (n.clone(), format!("http://127.0.0.1:{p}/metrics")))
+            .collect()
+    }
+
+    /// `http://127.0.0.1:<port>` serving `/metrics` of process `name` (a router or a storage
+    /// node).
+    pub fn metrics_base(&self, name: &str) -> Option<String> {
+        self.metrics_ports
+            .get(name)
+            .map(|p| format!("http://127.0.0.1:{p}"))
     }
 
     pub fn nats_url(&self) -> String {
@@ -686,6 +710,10 @@ fn service_plan(
                 &[
                     ("INSTANCE", instance),
                     ("LISTEN", format!("127.0.0.1:{port}")),
+                    (
+                        "METRICS_LISTEN",
+                        format!("127.0.0.1:{}", metrics_ports[name.as_str()]),
+                    ),
                     match credentials {
                         Some(path) => ("CREDENTIALS_FILE", path.display().to_string()),
                         None => ("AUTH", "off".to_string()),

@@ -25,8 +25,15 @@ const MAX_BODY: usize = 16 * 1024 * 1024 + 64 * 1024;
 pub fn app(router: Arc<Router>) -> axum::Router {
     axum::Router::new()
         .route("/", post(handle).get(health).options(preflight))
-        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(router)
+}
+
+/// `GET /metrics` (Prometheus' text format), served on its own address, apart from the
+/// DynamoDB endpoint and its authentication.
+pub fn metrics_app(router: Arc<Router>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
         .with_state(router)
 }
 
@@ -94,6 +101,11 @@ impl Admission {
             body_kib_total: body_kib_total as u32,
             timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
         }
+    }
+
+    /// The longest a request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn admit(&self, content_length: Option<usize>) -> Result<Admitted, ApiError> {

@@ -62,6 +62,9 @@ pub struct Config {
     pub credentials_file: Option<std::path::PathBuf>,
     /// The region requests must be signed for; empty: any region.
     pub region: String,
+    /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9100`), apart from the
+    /// DynamoDB endpoint; empty: none.
+    pub metrics_listen: String,
     /// PEM certificate chain and private key: the endpoint speaks HTTPS. Both or neither.
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_key_file: Option<std::path::PathBuf>,
@@ -85,6 +88,7 @@ impl Default for Config {
             credentials: Secret::default(),
             credentials_file: None,
             region: String::new(),
+            metrics_listen: String::new(),
             tls_cert_file: None,
             tls_key_file: None,
         }
@@ -169,6 +173,18 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
+    if !config.metrics_listen.is_empty() {
+        let metrics_listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+            .await
+            .with_context(|| format!("metrics_listen {}", config.metrics_listen))?;
+        tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+        let app = api::metrics_app(router.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, app).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let ready = Arc::new(AtomicBool::new(true));
     tern_bus::serve_health(&bus, "router", &config.instance, ready).await?;
     tracing::info!(listen = %config.listen, mode = ?config.cache_mode, https = tls.is_some(), "router ready");

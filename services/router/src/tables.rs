@@ -29,7 +29,10 @@ pub async fn create_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError
     let mut t = reply.table.unwrap_or_default();
     // A table is usually ready within milliseconds: answer ACTIVE when it is, within a second,
     // so clients that wait for ACTIVE (SDK waiters poll every 20 s) do not wait for nothing.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    // NOTE: never more than half the request timeout: a CreateTable that timed out after
+    // creating the table would be retried by the SDK and answered ResourceInUseException.
+    let wait = std::time::Duration::from_secs(1).min(r.admission.timeout() / 2);
+    let deadline = tokio::time::Instant::now() + wait;
     while t.status() != TableStatus::Active && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         if let Ok(TableReply {
