@@ -76,15 +76,9 @@ async fn list_tables_over_tls(endpoint: &str, ca: &std::path::Path) -> (u16, Str
         std::time::SystemTime::now(),
     );
     headers.extend(signed);
-    let mut req = "POST / HTTP/1.1\r\n".to_string();
-    for (k, v) in &headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    ));
-    tls.write_all(req.as_bytes()).await.unwrap();
+    tls.write_all(&post_bytes(&headers, body.as_bytes()))
+        .await
+        .unwrap();
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
     let text = String::from_utf8_lossy(&out).to_string();

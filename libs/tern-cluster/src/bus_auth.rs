@@ -18,8 +18,6 @@
 //! Every identity subscribes to its own reply inboxes only (`_INBOX.<service>.<instance>.>`,
 //! [`tern_proto::subjects::inbox_prefix`]), and may answer the requests it receives.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -115,14 +113,8 @@ impl BusAuth {
     /// `<data_dir>/secrets/nats` kept, missing ones made.
     pub fn generate(data_dir: &Path, storage_nodes: &[String]) -> anyhow::Result<Self> {
         let dir = data_dir.join("secrets").join("nats");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("create {}", dir.display()))?;
-        for d in [data_dir.join("secrets"), dir.clone()] {
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
-        }
+        crate::secrets::private_dir(&data_dir.join("secrets"))?;
+        crate::secrets::private_dir(&dir)?;
         let mut identities = strings(&[ADMIN, "router", "memds", "gac", "archiver"]);
         identities.extend(storage_nodes.iter().cloned());
         let mut users = Vec::new();
@@ -138,15 +130,7 @@ impl BusAuth {
             }
             let key = nkeys::KeyPair::new_user();
             let seed = key.seed().context("nkey seed")?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("write {}", path.display()))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-            f.write_all(seed.as_bytes())?;
+            crate::secrets::private_file(&path, seed.as_bytes())?;
             let (publish, subscribe) = permissions(&id);
             users.push((id, key.public_key(), publish, subscribe));
         }
@@ -187,6 +171,8 @@ impl BusAuth {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

@@ -590,8 +590,6 @@ pub fn rotate_if_large(log: &std::path::Path, max: u64) -> std::io::Result<bool>
 /// Writes the routers' access key to `<data>/secrets/api-credentials` (directory 0700, file
 /// 0600): the secret stays out of process environments and command lines.
 fn write_credentials(data_dir: &Path, id: &str, secret: &str) -> anyhow::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     if id.is_empty()
         || secret.is_empty()
         || id.contains([':', ',', '/', '\n'])
@@ -600,23 +598,12 @@ fn write_credentials(data_dir: &Path, id: &str, secret: &str) -> anyhow::Result<
         bail!("an access key id or secret is empty or holds one of : , / or a new line");
     }
     let dir = data_dir.join("secrets");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("create {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    crate::secrets::private_dir(&dir)?;
     let path = dir.join("api-credentials");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("write {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    writeln!(f, "# access key id:secret access key, one pair per line")?;
-    writeln!(f, "{id}:{secret}")?;
+    crate::secrets::private_file(
+        &path,
+        format!("# access key id:secret access key, one pair per line\n{id}:{secret}\n").as_bytes(),
+    )?;
     Ok(path)
 }
 

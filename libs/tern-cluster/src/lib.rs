@@ -5,6 +5,7 @@ pub mod bus_auth;
 mod cluster;
 mod nats;
 mod process;
+mod secrets;
 pub mod sigv4;
 
 pub use cluster::{

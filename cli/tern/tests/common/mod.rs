@@ -228,13 +228,8 @@ pub fn signed_headers(
     .expect("sign")
 }
 
-/// POSTs `body` with exactly `headers` (plus Content-Length); the status and the JSON answer.
-pub async fn send_raw(
-    endpoint: &str,
-    headers: &[(String, String)],
-    body: &[u8],
-) -> (u16, serde_json::Value) {
-    let addr = endpoint.trim_start_matches("http://");
+/// An HTTP/1.1 POST of `body` to `/` with exactly `headers` (plus Content-Length), closing.
+pub fn post_bytes(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
     let mut req = "POST / HTTP/1.1\r\n".to_string();
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -245,6 +240,17 @@ pub async fn send_raw(
     ));
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
+    bytes
+}
+
+/// POSTs `body` with exactly `headers` (plus Content-Length); the status and the JSON answer.
+pub async fn send_raw(
+    endpoint: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let addr = endpoint.trim_start_matches("http://");
+    let bytes = post_bytes(headers, body);
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(&bytes).await.unwrap();
