@@ -79,7 +79,12 @@ pub struct Keys {
     secrets: HashMap<String, String>,
     /// The region requests must be signed for; `None`: any.
     region: Option<String>,
+    /// Signing keys derived lately, by (key id, date, region): a key serves every request of its
+    /// day, and deriving one costs four HMACs. Emptied when it reaches [`SIGNING_KEYS_KEPT`].
+    signing_keys: parking_lot::Mutex<HashMap<(String, String, String), Vec<u8>>>,
 }
+
+const SIGNING_KEYS_KEPT: usize = 1024;
 
 impl Keys {
     /// Pairs from `KEY:SECRET` entries, separated by commas or new lines (`#` starts a comment
@@ -118,6 +123,7 @@ impl Keys {
         Ok(Self {
             secrets,
             region: (!region.is_empty()).then(|| region.to_string()),
+            signing_keys: Default::default(),
         })
     }
 
@@ -203,8 +209,28 @@ impl Keys {
             scope.terminator,
             hex::encode(Sha256::digest(canonical.as_bytes()))
         );
-        let key = aws_sigv4::sign::v4::generate_signing_key(secret, time, scope.region, SERVICE);
-        let expected = aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes());
+        let cache_key = (
+            scope.key_id.to_string(),
+            scope.date.to_string(),
+            scope.region.to_string(),
+        );
+        let cached = self.signing_keys.lock().get(&cache_key).cloned();
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let k =
+                    aws_sigv4::sign::v4::generate_signing_key(secret, time, scope.region, SERVICE)
+                        .as_ref()
+                        .to_vec();
+                let mut keys = self.signing_keys.lock();
+                if keys.len() >= SIGNING_KEYS_KEPT {
+                    keys.clear();
+                }
+                keys.insert(cache_key, k.clone());
+                k
+            }
+        };
+        let expected = aws_sigv4::sign::v4::calculate_signature(&key, string_to_sign.as_bytes());
         let given = parsed.signature.to_ascii_lowercase();
         if !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
             return Err(invalid(
