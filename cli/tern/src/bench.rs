@@ -49,6 +49,9 @@ pub struct Args {
     /// Send requests unsigned (for a router started with --no-auth).
     #[arg(long)]
     no_auth: bool,
+    /// No bus authentication or permissions (only with a fresh local cluster), for comparison.
+    #[arg(long)]
+    open_bus: bool,
     /// Storage nodes sync each write on its own (only with a fresh local cluster).
     #[arg(long)]
     no_group_commit: bool,
@@ -67,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => {
             let dir = tempfile::tempdir().context("create a data dir")?;
             let mut spec = ClusterSpec::new(dir.path(), crate::bin_dir()?);
+            spec.bus_auth = !args.open_bus;
             spec.api_credentials = (!args.no_auth)
                 .then(|| (args.access_key_id.clone(), args.secret_access_key.clone()));
             let flag = |on: bool| if on { "false" } else { "true" }.to_string();
