@@ -40,15 +40,8 @@ pub struct Args {
     /// Items per page in the `pages` phase.
     #[arg(long, default_value_t = 1000)]
     page_limit: u64,
-    /// Access key id to sign requests with (SigV4).
-    #[arg(long, default_value = tern_cluster::DEV_ACCESS_KEY_ID, env = "TERN_ACCESS_KEY_ID")]
-    access_key_id: String,
-    /// Its secret access key.
-    #[arg(long, default_value = tern_cluster::DEV_SECRET_ACCESS_KEY, env = "TERN_SECRET_ACCESS_KEY", hide_env_values = true, hide_default_value = true)]
-    secret_access_key: String,
-    /// Send requests unsigned (for a router started with --no-auth).
-    #[arg(long)]
-    no_auth: bool,
+    #[command(flatten)]
+    key: crate::KeyArgs,
     /// No bus authentication or permissions (only with a fresh local cluster), for comparison.
     #[arg(long)]
     open_bus: bool,
@@ -71,8 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let dir = tempfile::tempdir().context("create a data dir")?;
             let mut spec = ClusterSpec::new(dir.path(), crate::bin_dir()?);
             spec.bus_auth = !args.open_bus;
-            spec.api_credentials = (!args.no_auth)
-                .then(|| (args.access_key_id.clone(), args.secret_access_key.clone()));
+            spec.api_credentials = args.key.credentials();
             let flag = |on: bool| if on { "false" } else { "true" }.to_string();
             spec.env.push((
                 "TERN_STORAGE_GROUP_COMMIT".into(),
@@ -86,9 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         http: Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(args.concurrency)
             .build_http(),
-        key: (!args.no_auth).then(|| {
-            std::sync::Arc::new((args.access_key_id.clone(), args.secret_access_key.clone()))
-        }),
+        key: args.key.credentials().map(std::sync::Arc::new),
     };
     let table = format!("bench-{}", std::process::id());
     create_table(&client, &endpoint, &table).await?;

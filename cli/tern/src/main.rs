@@ -38,16 +38,8 @@ enum Command {
         /// MemDS instances (they share the lookups and the table DDL).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
         memds: u16,
-        /// Access key id every request must be signed with (SigV4).
-        #[arg(long, default_value = tern_cluster::DEV_ACCESS_KEY_ID, env = "TERN_ACCESS_KEY_ID")]
-        access_key_id: String,
-        /// Its secret access key. Prefer the environment variable to the flag: a command line
-        /// is visible to every user of the machine.
-        #[arg(long, default_value = tern_cluster::DEV_SECRET_ACCESS_KEY, env = "TERN_SECRET_ACCESS_KEY", hide_env_values = true, hide_default_value = true)]
-        secret_access_key: String,
-        /// Check no signature at all: for local benchmarks only.
-        #[arg(long)]
-        no_auth: bool,
+        #[command(flatten)]
+        key: KeyArgs,
         /// PEM certificate chain (for 127.0.0.1) the endpoint and nats-server present: HTTPS and
         /// TLS on the bus. With --tls-key and --tls-ca.
         #[arg(long, requires_all = ["tls_key", "tls_ca"])]
@@ -77,6 +69,29 @@ enum Command {
     },
 }
 
+/// The access key requests are signed with: `tern up` requires it, `tern bench` signs with it.
+#[derive(clap::Args, Clone)]
+pub struct KeyArgs {
+    /// Access key id requests are signed with (SigV4).
+    #[arg(long, default_value = tern_cluster::DEV_ACCESS_KEY_ID, env = "TERN_ACCESS_KEY_ID")]
+    pub access_key_id: String,
+    /// Its secret access key. Prefer the environment variable to the flag: a command line is
+    /// visible to every user of the machine.
+    #[arg(long, default_value = tern_cluster::DEV_SECRET_ACCESS_KEY, env = "TERN_SECRET_ACCESS_KEY", hide_env_values = true, hide_default_value = true)]
+    pub secret_access_key: String,
+    /// No signatures at all (`tern up`: none checked; `tern bench`: none sent): for local
+    /// benchmarks only.
+    #[arg(long)]
+    pub no_auth: bool,
+}
+
+impl KeyArgs {
+    /// (key id, secret), or `None` with `--no-auth`.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        (!self.no_auth).then(|| (self.access_key_id.clone(), self.secret_access_key.clone()))
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -88,14 +103,12 @@ async fn main() -> std::process::ExitCode {
             cache_mode,
             routers,
             memds,
-            access_key_id,
-            secret_access_key,
-            no_auth,
+            key,
             tls_cert,
             tls_key,
             tls_ca,
         } => {
-            let credentials = (!no_auth).then_some((access_key_id, secret_access_key));
+            let credentials = key.credentials();
             let tls = match (tls_cert, tls_key, tls_ca) {
                 (Some(cert_file), Some(key_file), Some(ca_file)) => Some(tern_cluster::TlsFiles {
                     cert_file,

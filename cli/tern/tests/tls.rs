@@ -57,25 +57,11 @@ async fn list_tables_over_tls(endpoint: &str, ca: &std::path::Path) -> (u16, Str
         .await
         .expect("TLS handshake with the router");
     let body = "{}";
-    let mut headers = vec![
-        ("host".to_string(), addr.to_string()),
-        (
-            "content-type".to_string(),
-            "application/x-amz-json-1.0".to_string(),
-        ),
-        (
-            "x-amz-target".to_string(),
-            "DynamoDB_20120810.ListTables".to_string(),
-        ),
-    ];
-    let signed = signed_headers(
+    let headers = dev_signed(
         endpoint,
-        &headers,
+        Some("DynamoDB_20120810.ListTables"),
         body.as_bytes(),
-        (DEV_KEY, DEV_SECRET),
-        std::time::SystemTime::now(),
     );
-    headers.extend(signed);
     tls.write_all(&post_bytes(&headers, body.as_bytes()))
         .await
         .unwrap();

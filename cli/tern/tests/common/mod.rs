@@ -178,7 +178,16 @@ pub async fn raw_post(
     target: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let addr = endpoint.trim_start_matches("http://");
+    let headers = dev_signed(endpoint, target, body.as_bytes());
+    send_raw(endpoint, &headers, body.as_bytes()).await
+}
+
+/// The headers of a POST to `endpoint` (http or https) for `target`, signed with the development
+/// key now.
+pub fn dev_signed(endpoint: &str, target: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
+    let addr = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
     let mut headers = vec![
         ("host".to_string(), addr.to_string()),
         (
@@ -192,12 +201,12 @@ pub async fn raw_post(
     let signed = signed_headers(
         endpoint,
         &headers,
-        body.as_bytes(),
+        body,
         (DEV_KEY, DEV_SECRET),
         std::time::SystemTime::now(),
     );
     headers.extend(signed);
-    send_raw(endpoint, &headers, body.as_bytes()).await
+    headers
 }
 
 /// The development access key `tern up` and the test clusters accept.
