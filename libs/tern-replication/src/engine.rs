@@ -89,6 +89,8 @@ pub struct Engine {
     pending_reads: Vec<(RequestId, Index)>,
     /// Follower: (leader, index, sent_at) to acknowledge once the log is durable up to index.
     pending_ack: Option<(NodeId, Index, u64)>,
+    /// Follower: the highest index acknowledged to the current leader.
+    ack_sent: Index,
     rng: u64,
     out: Vec<Command>,
 }
@@ -153,6 +155,7 @@ impl Engine {
             may_lead: true,
             pending_reads: Vec::new(),
             pending_ack: None,
+            ack_sent: 0,
             rng,
             out: Vec::new(),
             cfg,
@@ -429,6 +432,10 @@ impl Engine {
         }
         self.pre_candidate = false;
         self.progress.clear();
+        // What another leader (or this one in an earlier term) sent says nothing about the log of
+        // the new one: acknowledging it could count entries the new leader does not hold.
+        self.pending_ack = None;
+        self.ack_sent = 0;
         self.reject_pending_reads(leader);
         self.set_role(Role::Follower, leader);
     }
@@ -795,19 +802,30 @@ impl Engine {
         true
     }
 
+    /// Acknowledges the durable part of what the leader sent. Once all of it is durable the ack
+    /// is complete; before that, each fsync that moves the durable index acknowledges the new
+    /// prefix. A follower whose fsyncs take longer than the heartbeat gets the next append before
+    /// each fsync ends: waiting for all of it would never acknowledge, and the leader would step
+    /// down for want of a quorum. Every ack carries the newest send time (the lease counts from
+    /// when the follower last heard the leader, durable or not).
     fn ack_if_durable(&mut self) {
-        if let Some((leader, upto, sent_at)) = self.pending_ack {
-            if self.persisted >= upto {
-                self.pending_ack = None;
-                let msg = Message::AppendResponse {
-                    term: self.hs.term,
-                    success: true,
-                    index: upto,
-                    sent_at,
-                };
-                self.send(leader, msg);
-            }
+        let Some((leader, upto, sent_at)) = self.pending_ack else {
+            return;
+        };
+        let durable = self.persisted.min(upto);
+        if durable >= upto {
+            self.pending_ack = None;
+        } else if durable <= self.ack_sent {
+            return;
         }
+        self.ack_sent = self.ack_sent.max(durable);
+        let msg = Message::AppendResponse {
+            term: self.hs.term,
+            success: true,
+            index: durable,
+            sent_at,
+        };
+        self.send(leader, msg);
     }
 
     fn on_append_response(

@@ -751,3 +751,71 @@ fn a_replica_without_its_state_never_stands_for_election() {
     let out = leader.set_may_lead(false);
     assert_eq!(leader.role(), Role::Follower, "{out:?}");
 }
+
+fn acks(cmds: &[Command]) -> Vec<(Index, u64)> {
+    sends(cmds)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::AppendResponse {
+                success: true,
+                index,
+                sent_at,
+                ..
+            } => Some((index, sent_at)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A follower whose fsyncs take longer than the leader's heartbeat gets a new append before each
+/// fsync ends. It must still acknowledge what is durable after every fsync, with the newest send
+/// time: otherwise the leader hears nothing, loses its quorum and steps down while every replica
+/// is healthy (leader churn under large writes).
+#[test]
+fn a_follower_acknowledges_what_is_durable_while_appends_keep_coming() {
+    let mut e = engine(2, full3());
+    let mut next = 1;
+    let mut all_acks = Vec::new();
+    for round in 1..=5u64 {
+        let entries: Vec<Entry> = (next..next + 3).map(|i| entry(1, i, b"big")).collect();
+        let prev = next - 1;
+        next += 3;
+        e.step(Event::Message {
+            from: 1,
+            msg: Message::Append {
+                term: 1,
+                prev_index: prev,
+                prev_term: if prev == 0 { 0 } else { 1 },
+                entries,
+                commit: prev,
+                sent_at: round * 5,
+            },
+        });
+        // The fsync of the previous round's entries ends only now, after the next append came.
+        if round > 1 {
+            let out = e.step(Event::Persisted {
+                index: prev,
+                term: 1,
+            });
+            let got = acks(&out);
+            assert_eq!(
+                got,
+                vec![(prev, round * 5)],
+                "round {round}: the durable prefix is acknowledged with the newest send time"
+            );
+            all_acks.extend(got);
+        }
+    }
+    let out = e.step(Event::Persisted {
+        index: next - 1,
+        term: 1,
+    });
+    assert_eq!(acks(&out), vec![(next - 1, 25)]);
+    // Nothing is acknowledged twice for the same durable index and send time.
+    let out = e.step(Event::Persisted {
+        index: next - 1,
+        term: 1,
+    });
+    assert!(acks(&out).is_empty(), "{out:?}");
+    assert_eq!(all_acks.len(), 4);
+}
