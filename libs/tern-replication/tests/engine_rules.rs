@@ -819,3 +819,51 @@ fn a_follower_acknowledges_what_is_durable_while_appends_keep_coming() {
     assert!(acks(&out).is_empty(), "{out:?}");
     assert_eq!(all_acks.len(), 4);
 }
+
+/// A follower with an old leader's entries not yet durable hears from a new leader that holds
+/// other entries at those indexes. Once the old entries are durable, the follower must not tell
+/// the new leader it holds them: the new leader would count them as its own and commit entries
+/// the follower does not have.
+#[test]
+fn a_new_leader_is_not_acknowledged_what_the_old_one_sent() {
+    let mut e = engine(2, full3());
+    e.step(Event::Message {
+        from: 1,
+        msg: Message::Append {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![entry(1, 1, b"a"), entry(1, 2, b"b"), entry(1, 3, b"c")],
+            commit: 0,
+            sent_at: 4,
+        },
+    });
+    // Replica 3 leads term 2 with entry 3 of its own; its first append to us checks entry 1 only.
+    let out = e.step(Event::Message {
+        from: 3,
+        msg: Message::Append {
+            term: 2,
+            prev_index: 1,
+            prev_term: 1,
+            entries: vec![],
+            commit: 0,
+            sent_at: 9,
+        },
+    });
+    assert!(acks(&out).is_empty(), "{out:?}");
+    let out = e.step(Event::Persisted { index: 3, term: 1 });
+    for (to, m) in sends(&out) {
+        if let Message::AppendResponse {
+            success: true,
+            index,
+            ..
+        } = m
+        {
+            assert_eq!(to, 3);
+            assert!(
+                index <= 1,
+                "acknowledged entries up to {index} to the new leader, which checked only 1"
+            );
+        }
+    }
+}
