@@ -245,6 +245,8 @@ async fn follower_killed_during_large_writes_catches_up() {
         ("TERN_MEMDS_PARTITIONS_PER_TABLE", "1"),
         // The killed replica must catch up, not be replaced.
         ("TERN_STORAGE_REPLACE_AFTER_MS", "600000"),
+        // A few items' bytes in memory: what the follower missed is read back from disk.
+        ("TERN_STORAGE_LOG_CACHE_BYTES", "1048576"),
     ])
     .await;
     let c = client(&tc.cluster.endpoint());
@@ -344,9 +346,16 @@ async fn follower_killed_during_large_writes_catches_up() {
     )
     .await;
     let compactions = metric_sum(&tc.cluster, &NODES, "tern_storage_log_compactions_total").await;
+    let log_reads = metric_sum(&tc.cluster, &NODES, "tern_storage_log_reads_total").await;
     println!(
         "catch-up: lag 0 {caught_up:?} after the load stopped; {victim} installed {installs} \
-         snapshots; {compactions} log compactions (since each node's start)"
+         snapshots; {log_reads} entries read back from disk for it; {compactions} log \
+         compactions (since each node's start)"
+    );
+    assert!(
+        installs + log_reads > 0.0,
+        "{victim} missed {while_down} writes but was neither sent a snapshot nor entries read \
+         back from disk: it was not behind what the leader keeps in memory"
     );
 
     tracing::info!("--- every acknowledged item reads back exactly (consistent reads)");

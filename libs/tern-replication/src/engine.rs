@@ -26,6 +26,10 @@ pub struct Config {
     pub max_batch_bytes: usize,
     /// Ticks before a follower that still needs a snapshot is sent another.
     pub snapshot_retry: u64,
+    /// Most command bytes the log keeps in memory. Beyond it, the oldest entries that are
+    /// applied and durable keep only their index and term ([`Payload::OnDisk`]); the runtime
+    /// reads them back from its durable log when a follower behind needs them.
+    pub payload_cache_bytes: u64,
     pub seed: u64,
 }
 
@@ -40,6 +44,7 @@ impl Config {
             max_batch: 64,
             max_batch_bytes: 256 * 1024,
             snapshot_retry: 20,
+            payload_cache_bytes: u64::MAX,
             seed,
         }
     }
@@ -64,8 +69,12 @@ pub struct Engine {
     snap: SnapshotMeta,
     /// `log[i]` holds index `snap.index + i + 1`.
     log: Vec<Entry>,
-    /// Payload bytes held in `log`, so the runtime can compact by size.
+    /// Payload bytes `log` stands for (in memory or not), so the runtime can compact by size.
     log_bytes: u64,
+    /// Payload bytes `log` holds in memory.
+    cached_bytes: u64,
+    /// Entries up to here hold no command bytes in memory (dropped, or never had any).
+    evicted_upto: Index,
     membership: Membership,
     commit: Index,
     applied: Index,
@@ -129,12 +138,16 @@ impl Engine {
         let persisted = snap.index + log.len() as Index;
         let applied = applied.clamp(snap.index, persisted);
         let log_bytes = log.iter().map(entry_bytes).sum();
+        let cached_bytes = log.iter().map(|e| e.payload.in_memory() as u64).sum();
+        let evicted_upto = snap.index;
         let rng = cfg.seed ^ cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut e = Engine {
             hs,
             snap,
             log,
             log_bytes,
+            cached_bytes,
+            evicted_upto,
             membership,
             commit: applied,
             applied,
@@ -319,7 +332,38 @@ impl Engine {
             }
             Event::SnapshotInstalled { from, meta } => self.snapshot_installed(from, meta),
         }
+        self.evict();
         std::mem::take(&mut self.out)
+    }
+
+    /// Sets [`Config::payload_cache_bytes`] (the runtime shares a node's budget among its
+    /// replicas, whose number changes).
+    pub fn set_payload_cache_bytes(&mut self, bytes: u64) {
+        self.cfg.payload_cache_bytes = bytes;
+        self.evict();
+    }
+
+    /// Command bytes the log holds in memory.
+    pub fn cached_bytes(&self) -> u64 {
+        self.cached_bytes
+    }
+
+    /// Drops the command bytes of the oldest entries that are applied and durable, until the
+    /// log's memory is within [`Config::payload_cache_bytes`]. Entries not yet applied keep
+    /// theirs: `Apply` always carries the bytes.
+    fn evict(&mut self) {
+        let upto = self.applied.min(self.persisted);
+        let mut i = self.evicted_upto.max(self.snap.index) + 1;
+        while i <= upto && self.cached_bytes > self.cfg.payload_cache_bytes {
+            let e = &mut self.log[(i - self.snap.index - 1) as usize];
+            if let Payload::Command(b) = &e.payload {
+                let len = b.len();
+                e.payload = Payload::OnDisk { len };
+                self.cached_bytes -= len as u64;
+            }
+            self.evicted_upto = i;
+            i += 1;
+        }
     }
 
     /// The newest tick a quorum has acknowledged (the leader counts as acknowledging now).
@@ -350,20 +394,32 @@ impl Engine {
     fn drain_log_to(&mut self, index: Index) {
         let n = (index.saturating_sub(self.snap.index) as usize).min(self.log.len());
         let dropped: u64 = self.log[..n].iter().map(entry_bytes).sum();
+        let cached: u64 = self.log[..n]
+            .iter()
+            .map(|e| e.payload.in_memory() as u64)
+            .sum();
         self.log.drain(..n);
         self.log_bytes -= dropped;
+        self.cached_bytes -= cached;
     }
 
     /// Drops the entries from `index` on.
     fn truncate_log_from(&mut self, index: Index) {
         let keep = (index.saturating_sub(self.snap.index + 1) as usize).min(self.log.len());
         let dropped: u64 = self.log[keep..].iter().map(entry_bytes).sum();
+        let cached: u64 = self.log[keep..]
+            .iter()
+            .map(|e| e.payload.in_memory() as u64)
+            .sum();
         self.log.truncate(keep);
         self.log_bytes -= dropped;
+        self.cached_bytes -= cached;
+        self.evicted_upto = self.evicted_upto.min(index.saturating_sub(1));
     }
 
     fn push_log(&mut self, entry: Entry) {
         self.log_bytes += entry_bytes(&entry);
+        self.cached_bytes += entry.payload.in_memory() as u64;
         self.log.push(entry);
     }
 
@@ -611,9 +667,11 @@ impl Engine {
             } => {
                 let mut expect = (*prev_index, *prev_term);
                 for e in entries {
+                    // An entry without its bytes is the sender's to fill in before sending.
                     if Some(e.index) != expect.0.checked_add(1)
                         || e.term < expect.1
                         || e.term > *term
+                        || matches!(e.payload, Payload::OnDisk { .. })
                     {
                         return false;
                     }
@@ -1065,6 +1123,7 @@ impl Engine {
             } else {
                 self.log.clear();
                 self.log_bytes = 0;
+                self.cached_bytes = 0;
             }
             self.persisted = self
                 .persisted
@@ -1108,12 +1167,7 @@ const MAX_TERM: Term = 1 << 62;
 
 /// An entry's weight in the log's byte count and in an append's size.
 fn entry_bytes(e: &Entry) -> u64 {
-    let payload = match &e.payload {
-        Payload::Noop => 0,
-        Payload::Command(b) => b.len(),
-        Payload::Membership(m) => m.members.len() * 16,
-    };
-    payload as u64 + 32
+    e.payload.len() as u64 + 32
 }
 
 fn max_member_id(log: &[Entry], before: NodeId) -> NodeId {

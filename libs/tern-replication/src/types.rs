@@ -47,6 +47,36 @@ pub enum Payload {
     Command(Vec<u8>),
     /// A membership change; it takes effect as soon as it is in the log.
     Membership(Membership),
+    /// A command of `len` bytes that only the durable log holds: the engine dropped its bytes
+    /// from memory once it was applied and durable (see `Config::payload_cache_bytes`). The
+    /// runtime reads it back from its log before it sends or applies the entry.
+    OnDisk {
+        len: usize,
+    },
+}
+
+impl Payload {
+    /// The command bytes this payload stands for, in memory or not.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Noop => 0,
+            Payload::Command(b) => b.len(),
+            Payload::Membership(m) => m.members.len() * 16,
+            Payload::OnDisk { len } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes this payload holds in memory.
+    pub fn in_memory(&self) -> usize {
+        match self {
+            Payload::OnDisk { .. } => 0,
+            other => other.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -867,3 +867,53 @@ fn a_new_leader_is_not_acknowledged_what_the_old_one_sent() {
         }
     }
 }
+
+/// The log keeps at most `payload_cache_bytes` of commands in memory, dropping the oldest applied
+/// and durable ones first; what is not yet applied keeps its bytes whatever the limit.
+#[test]
+fn the_log_keeps_command_bytes_in_memory_up_to_its_limit() {
+    let mut e = engine(2, full3());
+    e.set_payload_cache_bytes(250);
+    let entries: Vec<Entry> = (1..=6).map(|i| entry(1, i, &[i as u8; 100])).collect();
+    e.step(Event::Message {
+        from: 1,
+        msg: Message::Append {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries,
+            commit: 4,
+            sent_at: 1,
+        },
+    });
+    assert_eq!(e.cached_bytes(), 600, "nothing is applied yet");
+    let out = e.step(Event::Persisted { index: 6, term: 1 });
+    assert_eq!(applies(&out), vec![1, 2, 3, 4]);
+    // 1..=4 are applied and durable: the oldest go until 250 bytes remain at most.
+    assert_eq!(e.cached_bytes(), 200);
+    let kinds: Vec<bool> = e
+        .log()
+        .iter()
+        .map(|x| matches!(x.payload, Payload::OnDisk { len: 100 }))
+        .collect();
+    assert_eq!(kinds, vec![true, true, true, true, false, false]);
+    // The log's size for compaction still counts every entry.
+    assert!(e.log_bytes() >= 600);
+    // A leader does not take an entry without its bytes from anyone.
+    let out = e.step(Event::Message {
+        from: 1,
+        msg: Message::Append {
+            term: 1,
+            prev_index: 6,
+            prev_term: 1,
+            entries: vec![Entry {
+                term: 1,
+                index: 7,
+                payload: Payload::OnDisk { len: 5 },
+            }],
+            commit: 6,
+            sent_at: 2,
+        },
+    });
+    assert_eq!(e.last_index(), 6, "{out:?}");
+}

@@ -204,6 +204,8 @@ struct Sim {
     pauses: usize,
     cuts: usize,
     lease_refusals: usize,
+    /// Entries sent to followers with bytes read back from the durable log.
+    disk_reads: std::cell::Cell<usize>,
     ops: BTreeMap<RequestId, Op>,
     next_op: RequestId,
     /// index → committed entry, as applied anywhere.
@@ -238,6 +240,7 @@ impl Sim {
             pauses: 0,
             cuts: 0,
             lease_refusals: 0,
+            disk_reads: Default::default(),
             ops: BTreeMap::new(),
             next_op: 1,
             committed: BTreeMap::new(),
@@ -286,7 +289,14 @@ impl Sim {
         let initial = self.initial.clone();
         let node = self.nodes.get_mut(&id).unwrap();
         node.incarnation += 1;
-        let cfg = Config::new(id, self.seed.wrapping_add(node.incarnation * 7919));
+        let mut cfg = Config::new(id, self.seed.wrapping_add(node.incarnation * 7919));
+        // Most seeds keep few command bytes in memory, so appends to followers behind are
+        // read back from the durable log.
+        cfg.payload_cache_bytes = match self.seed % 4 {
+            0 => u64::MAX,
+            1 => 0,
+            _ => 64,
+        };
         let snap = node.disk.snap.clone().unwrap_or_else(|| SnapshotMeta {
             max_member_id: initial.members.keys().max().copied().unwrap_or(0),
             membership: initial,
@@ -359,9 +369,17 @@ impl Sim {
 
     fn execute(&mut self, id: NodeId, c: Command) {
         match c {
-            Command::Send { to, msg } => {
+            Command::Send { to, mut msg } => {
                 if self.faults && (self.rng.chance(5) || self.cut(id, to)) {
                     return;
+                }
+                if let Message::Append { entries, .. } = &mut msg {
+                    let evicted = entries
+                        .iter()
+                        .filter(|e| matches!(e.payload, Payload::OnDisk { .. }))
+                        .count();
+                    self.disk_reads.set(self.disk_reads.get() + evicted);
+                    *entries = self.resolve(id, entries);
                 }
                 let copies = if self.faults && self.rng.chance(3) {
                     2
@@ -458,6 +476,12 @@ impl Sim {
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
         let term = self.nodes[&id].engine.as_ref().unwrap().term();
         for e in entries {
+            if matches!(e.payload, Payload::OnDisk { .. }) {
+                self.fail(format!(
+                    "node {id} was handed entry {} to apply without its bytes",
+                    e.index
+                ));
+            }
             let by = self.committed_by.entry(e.index).or_insert(term);
             *by = (*by).min(term);
             match self.committed.get(&e.index) {
@@ -538,7 +562,7 @@ impl Sim {
             if self.committed_by[index] >= term {
                 continue;
             }
-            if engine.entries(index - 1, *index).first() != Some(entry) {
+            if self.resolve(id, engine.entries(index - 1, *index)).first() != Some(entry) {
                 self.fail(format!(
                     "leader completeness: leader {id} of term {term} lacks committed entry {index} {entry:?}\n{}\nleader has {:?}", self.describe(), engine.entries(index - 3, *index + 2)
                 ));
@@ -918,6 +942,34 @@ impl Sim {
         false
     }
 
+    /// The entries with the bytes an engine dropped from memory read back from its durable log,
+    /// as the storage node does; an entry the engine dropped must be there.
+    fn resolve(&self, id: NodeId, entries: &[Entry]) -> Vec<Entry> {
+        entries
+            .iter()
+            .map(|e| match e.payload {
+                Payload::OnDisk { .. } => match self.read_disk(id, e.index, e.term) {
+                    Some(full) => full,
+                    None => self.fail(format!(
+                        "node {id} dropped the bytes of entry {} (term {}) that its durable log \
+                         does not hold",
+                        e.index, e.term
+                    )),
+                },
+                _ => e.clone(),
+            })
+            .collect()
+    }
+
+    fn read_disk(&self, id: NodeId, index: Index, term: Term) -> Option<Entry> {
+        let disk = &self.nodes[&id].disk;
+        let at = index.checked_sub(disk.snap_index() + 1)?;
+        disk.log
+            .get(at as usize)
+            .filter(|e| e.term == term && e.index == index)
+            .cloned()
+    }
+
     fn check_log_matching(&self) {
         let engines: Vec<(NodeId, &Engine)> = self
             .nodes
@@ -932,7 +984,9 @@ impl Sim {
                     .rev()
                     .find(|i| ea.term_at(*i) == eb.term_at(*i));
                 if let Some(i) = agree {
-                    if ea.entries(from, i) != eb.entries(from, i) {
+                    if self.resolve(*a, ea.entries(from, i))
+                        != self.resolve(*b, eb.entries(from, i))
+                    {
                         self.fail(format!(
                             "log matching: nodes {a} and {b} agree at {i} but differ before"
                         ));
@@ -1143,6 +1197,7 @@ struct Outcome {
     pauses: usize,
     cuts: usize,
     lease_refusals: usize,
+    disk_reads: usize,
 }
 
 fn run(seed: u64) -> Outcome {
@@ -1205,6 +1260,7 @@ fn run(seed: u64) -> Outcome {
         pauses: sim.pauses,
         cuts: sim.cuts,
         lease_refusals: sim.lease_refusals,
+        disk_reads: sim.disk_reads.get(),
     }
 }
 
@@ -1224,6 +1280,7 @@ fn randomized_groups_stay_safe() {
         pauses: 0,
         cuts: 0,
         lease_refusals: 0,
+        disk_reads: 0,
     };
     let mut swaps = 0;
     for seed in 0..seeds {
@@ -1237,11 +1294,13 @@ fn randomized_groups_stay_safe() {
         total.pauses += o.pauses;
         total.cuts += o.cuts;
         total.lease_refusals += o.lease_refusals;
+        total.disk_reads += o.disk_reads;
     }
     println!(
         "{seeds} seeds: {} client operations acknowledged ({} conditional writes refused), {} \
          entries committed, {swaps} of {} log-replica swaps completed, {} log compactions, {} \
-         snapshots installed, {} pauses, {} partitions, {} reads refused for an expired lease",
+         snapshots installed, {} pauses, {} partitions, {} reads refused for an expired lease, {} \
+         entries sent from the durable log",
         total.acked,
         total.conditional_failures,
         total.committed,
@@ -1251,6 +1310,12 @@ fn randomized_groups_stay_safe() {
         total.pauses,
         total.cuts,
         total.lease_refusals,
+        total.disk_reads,
+    );
+    assert!(
+        total.disk_reads >= seeds as usize,
+        "followers behind should often be sent entries read back from the log: {}",
+        total.disk_reads
     );
     // The faults and the workload must really happen, or the checks above prove nothing.
     assert!(

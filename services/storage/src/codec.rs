@@ -55,6 +55,12 @@ pub fn entry_to_wire(e: &Entry) -> RaftEntry {
             let (members, log_members) = membership_to_wire(m);
             (EntryKind::Membership, Vec::new(), members, log_members)
         }
+        // The runtime reads an entry's bytes back before it encodes it (`read_back`); one
+        // without them here is a bug, and an empty command on the wire would diverge replicas.
+        Payload::OnDisk { .. } => crate::apply::fatal(
+            "encode a log entry",
+            format!("entry {} has no bytes in memory", e.index),
+        ),
     };
     RaftEntry {
         term: e.term,

@@ -61,9 +61,14 @@ pub struct Config {
     /// ... or once its entries hold this many payload bytes, so memory is bounded by bytes
     /// whatever the item size.
     pub compact_bytes: u64,
-    /// Payload bytes the logs of all replicas on the node may hold: each replica's byte limit is
-    /// this shared among them when that is less than `compact_bytes` (at least 4 MiB each).
+    /// Payload bytes the logs of all replicas on the node may hold (on disk): each replica's byte
+    /// limit is this shared among them when that is less than `compact_bytes` (at least 1 MiB
+    /// each).
     pub log_budget_bytes: u64,
+    /// Command bytes the logs of all replicas on the node keep in memory, shared among them
+    /// (256 KiB to 8 MiB each). Older entries are read back from disk when a follower behind
+    /// needs them.
+    pub log_cache_bytes: u64,
     /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9101`); empty: none.
     pub metrics_listen: String,
     /// How often the items of each replica are counted for DescribeTable's ItemCount and
@@ -89,6 +94,7 @@ impl Default for Config {
             compact_after: 20_000,
             compact_bytes: 32 * 1024 * 1024,
             log_budget_bytes: 256 * 1024 * 1024,
+            log_cache_bytes: 64 * 1024 * 1024,
             metrics_listen: String::new(),
             stats_interval_ms: 6 * 3600 * 1000,
             stats_first_ms: 30_000,
@@ -124,11 +130,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         writer.clone(),
         bus.clone(),
         Duration::from_millis(config.replace_after_ms),
-        replication::CompactLimits {
-            entries: config.compact_after.max(2),
-            bytes: config.compact_bytes.max(1024 * 1024),
+        replication::LogLimits {
+            compact: replication::CompactLimits {
+                entries: config.compact_after.max(2),
+                bytes: config.compact_bytes.max(1024 * 1024),
+            },
+            budget: config.log_budget_bytes,
+            cache: config.log_cache_bytes,
         },
-        config.log_budget_bytes,
     );
     for p in partitions.all() {
         replication.open_group(&p).context("recover replica")?;

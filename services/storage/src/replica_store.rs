@@ -119,6 +119,16 @@ impl ReplicaStore {
         })
     }
 
+    /// The entry at `index` of a replica's log, if the log holds it with term `term` (it may
+    /// have been compacted or replaced since the engine dropped its bytes).
+    pub fn read_entry(&self, pid: u64, index: Index, term: u64) -> anyhow::Result<Option<Entry>> {
+        let Some(v) = self.store.raft_log().get(log_key(pid, index))? else {
+            return Ok(None);
+        };
+        let e = codec::entry_from_wire(RaftEntry::decode(v.as_ref()).context("decode log entry")?)?;
+        Ok((e.index == index && e.term == term).then_some(e))
+    }
+
     /// Adds term and vote to a batch (the group commit's, which fsyncs it).
     pub fn stage_hard_state(&self, batch: &mut fjall::OwnedWriteBatch, pid: u64, hs: HardState) {
         let v = RaftHardState {
@@ -313,6 +323,20 @@ mod tests {
 
     fn load(r: &ReplicaStore, pid: u64) -> Durable {
         r.load(pid, founding(), 3).unwrap()
+    }
+
+    #[test]
+    fn an_entry_is_read_back_only_with_its_term_and_partition() {
+        let (_dir, store, r) = open();
+        append(&store, 7, 1..=3);
+        assert_eq!(r.read_entry(7, 2, 1).unwrap(), Some(entry(2)));
+        assert_eq!(
+            r.read_entry(7, 2, 2).unwrap(),
+            None,
+            "replaced by another term"
+        );
+        assert_eq!(r.read_entry(7, 4, 1).unwrap(), None, "not written");
+        assert_eq!(r.read_entry(8, 2, 1).unwrap(), None, "another partition");
     }
 
     #[test]

@@ -110,6 +110,26 @@ pub struct CompactLimits {
     pub bytes: u64,
 }
 
+/// How a node's replicas bound their logs: compaction per replica, and node-wide budgets (on disk
+/// and in memory) shared among its replicas.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    pub compact: CompactLimits,
+    pub budget: u64,
+    pub cache: u64,
+}
+
+/// Each replica keeps at least this much of its log's command bytes in memory (entries just
+/// applied, which the slower follower usually still needs)...
+const MIN_CACHE_BYTES: u64 = 256 * 1024;
+/// ... and at most this.
+const MAX_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The command bytes each replica's log keeps in memory: the node's cache shared among them.
+pub fn replica_cache_bytes(node_cache: u64, replicas: usize) -> u64 {
+    (node_cache / replicas.max(1) as u64).clamp(MIN_CACHE_BYTES, MAX_CACHE_BYTES)
+}
+
 /// A replica's byte limit never goes below this, however many replicas share the node's budget:
 /// the largest entry (a 400 KB item is about 550 KB in the log) fits. At 1 MiB the default budget
 /// holds for up to 256 replicas on a node; beyond that the node's logs hold 1 MiB per replica.
@@ -179,6 +199,8 @@ pub(crate) struct Inner {
     pub compact_bytes: u64,
     /// Payload bytes all logs of the node hold, shared among its replicas.
     pub log_budget: u64,
+    /// Command bytes all logs of the node keep in memory, shared among its replicas.
+    pub log_cache: u64,
     /// Largest append the engine builds: well under the bus's message limit.
     pub max_append_bytes: usize,
     /// Largest message the bus carries (the server's max_payload, less headers).
@@ -197,8 +219,7 @@ impl Replication {
         writer: Writer,
         bus: Bus,
         replace_after: Duration,
-        compact: CompactLimits,
-        log_budget: u64,
+        limits: LogLimits,
     ) -> Self {
         let (persisted, persisted_rx) = mpsc::unbounded_channel();
         // Room for the headers (trace context) and the batch's own framing.
@@ -221,9 +242,10 @@ impl Replication {
                 next_request: AtomicU64::new(rand_seed() | 1),
                 persisted,
                 replace_after,
-                compact_after: compact.entries,
-                compact_bytes: compact.bytes,
-                log_budget,
+                compact_after: limits.compact.entries,
+                compact_bytes: limits.compact.bytes,
+                log_budget: limits.budget,
+                log_cache: limits.cache,
                 max_append_bytes: max_message / 2,
                 max_message,
                 write_budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BUDGET_KIB)),
@@ -239,12 +261,15 @@ impl Replication {
 
     pub fn render_metrics(&self, out: &mut String) {
         self.inner.metrics.render(&self.inner.node, out);
-        let bytes: u64 = self
-            .groups()
-            .iter()
-            .map(|g| g.lock().engine.log_bytes())
-            .sum();
-        out.push_str(&format!("# HELP tern_storage_log_bytes Payload bytes the replication logs of this node hold in memory.\n# TYPE tern_storage_log_bytes gauge\ntern_storage_log_bytes{{node=\"{}\"}} {bytes}\n", self.inner.node));
+        let (mut cached, mut stored) = (0, 0);
+        for g in self.groups() {
+            let g = g.lock();
+            cached += g.engine.cached_bytes();
+            stored += g.engine.log_bytes();
+        }
+        let node = &self.inner.node;
+        out.push_str(&format!("# HELP tern_storage_log_bytes Command bytes the replication logs of this node hold in memory.\n# TYPE tern_storage_log_bytes gauge\ntern_storage_log_bytes{{node=\"{node}\"}} {cached}\n"));
+        out.push_str(&format!("# HELP tern_storage_log_stored_bytes Payload bytes the replication logs of this node hold, on disk.\n# TYPE tern_storage_log_stored_bytes gauge\ntern_storage_log_stored_bytes{{node=\"{node}\"}} {stored}\n"));
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -331,6 +356,8 @@ impl Replication {
         cfg.heartbeat_interval = ticks(HEARTBEAT);
         cfg.lease = ticks(LEASE);
         cfg.max_batch_bytes = self.inner.max_append_bytes;
+        let replicas = self.inner.groups.read().len() + 1;
+        cfg.payload_cache_bytes = replica_cache_bytes(self.inner.log_cache, replicas);
         let fresh = hs.term == 0 && log.is_empty() && d.snap.index == 0;
         let mut engine = Engine::restore(cfg, hs, d.snap, log, applied);
         // NOTE: a full member whose items are incomplete must not lead until they are rebuilt.
@@ -620,10 +647,17 @@ impl Replication {
     pub(crate) fn execute(&self, g: &mut Group, cmds: Vec<Command>, out: &mut Outbox) {
         for c in cmds {
             match c {
-                Command::Send { to, msg } => {
+                Command::Send { to, mut msg } => {
                     let Some((node, _)) = g.addrs.get(&to) else {
                         continue;
                     };
+                    if let tern_replication::Message::Append { entries, .. } = &mut msg {
+                        if !self.read_back(g.pid, entries) {
+                            // Compacted or replaced meanwhile: the follower's answer (or its
+                            // silence) makes the engine send what it needs now.
+                            continue;
+                        }
+                    }
                     let env = RaftEnvelope {
                         partition_id: g.pid,
                         from: g.engine.id(),
@@ -728,8 +762,10 @@ impl Replication {
             entries: self.inner.compact_after,
             bytes: replica_log_bytes(self.inner.compact_bytes, self.inner.log_budget, replicas),
         };
+        let cache = replica_cache_bytes(self.inner.log_cache, replicas);
         let upto = {
-            let g = group.lock();
+            let mut g = group.lock();
+            g.engine.set_payload_cache_bytes(cache);
             let e = &g.engine;
             if g.installing {
                 return;
@@ -818,6 +854,27 @@ impl Replication {
         });
     }
 
+    /// Reads back from the durable log the bytes of entries the engine keeps on disk only; false
+    /// if one is no longer there (compacted, or replaced by another leader's).
+    // NOTE: a read under the replica's lock, on a tokio worker: entries recent enough to be sent
+    // are in fjall's memtable or block cache, and at most one append's worth is read.
+    fn read_back(&self, pid: u64, entries: &mut [tern_replication::Entry]) -> bool {
+        for e in entries.iter_mut() {
+            if !matches!(e.payload, Payload::OnDisk { .. }) {
+                continue;
+            }
+            match self.inner.replicas.read_entry(pid, e.index, e.term) {
+                Ok(Some(full)) => {
+                    *e = full;
+                    self.inner.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(None) => return false,
+                Err(err) => fatal("read the replication log", err),
+            }
+        }
+        true
+    }
+
     /// Applies committed entries to the items, in log order, with the applied index in the same
     /// batch (so a restart resumes exactly after the last applied entry).
     pub(crate) fn apply(&self, g: &mut Group, entries: Vec<tern_replication::Entry>) {
@@ -829,6 +886,13 @@ impl Replication {
             .collect();
         if !g.has_items || entries.is_empty() {
             return;
+        }
+        let mut entries = entries;
+        if !self.read_back(g.pid, &mut entries) {
+            fatal(
+                "apply committed entries",
+                "a committed entry is missing from the durable log",
+            );
         }
         let store = &self.inner.store;
         let mut batch = store.batch();
@@ -932,10 +996,7 @@ fn half_by_bytes(e: &Engine, held: Index) -> Index {
     let mut keep = e.log_bytes() / 2;
     let mut upto = held;
     for entry in e.entries(e.snapshot().index, held).iter().rev() {
-        let size = match &entry.payload {
-            Payload::Command(b) => b.len() as u64,
-            _ => 0,
-        };
+        let size = entry.payload.len() as u64;
         if keep < size {
             break;
         }
