@@ -85,9 +85,22 @@ impl Bus {
                 Duration::from_millis(100 * attempts.saturating_sub(1).min(10) as u64)
             })
             .event_callback(|event| async move {
-                if let async_nats::Event::ServerError(e) = &event {
+                use async_nats::Event;
+                match &event {
                     // Permission violations and authorization errors: the server said no.
-                    tracing::warn!(error = %e, "nats-server refused an operation");
+                    Event::ServerError(e) => {
+                        tracing::warn!(error = %e, "nats-server refused an operation")
+                    }
+                    // NOTE: the client drops messages for a subscription whose buffer is full;
+                    // for replication that means lost heartbeats and elections.
+                    Event::SlowConsumer(sid) => tracing::warn!(
+                        subscription = sid,
+                        "bus messages dropped: a subscription is not read fast enough"
+                    ),
+                    Event::Disconnected => tracing::warn!("disconnected from nats-server"),
+                    Event::ClientError(e) => tracing::warn!(error = %e, "bus client error"),
+                    Event::Connected => tracing::info!("connected to nats-server"),
+                    other => tracing::info!(event = %other, "bus connection event"),
                 }
             })
             .connect(url)
