@@ -220,6 +220,40 @@ impl Bus {
         RpcService::new(self.clone(), subject.into())
     }
 
+    /// Takes the one-way messages of `subject`, in the order they arrive, each handled inline by
+    /// `handler` before the next is read (no task per message: a protocol that pipelines, like
+    /// replication, loses far less to reordering). The handler must not block for long; while it
+    /// runs, the client library's bounded buffer holds what comes.
+    pub async fn consume<Req, F>(
+        &self,
+        subject: &str,
+        mut handler: F,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError>
+    where
+        Req: prost::Message + Default + Send + 'static,
+        F: FnMut(Req) + Send + 'static,
+    {
+        let mut sub = self
+            .client
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
+        self.round_trip()
+            .await
+            .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
+        let subject = subject.to_string();
+        Ok(tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                match Req::decode(msg.payload) {
+                    Ok(req) => handler(req),
+                    Err(e) => {
+                        tracing::warn!(subject = %subject, error = %e, "undecodable message dropped")
+                    }
+                }
+            }
+        }))
+    }
+
     /// Serves `subject` (in `queue` group if given) until the connection drains: each request is
     /// decoded, handled in its own task under a span whose parent is the caller's trace, and
     /// answered with the handler's reply or error.

@@ -4,6 +4,7 @@
 //! ([`writer`]) makes the logs of all groups durable with one journal fsync per batch, and no
 //! write is acknowledged before a quorum's copies of it are durable.
 
+mod applier;
 mod apply;
 mod codec;
 mod compaction;

@@ -29,7 +29,8 @@ use tern_replication::{
 use tern_storage_client::{StorageClient, StorageError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::apply::{apply_write, fatal, ops_of, Staged};
+use crate::applier::Job;
+use crate::apply::{fatal, ops_of};
 use crate::codec;
 use crate::compaction::{compaction_point, LogView};
 use crate::replica_store::ReplicaStore;
@@ -70,8 +71,8 @@ pub(crate) struct Group {
     /// Where each member (by id) lives: node and zone (empty when learned from a message).
     pub addrs: BTreeMap<NodeId, (String, String)>,
     pub engine: Engine,
-    writes: HashMap<u64, WriteWaiter>,
-    reads: HashMap<u64, ReadWaiter>,
+    pub(crate) writes: HashMap<u64, WriteWaiter>,
+    pub(crate) reads: HashMap<u64, ReadWaiter>,
     /// The items reflect committed entries: a founding member, or a replica whose items were
     /// rebuilt from a snapshot. A log replica (or one still being built) has none and serves no
     /// reads.
@@ -88,7 +89,12 @@ pub(crate) struct Group {
     /// When recent engine ticks fired: (tick, instant), oldest first.
     tick_times: VecDeque<(u64, Instant)>,
     /// Tells this replica from an earlier one of the same partition on this node.
-    uid: u64,
+    pub(crate) uid: u64,
+    /// Held while committed entries are written into the items, and by whoever changes what the
+    /// items are ([`crate::applier`]).
+    pub(crate) gate: Arc<Mutex<()>>,
+    /// Closed: its items are going, nothing more is applied.
+    pub(crate) closed: bool,
     /// Hard-state writes queued and not yet durable; while there are any, messages wait in
     /// `held` (a vote or a term must be on disk before anything that depends on it leaves).
     hard_state_writes: u32,
@@ -147,6 +153,15 @@ pub fn replica_log_bytes(per_replica: u64, node_budget: u64, replicas: usize) ->
 const WRITE_BUDGET_KIB: usize = 64 * 1024;
 const BUDGET_WAIT: Duration = Duration::from_millis(500);
 
+/// Rounds of replication messages (one per destination and processing round) waiting to be
+/// published before new ones are dropped.
+const OUTBOUND_ROUNDS: usize = 16 * 1024;
+/// ... or bytes.
+const OUTBOUND_BYTES: usize = 128 * 1024 * 1024;
+
+/// Messages for one destination node from one processing round, and their encoded size.
+type Round = (String, Vec<RaftBatch>, usize);
+
 /// Bytes of a bus message that are not the message itself (headers, subject, framing).
 const MESSAGE_OVERHEAD: usize = 16 * 1024;
 
@@ -191,6 +206,12 @@ pub(crate) struct Inner {
     groups: RwLock<HashMap<u64, Arc<Mutex<Group>>>>,
     next_request: AtomicU64,
     persisted: mpsc::UnboundedSender<Durability>,
+    /// Committed entries and cleared reads, for the apply thread.
+    pub(crate) applier: crate::applier::ApplyQueue,
+    /// Rounds of replication messages waiting to be published, per destination node.
+    outbound: mpsc::Sender<Round>,
+    /// Encoded bytes of the rounds waiting in `outbound`.
+    outbound_bytes: std::sync::atomic::AtomicUsize,
     /// A member unacknowledged this long is replaced.
     pub replace_after: Duration,
     /// Applied entries a log holds before it is compacted.
@@ -222,6 +243,8 @@ impl Replication {
         limits: LogLimits,
     ) -> Self {
         let (persisted, persisted_rx) = mpsc::unbounded_channel();
+        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_ROUNDS);
+        let (applier, applier_rx) = crate::applier::queue();
         // Room for the headers (trace context) and the batch's own framing.
         let max_message = bus
             .max_payload()
@@ -241,6 +264,9 @@ impl Replication {
                 // ids from the clock keeps a new request from matching an old entry's id.
                 next_request: AtomicU64::new(rand_seed() | 1),
                 persisted,
+                applier,
+                outbound,
+                outbound_bytes: Default::default(),
                 replace_after,
                 compact_after: limits.compact.entries,
                 compact_bytes: limits.compact.bytes,
@@ -253,8 +279,10 @@ impl Replication {
                 metrics: Default::default(),
             }),
         };
+        r.start_applier(applier_rx);
         tokio::spawn(r.clone().tick_forever());
         tokio::spawn(r.clone().persisted_forever(persisted_rx));
+        tokio::spawn(r.clone().send_forever(outbound_rx));
         tokio::spawn(r.clone().heal_forever());
         r
     }
@@ -283,14 +311,9 @@ impl Replication {
     /// Serves the node's replication subject.
     pub async fn serve(&self, bus: &Bus) -> Result<(), BusError> {
         let r = self.clone();
-        bus.serve(
-            &subjects::storage_raft(&self.inner.node),
-            None,
-            move |batch: RaftBatch| {
-                r.receive(batch);
-                async { Ok(tern_proto::Empty {}) }
-            },
-        )
+        bus.consume(&subjects::storage_raft(&self.inner.node), move |batch| {
+            r.receive(batch)
+        })
         .await?;
         Ok(())
     }
@@ -383,6 +406,8 @@ impl Replication {
             install_not_before: 0,
             tick_times: VecDeque::with_capacity(TICK_HISTORY),
             uid: rand_seed() ^ info.id.rotate_left(17),
+            gate: Arc::default(),
+            closed: false,
             hard_state_writes: 0,
             held: Outbox::new(),
         };
@@ -409,6 +434,12 @@ impl Replication {
     }
 
     pub fn close_group(&self, pid: u64) -> anyhow::Result<()> {
+        if let Some(group) = self.group(pid) {
+            // NOTE: waits for at most one apply job of this replica; none starts after this.
+            let gate = group.lock().gate.clone();
+            let _gate = tokio::task::block_in_place(|| gate.lock());
+            group.lock().closed = true;
+        }
         self.inner.groups.write().remove(&pid);
         self.inner.replicas.clear(pid)?;
         Ok(())
@@ -561,6 +592,12 @@ impl Replication {
             g.addrs
                 .entry(env.from)
                 .or_insert_with(|| (batch.from_node.clone(), String::new()));
+            if let tern_replication::Message::AppendResponse { success: false, .. } = &msg {
+                self.inner
+                    .metrics
+                    .append_rejections
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             self.step(
                 &mut g,
                 Event::Message {
@@ -626,14 +663,45 @@ impl Replication {
     pub(crate) fn flush(&self, out: Outbox) {
         for (node, messages) in out {
             let batches = split_batches(&self.inner.node, messages, self.inner.max_message);
-            let bus = self.inner.bus.clone();
-            tokio::spawn(async move {
-                for batch in batches {
-                    if let Err(e) = bus.publish(&subjects::storage_raft(&node), &batch).await {
-                        tracing::warn!(error = %e, to = %node, "send replication batch");
-                    }
+            // NOTE: one sender task keeps the order in which rounds were produced (a task per
+            // round may run in any order, and an append overtaken by the heartbeat after it is
+            // refused and sent again). A full queue drops the round: the protocol recovers from
+            // loss, not from unbounded memory.
+            let bytes: usize = batches.iter().map(|b| b.encoded_len()).sum();
+            let queued = self
+                .inner
+                .outbound_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
+            if queued + bytes > OUTBOUND_BYTES
+                || self
+                    .inner
+                    .outbound
+                    .try_send((node, batches, bytes))
+                    .is_err()
+            {
+                self.inner
+                    .outbound_bytes
+                    .fetch_sub(bytes, Ordering::Relaxed);
+                self.inner
+                    .metrics
+                    .rounds_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Publishes what `flush` queued, in order.
+    async fn send_forever(self, mut rx: mpsc::Receiver<Round>) {
+        let bus = self.inner.bus.clone();
+        while let Some((node, batches, bytes)) = rx.recv().await {
+            for batch in batches {
+                if let Err(e) = bus.publish(&subjects::storage_raft(&node), &batch).await {
+                    tracing::warn!(error = %e, to = %node, "send replication batch");
                 }
-            });
+            }
+            self.inner
+                .outbound_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -677,7 +745,11 @@ impl Replication {
                     self.persist_hard_state(g, hs);
                 }
                 Command::AppendLog(entries) => self.append_log(g.pid, entries),
-                Command::Apply(entries) => self.apply(g, entries),
+                Command::Apply(entries) => self.queue_job(Job::Apply {
+                    pid: g.pid,
+                    uid: g.uid,
+                    entries,
+                }),
                 Command::Proposed { id, result: Err(e) } => {
                     if let Some(w) = g.writes.remove(&id) {
                         let err = match e {
@@ -691,11 +763,11 @@ impl Replication {
                 }
                 Command::Proposed { .. } => {}
                 Command::SendSnapshot { to, index } => self.send_snapshot(g, to, index),
-                Command::ReadReady { id } => {
-                    if let Some(r) = g.reads.remove(&id) {
-                        let _ = r.send(Ok(()));
-                    }
-                }
+                Command::ReadReady { id } => self.queue_job(Job::Read {
+                    pid: g.pid,
+                    uid: g.uid,
+                    id,
+                }),
                 Command::ReadRejected { id, leader } => {
                     if let Some(r) = g.reads.remove(&id) {
                         let name = leader
@@ -852,81 +924,6 @@ impl Replication {
                 let _ = persisted.send(Durability::Log { pid, index, term });
             }),
         });
-    }
-
-    /// Reads back from the durable log the bytes of entries the engine keeps on disk only; false
-    /// if one is no longer there (compacted, or replaced by another leader's).
-    // NOTE: a read under the replica's lock, on a tokio worker: entries recent enough to be sent
-    // are in fjall's memtable or block cache, and at most one append's worth is read.
-    fn read_back(&self, pid: u64, entries: &mut [tern_replication::Entry]) -> bool {
-        for e in entries.iter_mut() {
-            if !matches!(e.payload, Payload::OnDisk { .. }) {
-                continue;
-            }
-            match self.inner.replicas.read_entry(pid, e.index, e.term) {
-                Ok(Some(full)) => {
-                    *e = full;
-                    self.inner.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(None) => return false,
-                Err(err) => fatal("read the replication log", err),
-            }
-        }
-        true
-    }
-
-    /// Applies committed entries to the items, in log order, with the applied index in the same
-    /// batch (so a restart resumes exactly after the last applied entry).
-    pub(crate) fn apply(&self, g: &mut Group, entries: Vec<tern_replication::Entry>) {
-        // A replica without items (a log replica, or one being rebuilt) keeps only the log; a
-        // rebuilt one skips what its snapshot already holds.
-        let entries: Vec<_> = entries
-            .into_iter()
-            .filter(|e| e.index > g.applied)
-            .collect();
-        if !g.has_items || entries.is_empty() {
-            return;
-        }
-        let mut entries = entries;
-        if !self.read_back(g.pid, &mut entries) {
-            fatal(
-                "apply committed entries",
-                "a committed entry is missing from the durable log",
-            );
-        }
-        let store = &self.inner.store;
-        let mut batch = store.batch();
-        let mut latest = Staged::new();
-        let mut replies = Vec::new();
-        let mut last = 0;
-        for e in entries {
-            last = e.index;
-            let Payload::Command(bytes) = &e.payload else {
-                continue;
-            };
-            // Every replica must apply every committed entry alike: one this version cannot read
-            // stops the replica rather than letting it diverge.
-            let rw = ReplicatedWrite::decode(bytes.as_slice())
-                .unwrap_or_else(|err| fatal("decode a committed write", err));
-            let Some(req) = rw.write else {
-                fatal("decode a committed write", "the entry carries no write")
-            };
-            let ops = ops_of(&req).unwrap_or_else(|e| fatal("decode a committed write", e));
-            let result = apply_write(store, &mut batch, &mut latest, &req, &ops);
-            if rw.origin_node == self.inner.node {
-                if let Some(w) = g.writes.remove(&rw.request_id) {
-                    replies.push((w, result));
-                }
-            }
-        }
-        self.inner.replicas.stage_applied(&mut batch, g.pid, last);
-        if let Err(e) = batch.commit() {
-            fatal("apply committed entries", e);
-        }
-        g.applied = last;
-        for (w, r) in replies {
-            let _ = w.send(r);
-        }
     }
 }
 

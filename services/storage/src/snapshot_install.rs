@@ -66,6 +66,10 @@ impl Replication {
         let group = self
             .group(pid)
             .ok_or_else(|| BusError::Redirect(String::new()))?;
+        // No apply job writes into the items while they are taken away (jobs that come later
+        // see that there are none) or brought back (later jobs see the new applied index).
+        let gate = group.lock().gate.clone();
+        let gate_held = tokio::task::block_in_place(|| gate.lock());
         let log_only = {
             let mut g = group.lock();
             // Items come only from a replica of this group: a source that is no member's node
@@ -114,6 +118,7 @@ impl Replication {
             }
             log_only
         };
+        drop(gate_held);
         let r = self.fetch_and_install(&group, &req, log_only).await;
         let mut g = group.lock();
         g.installing = false;
@@ -171,6 +176,8 @@ impl Replication {
             return Err(internal("snapshot's items and log position disagree"));
         }
         let mut out = Outbox::new();
+        let gate = group.lock().gate.clone();
+        let _gate = tokio::task::block_in_place(|| gate.lock());
         let replayed = {
             let mut g = group.lock();
             let e = &g.engine;
@@ -228,7 +235,7 @@ impl Replication {
                     );
                 }
                 let replayed = catch_up.len();
-                self.apply(&mut g, catch_up);
+                self.apply_now(&mut g, catch_up);
                 replayed
             }
         };

@@ -40,8 +40,9 @@ impl Replication {
             let group = self
                 .group(pid)
                 .ok_or_else(|| BusError::Redirect(String::new()))?;
-            // Items are applied under the group's lock: holding it, the database snapshot and
-            // the engine agree on the applied index and so on its log position.
+            // The applied index is committed in the same batch as the items it stands for, so
+            // the database snapshot gives both; the group's lock keeps the engine's log from
+            // being compacted past it meanwhile (compaction stops at the applied index).
             let g = group.lock();
             if !g.has_items {
                 return Err(BusError::Redirect(String::new()));
