@@ -871,27 +871,38 @@ impl Replication {
                 None => return,
             }
         };
+        // NOTE: the gate keeps an install from starting while the log is cut on disk, outside
+        // the replica's lock (fjall may wait on the disk there; under the lock, that stopped the
+        // tick loop).
+        let gate = group.lock().gate.clone();
+        let _gate = tokio::task::block_in_place(|| gate.lock());
         // The items up to `upto` (written, not yet synced) must be durable before their log goes.
         // NOTE: an fsync: the worker thread hands its other tasks on while it blocks.
         if let Err(e) = tokio::task::block_in_place(|| self.inner.store.sync()) {
             fatal("sync before compaction", e);
         }
-        let mut g = group.lock();
-        if g.installing {
-            return;
-        }
-        let before = g.engine.snapshot().index;
-        let Some(meta) = g.engine.compact(upto) else {
-            return;
+        let (pid, before, meta) = {
+            let mut g = group.lock();
+            if g.installing {
+                return;
+            }
+            let before = g.engine.snapshot().index;
+            let Some(meta) = g.engine.compact(upto) else {
+                return;
+            };
+            (g.pid, before, meta)
         };
-        if let Err(e) = self.inner.replicas.compact(g.pid, before, &meta) {
+        // A crash before this keeps the longer log with the older snapshot, which is consistent.
+        if let Err(e) =
+            tokio::task::block_in_place(|| self.inner.replicas.compact(pid, before, &meta))
+        {
             fatal("compact log", e);
         }
         self.inner
             .metrics
             .compactions
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(partition = g.pid, index = meta.index, "log compacted");
+        tracing::debug!(partition = pid, index = meta.index, "log compacted");
     }
 
     /// The vote must be durable before any message that depends on it leaves.
