@@ -763,6 +763,13 @@ impl Replication {
                 }
                 Command::Proposed { .. } => {}
                 Command::SendSnapshot { to, index } => self.send_snapshot(g, to, index),
+                // Every entry the engine handed over is in the items already: answer now (the
+                // common case); otherwise after the apply thread has caught up.
+                Command::ReadReady { id } if g.applied >= g.engine.applied_index() => {
+                    if let Some(r) = g.reads.remove(&id) {
+                        let _ = r.send(Ok(()));
+                    }
+                }
                 Command::ReadReady { id } => self.queue_job(Job::Read {
                     pid: g.pid,
                     uid: g.uid,
