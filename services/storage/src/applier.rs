@@ -8,7 +8,10 @@
 //! carries it out:
 //!
 //! - one queue for the node, filled under each replica's lock, so each replica's jobs keep the
-//!   order its engine produced them in (bounded: a full queue makes the engine's caller wait);
+//!   order its engine produced them in. It must not block its sender, who holds a replica's lock
+//!   the apply thread may need: it is bounded by what feeds it (a leader's writes in progress are
+//!   bounded by its write budget, released only when they are applied) and its length is a gauge
+//!   (`tern_storage_apply_queue_jobs`);
 //! - a consistent read completes through the same queue, after every entry before it is in the
 //!   items;
 //! - each replica's `gate` is held while a job writes its items. Whoever changes what the items
@@ -26,9 +29,6 @@ use tern_storage_client::StorageError;
 use crate::apply::{apply_write, fatal, ops_of, Staged};
 use crate::replication::{Group, Replication};
 
-/// Jobs waiting for the apply thread before the engines' callers wait.
-pub(crate) const APPLY_QUEUE: usize = 4096;
-
 pub(crate) enum Job {
     /// Committed entries of replica `uid` of partition `pid`, in log order.
     Apply {
@@ -40,10 +40,10 @@ pub(crate) enum Job {
     Read { pid: u64, uid: u64, id: u64 },
 }
 
-pub(crate) type ApplyQueue = mpsc::SyncSender<Job>;
+pub(crate) type ApplyQueue = mpsc::Sender<Job>;
 
 pub(crate) fn queue() -> (ApplyQueue, mpsc::Receiver<Job>) {
-    mpsc::sync_channel(APPLY_QUEUE)
+    mpsc::channel()
 }
 
 type Replies = Vec<(u64, Result<WriteResponse, StorageError>)>;
@@ -56,6 +56,10 @@ impl Replication {
             .name("apply".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
+                    r.inner()
+                        .metrics
+                        .apply_queue
+                        .fetch_sub(1, Ordering::Relaxed);
                     match job {
                         Job::Apply { pid, uid, entries } => r.apply_job(pid, uid, entries),
                         Job::Read { pid, uid, id } => r.finish_read(pid, uid, id),
@@ -67,6 +71,10 @@ impl Replication {
 
     /// Queues work for the apply thread (called under the replica's lock, which keeps the order).
     pub(crate) fn queue_job(&self, job: Job) {
+        self.inner()
+            .metrics
+            .apply_queue
+            .fetch_add(1, Ordering::Relaxed);
         if self.inner().applier.send(job).is_err() {
             fatal("queue committed entries", "the apply thread is gone");
         }

@@ -31,6 +31,8 @@ pub struct ReplicationMetrics {
     pub log_reads: AtomicU64,
     pub rounds_dropped: AtomicU64,
     pub append_rejections: AtomicU64,
+    /// Jobs waiting for the apply thread (a gauge).
+    pub apply_queue: AtomicU64,
     /// Writes told to slow down: the node's budget of writes in progress was used up.
     pub writes_throttled: AtomicU64,
     /// Writes refused because their log entry would not fit a bus message.
@@ -73,6 +75,7 @@ impl ReplicationMetrics {
         let _ = writeln!(out, "# HELP tern_storage_snapshots_sent_total Times a leader on this node asked a follower behind its compacted log to install a snapshot.\n# TYPE tern_storage_snapshots_sent_total counter\ntern_storage_snapshots_sent_total{{{l}}} {}", get(&self.snapshots_sent));
         let _ = writeln!(out, "# HELP tern_storage_snapshots_installed_total Snapshots of a partition's items installed on this node.\n# TYPE tern_storage_snapshots_installed_total counter\ntern_storage_snapshots_installed_total{{{l}}} {}", get(&self.snapshots_installed));
         let _ = writeln!(out, "# HELP tern_storage_replication_rounds_dropped_total Rounds of replication messages dropped because the node's send queue was full.\n# TYPE tern_storage_replication_rounds_dropped_total counter\ntern_storage_replication_rounds_dropped_total{{{l}}} {}", get(&self.rounds_dropped));
+        let _ = writeln!(out, "# HELP tern_storage_apply_queue_jobs Committed entries and cleared reads waiting for the apply thread.\n# TYPE tern_storage_apply_queue_jobs gauge\ntern_storage_apply_queue_jobs{{{l}}} {}", get(&self.apply_queue));
         let _ = writeln!(out, "# HELP tern_storage_append_rejections_total Appends a follower refused (its log did not match, or the append came out of order or late), as the leader heard.\n# TYPE tern_storage_append_rejections_total counter\ntern_storage_append_rejections_total{{{l}}} {}", get(&self.append_rejections));
         let _ = writeln!(out, "# HELP tern_storage_log_reads_total Log entries read back from disk to send to a follower behind (their bytes were no longer in memory).\n# TYPE tern_storage_log_reads_total counter\ntern_storage_log_reads_total{{{l}}} {}", get(&self.log_reads));
         let _ = writeln!(out, "# HELP tern_storage_lease_expired_reads_total Consistent reads refused because the leader's lease ran out (in real time) after its read barrier.\n# TYPE tern_storage_lease_expired_reads_total counter\ntern_storage_lease_expired_reads_total{{{l}}} {}", get(&self.lease_expired_reads));
