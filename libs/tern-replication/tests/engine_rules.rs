@@ -752,6 +752,28 @@ fn a_replica_without_its_state_never_stands_for_election() {
     assert_eq!(leader.role(), Role::Follower, "{out:?}");
 }
 
+/// A leader's append as an event: from `from` in `term`, after `prev` (index, term).
+fn append_event(
+    from: NodeId,
+    term: Term,
+    prev: (Index, Term),
+    entries: Vec<Entry>,
+    commit: Index,
+    sent_at: u64,
+) -> Event {
+    Event::Message {
+        from,
+        msg: Message::Append {
+            term,
+            prev_index: prev.0,
+            prev_term: prev.1,
+            entries,
+            commit,
+            sent_at,
+        },
+    }
+}
+
 fn acks(cmds: &[Command]) -> Vec<(Index, u64)> {
     sends(cmds)
         .into_iter()
@@ -780,17 +802,14 @@ fn a_follower_acknowledges_what_is_durable_while_appends_keep_coming() {
         let entries: Vec<Entry> = (next..next + 3).map(|i| entry(1, i, b"big")).collect();
         let prev = next - 1;
         next += 3;
-        e.step(Event::Message {
-            from: 1,
-            msg: Message::Append {
-                term: 1,
-                prev_index: prev,
-                prev_term: if prev == 0 { 0 } else { 1 },
-                entries,
-                commit: prev,
-                sent_at: round * 5,
-            },
-        });
+        e.step(append_event(
+            1,
+            1,
+            (prev, if prev == 0 { 0 } else { 1 }),
+            entries,
+            prev,
+            round * 5,
+        ));
         // The fsync of the previous round's entries ends only now, after the next append came.
         if round > 1 {
             let out = e.step(Event::Persisted {
@@ -827,29 +846,16 @@ fn a_follower_acknowledges_what_is_durable_while_appends_keep_coming() {
 #[test]
 fn a_new_leader_is_not_acknowledged_what_the_old_one_sent() {
     let mut e = engine(2, full3());
-    e.step(Event::Message {
-        from: 1,
-        msg: Message::Append {
-            term: 1,
-            prev_index: 0,
-            prev_term: 0,
-            entries: vec![entry(1, 1, b"a"), entry(1, 2, b"b"), entry(1, 3, b"c")],
-            commit: 0,
-            sent_at: 4,
-        },
-    });
+    e.step(append_event(
+        1,
+        1,
+        (0, 0),
+        vec![entry(1, 1, b"a"), entry(1, 2, b"b"), entry(1, 3, b"c")],
+        0,
+        4,
+    ));
     // Replica 3 leads term 2 with entry 3 of its own; its first append to us checks entry 1 only.
-    let out = e.step(Event::Message {
-        from: 3,
-        msg: Message::Append {
-            term: 2,
-            prev_index: 1,
-            prev_term: 1,
-            entries: vec![],
-            commit: 0,
-            sent_at: 9,
-        },
-    });
+    let out = e.step(append_event(3, 2, (1, 1), vec![], 0, 9));
     assert!(acks(&out).is_empty(), "{out:?}");
     let out = e.step(Event::Persisted { index: 3, term: 1 });
     for (to, m) in sends(&out) {
@@ -875,17 +881,7 @@ fn the_log_keeps_command_bytes_in_memory_up_to_its_limit() {
     let mut e = engine(2, full3());
     e.set_payload_cache_bytes(250);
     let entries: Vec<Entry> = (1..=6).map(|i| entry(1, i, &[i as u8; 100])).collect();
-    e.step(Event::Message {
-        from: 1,
-        msg: Message::Append {
-            term: 1,
-            prev_index: 0,
-            prev_term: 0,
-            entries,
-            commit: 4,
-            sent_at: 1,
-        },
-    });
+    e.step(append_event(1, 1, (0, 0), entries, 4, 1));
     assert_eq!(e.cached_bytes(), 600, "nothing is applied yet");
     let out = e.step(Event::Persisted { index: 6, term: 1 });
     assert_eq!(applies(&out), vec![1, 2, 3, 4]);
