@@ -48,6 +48,23 @@ pub(crate) fn queue() -> (ApplyQueue, mpsc::Receiver<Job>) {
 
 type Replies = Vec<(u64, Result<WriteResponse, StorageError>)>;
 
+/// Records entries up to `last` as applied and takes the waiters of the writes among them (to be
+/// answered once the replica's lock is released, where the caller can).
+fn settle(
+    g: &mut Group,
+    last: Index,
+    results: Replies,
+) -> Vec<(
+    crate::replication::WriteWaiter,
+    Result<WriteResponse, StorageError>,
+)> {
+    g.applied = last;
+    results
+        .into_iter()
+        .filter_map(|(id, r)| g.writes.remove(&id).map(|w| (w, r)))
+        .collect()
+}
+
 impl Replication {
     /// Runs the apply thread until every sender is gone.
     pub(crate) fn start_applier(&self, rx: mpsc::Receiver<Job>) {
@@ -98,13 +115,7 @@ impl Replication {
             return;
         }
         let (last, results) = self.write_entries(pid, entries);
-        let mut g = group.lock();
-        g.applied = last;
-        let replies: Vec<_> = results
-            .into_iter()
-            .filter_map(|(id, r)| g.writes.remove(&id).map(|w| (w, r)))
-            .collect();
-        drop(g);
+        let replies = settle(&mut group.lock(), last, results);
         for (w, r) in replies {
             let _ = w.send(r);
         }
@@ -135,11 +146,8 @@ impl Replication {
             return;
         }
         let (last, results) = self.write_entries(g.pid, entries);
-        g.applied = last;
-        for (id, r) in results {
-            if let Some(w) = g.writes.remove(&id) {
-                let _ = w.send(r);
-            }
+        for (w, r) in settle(g, last, results) {
+            let _ = w.send(r);
         }
     }
 

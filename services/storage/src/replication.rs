@@ -60,7 +60,7 @@ pub(crate) fn ticks(d: Duration) -> u64 {
 /// below the router's bus timeout, so the router hears an answer rather than a timeout.
 const COMMIT_TIMEOUT: Duration = Duration::from_millis(1500);
 
-type WriteWaiter = oneshot::Sender<Result<WriteResponse, StorageError>>;
+pub(crate) type WriteWaiter = oneshot::Sender<Result<WriteResponse, StorageError>>;
 type ReadWaiter = oneshot::Sender<Result<(), BusError>>;
 
 /// Founding members of every group: the three replicas placed when the table was created.
