@@ -50,6 +50,8 @@ enum Command {
         /// The CA certificate (PEM) the services check nats-server's certificate against.
         #[arg(long, requires = "tls_cert")]
         tls_ca: Option<PathBuf>,
+        #[command(flatten)]
+        otlp: OtlpArgs,
     },
     /// Drive PutItem and GetItem through the full stack and print throughput and latency.
     Bench(bench::Args),
@@ -67,6 +69,39 @@ enum Command {
         )]
         storage_nodes: Vec<String>,
     },
+}
+
+/// Where every service sends its spans (OpenTelemetry's OTLP), as the `OTEL_*` variables it sets.
+#[derive(clap::Args, Clone)]
+pub struct OtlpArgs {
+    /// OTLP endpoint every service exports its spans to, e.g. http://127.0.0.1:4318 (Jaeger's
+    /// OTLP/HTTP port); none: spans are not exported, and cost next to nothing.
+    #[arg(long)]
+    pub otlp: Option<String>,
+    /// OTLP transport: http/protobuf or grpc (then the endpoint is e.g. http://127.0.0.1:4317).
+    #[arg(long, default_value = "http/protobuf", value_parser = ["http/protobuf", "grpc"], requires = "otlp")]
+    pub otlp_protocol: String,
+    /// Share of client requests traced (0 to 1). Under load, 0.01 keeps the cost small.
+    #[arg(long, default_value_t = 1.0, requires = "otlp")]
+    pub trace_ratio: f64,
+}
+
+impl OtlpArgs {
+    /// The environment that makes the services export as asked.
+    fn env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let Some(url) = &self.otlp else {
+            return Ok(Vec::new());
+        };
+        if !(0.0..=1.0).contains(&self.trace_ratio) {
+            anyhow::bail!("--trace-ratio must be between 0 and 1");
+        }
+        Ok(vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), url.clone()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), self.otlp_protocol.clone()),
+            ("OTEL_TRACES_SAMPLER".into(), "parentbased_traceidratio".into()),
+            ("OTEL_TRACES_SAMPLER_ARG".into(), self.trace_ratio.to_string()),
+        ])
+    }
 }
 
 /// The access key requests are signed with: `tern up` requires it, `tern bench` signs with it.
@@ -107,6 +142,7 @@ async fn main() -> std::process::ExitCode {
             tls_cert,
             tls_key,
             tls_ca,
+            otlp,
         } => {
             let credentials = key.credentials();
             let tls = match (tls_cert, tls_key, tls_ca) {
@@ -117,7 +153,18 @@ async fn main() -> std::process::ExitCode {
                 }),
                 _ => None,
             };
-            up(data_dir, port, cache_mode, routers, memds, credentials, tls).await
+            async {
+                let mut spec = ClusterSpec::new(&data_dir, bin_dir()?);
+                spec.env.extend(otlp.env()?);
+                spec.tls = tls;
+                spec.api_credentials = credentials;
+                spec.router_port = Some(port);
+                spec.routers = routers.into();
+                spec.memds = memds.into();
+                spec.env.push(("TERN_ROUTER_CACHE_MODE".into(), cache_mode));
+                up(spec, otlp).await
+            }
+            .await
         }
         Command::Bench(args) => bench::run(args).await,
         Command::BusKeys { dir, storage_nodes } => bus_keys(&dir, &storage_nodes),
@@ -146,31 +193,22 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
-async fn up(
-    data_dir: PathBuf,
-    port: u16,
-    cache_mode: String,
-    routers: u16,
-    memds: u16,
-    credentials: Option<(String, String)>,
-    tls: Option<tern_cluster::TlsFiles>,
-) -> anyhow::Result<()> {
-    let mut spec = ClusterSpec::new(&data_dir, bin_dir()?);
-    spec.tls = tls;
-    spec.api_credentials = credentials.clone();
-    spec.router_port = Some(port);
-    spec.routers = routers.into();
-    spec.memds = memds.into();
-    spec.env.push(("TERN_ROUTER_CACHE_MODE".into(), cache_mode));
+async fn up(spec: ClusterSpec, otlp: OtlpArgs) -> anyhow::Result<()> {
+    let data_dir = spec.data_dir.clone();
+    let credentials = spec.api_credentials.clone();
     println!("starting tern in {} ...", data_dir.display());
     let mut cluster = Cluster::start(spec).await?;
     println!("nats: {}", cluster.nats_url());
-    println!("logs: {}", data_dir.join("logs").display());
-    for (router, url) in cluster.router_metrics() {
-        println!("{router} metrics: {url}");
+    if let Some(url) = &otlp.otlp {
+        println!(
+            "traces: OTLP ({}) to {url}, {}% of requests",
+            otlp.otlp_protocol,
+            otlp.trace_ratio * 100.0
+        );
     }
-    for (node, url) in cluster.storage_metrics() {
-        println!("{node} metrics: {url}");
+    println!("logs: {}", data_dir.join("logs").display());
+    for (name, url) in cluster.metrics_endpoints() {
+        println!("{name} metrics: {url}");
     }
     println!("pids: {}", data_dir.join("run").display());
     for (name, url) in cluster.endpoints().into_iter().skip(1) {

@@ -60,6 +60,7 @@ async fn messages_from_outside_the_group_are_ignored() {
                 term: 1_000_000,
                 ..Default::default()
             }),
+            traces: Vec::new(),
         }],
     };
     for _ in 0..5 {

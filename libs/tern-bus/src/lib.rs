@@ -13,6 +13,7 @@ pub use error::BusError;
 pub use service::RpcService;
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Message};
@@ -20,6 +21,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tern_model::ApiError;
 use tern_proto::status;
+use tern_telemetry::metrics::{
+    latency_histogram, size_histogram, Counter, EncodeLabelSet, Family, Histogram,
+};
 use tracing::Instrument;
 
 /// Default timeout of a call.
@@ -41,6 +45,41 @@ pub struct NatsAccess {
 pub struct Bus {
     client: async_nats::Client,
     timeout: Duration,
+    metrics: Arc<OnceLock<BusMetrics>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Direction {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubjectLabels {
+    subject: String,
+}
+
+/// Payload sizes of the messages this connection sends and receives; requests it served.
+#[derive(Debug)]
+struct BusMetrics {
+    sizes: Family<Direction, Histogram, fn() -> Histogram>,
+    handled: Family<SubjectLabels, Histogram, fn() -> Histogram>,
+    failed: Family<SubjectLabels, Counter>,
+}
+
+impl BusMetrics {
+    fn sent(&self, bytes: usize) {
+        self.observe("sent", bytes);
+    }
+
+    fn received(&self, bytes: usize) {
+        self.observe("received", bytes);
+    }
+
+    fn observe(&self, direction: &'static str, bytes: usize) {
+        self.sizes
+            .get_or_create(&Direction { direction })
+            .observe(bytes as f64);
+    }
 }
 
 /// Requests one subscription handles at once.
@@ -118,10 +157,7 @@ impl Bus {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(Self {
-            client,
-            timeout: DEFAULT_TIMEOUT,
-        })
+        Ok(Self::from_client(client))
     }
 
     /// Connects on behalf of one instance of a service, whose id must be usable as a subject
@@ -150,6 +186,7 @@ impl Bus {
         Self {
             client,
             timeout: DEFAULT_TIMEOUT,
+            metrics: Arc::default(),
         }
     }
 
@@ -158,6 +195,47 @@ impl Bus {
         Self {
             client: self.client.clone(),
             timeout,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Measures this connection's message sizes (`tern_bus_message_bytes`) and the requests it
+    /// serves (`tern_bus_requests_handled_seconds`, `tern_bus_requests_failed_total`, for
+    /// subscriptions made after this call) in `registry`, for every clone of it. Once per
+    /// connection; later calls do nothing.
+    pub fn register_metrics(&self, registry: &tern_telemetry::metrics::Metrics) {
+        if self.metrics.get().is_some() {
+            return;
+        }
+        let sizes = registry.register(
+            "bus_message_bytes",
+            "Payload bytes of the bus messages this process sent and received",
+            Family::<Direction, Histogram, fn() -> Histogram>::new_with_constructor(
+                size_histogram,
+            ),
+        );
+        let handled = registry.register(
+            "bus_requests_handled_seconds",
+            "Requests this process served over the bus, by subject: time from decoding to answer",
+            Family::<SubjectLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            ),
+        );
+        let failed = registry.register(
+            "bus_requests_failed",
+            "Requests this process served over the bus and answered with an error, by subject",
+            Family::default(),
+        );
+        let _ = self.metrics.set(BusMetrics {
+            sizes,
+            handled,
+            failed,
+        });
+    }
+
+    fn sent(&self, bytes: usize) {
+        if let Some(m) = self.metrics.get() {
+            m.sent(bytes);
         }
     }
 
@@ -182,6 +260,7 @@ impl Bus {
 
     /// Sends raw bytes and returns the raw reply body, errors decoded.
     pub async fn call_raw(&self, subject: &str, payload: Bytes) -> Result<Bytes, BusError> {
+        self.sent(payload.len());
         let mut headers = HeaderMap::new();
         trace::inject(&mut headers);
         let request = async_nats::Request::new()
@@ -193,6 +272,9 @@ impl Bus {
             .send_request(subject.to_string(), request)
             .await
             .map_err(|e| BusError::from_request_error(subject, self.timeout, e))?;
+        if let Some(m) = self.metrics.get() {
+            m.received(msg.payload.len());
+        }
         decode_reply(msg)
     }
 
@@ -209,8 +291,10 @@ impl Bus {
     pub async fn publish<M: prost::Message>(&self, subject: &str, msg: &M) -> Result<(), BusError> {
         let mut headers = HeaderMap::new();
         trace::inject(&mut headers);
+        let payload = msg.encode_to_vec();
+        self.sent(payload.len());
         self.client
-            .publish_with_headers(subject.to_string(), headers, msg.encode_to_vec().into())
+            .publish_with_headers(subject.to_string(), headers, payload.into())
             .await
             .map_err(|e| BusError::Transport(format!("publish to {subject}: {e}")))
     }
@@ -242,8 +326,12 @@ impl Bus {
             .await
             .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
         let subject = subject.to_string();
+        let metrics = self.metrics.clone();
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
+                if let Some(m) = metrics.get() {
+                    m.received(msg.payload.len());
+                }
                 match Req::decode(msg.payload) {
                     Ok(req) => handler(req),
                     Err(e) => {
@@ -285,6 +373,16 @@ impl Bus {
             .await
             .map_err(|e| BusError::Transport(format!("subscribe to {subject}: {e}")))?;
         let client = self.client.clone();
+        let metrics = self.metrics.clone();
+        let served = metrics.get().map(|m| {
+            let l = SubjectLabels {
+                subject: subject.to_string(),
+            };
+            (
+                m.handled.get_or_create(&l).clone(),
+                m.failed.get_or_create(&l).clone(),
+            )
+        });
         let handler = std::sync::Arc::new(handler);
         let subject = subject.to_string();
         // Requests in progress per subscription are bounded: beyond the limit the subscription
@@ -293,23 +391,42 @@ impl Bus {
         let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
+                if let Some(m) = metrics.get() {
+                    m.received(msg.payload.len());
+                }
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break;
                 };
                 let handler = handler.clone();
                 let client = client.clone();
-                let span = tracing::info_span!("bus.handle", subject = %subject);
+                let metrics = metrics.clone();
+                let served = served.clone();
+                let span = tracing::info_span!(
+                    "bus.handle",
+                    otel.name = %subject,
+                    otel.kind = "server",
+                    messaging.system = "nats",
+                    messaging.operation.type = "process",
+                    messaging.destination.name = %subject,
+                );
                 trace::set_parent(&span, msg.headers.as_ref());
                 tokio::spawn(
                     async move {
                         let reply = msg.reply.clone();
+                        let started = std::time::Instant::now();
                         let result = match Req::decode(msg.payload) {
                             Ok(req) => handler(req).await,
                             Err(e) => Err(BusError::Decode(format!("request: {e}"))),
                         };
+                        if let Some((handled, failed)) = &served {
+                            handled.observe(started.elapsed().as_secs_f64());
+                            if result.is_err() {
+                                failed.inc();
+                            }
+                        }
                         // A published message (no reply subject) gets no answer.
                         if let Some(reply) = reply {
-                            respond(&client, reply, result).await;
+                            respond(&client, metrics.get(), reply, result).await;
                         }
                         drop(permit);
                     }
@@ -350,11 +467,18 @@ impl Bus {
 
 async fn respond<Resp: prost::Message>(
     client: &async_nats::Client,
+    metrics: Option<&BusMetrics>,
     reply: async_nats::Subject,
     result: Result<Resp, BusError>,
 ) {
     let sent = match result {
-        Ok(resp) => client.publish(reply, resp.encode_to_vec().into()).await,
+        Ok(resp) => {
+            let payload = resp.encode_to_vec();
+            if let Some(m) = metrics {
+                m.sent(payload.len());
+            }
+            client.publish(reply, payload.into()).await
+        }
         Err(err) => {
             let (code, body) = err.to_wire();
             let mut headers = HeaderMap::new();

@@ -192,7 +192,7 @@ async fn calls_are_tower_services() {
 
 #[tokio::test]
 async fn trace_context_travels_in_headers() {
-    let _telemetry = tern_telemetry::init("bus-test");
+    let _telemetry = tern_telemetry::init_with("bus-test", tern_telemetry::Spans::ContextOnly);
     let env = nats();
     let bus = Bus::connect(&env.url, "t").await.unwrap();
     let mut raw = bus.client().subscribe("test.trace").await.unwrap();

@@ -130,7 +130,7 @@ pub struct Cluster {
     nats: NatsServer,
     /// Endpoint port of each router process, by process name.
     router_ports: BTreeMap<String, u16>,
-    /// Storage node id → port of its `/metrics`.
+    /// Process name → port of its `/metrics`.
     metrics_ports: BTreeMap<String, u16>,
     /// `http` or `https` (with TLS).
     scheme: &'static str,
@@ -170,7 +170,10 @@ impl Cluster {
         )?;
         // Every port at once, so that no two processes are given the same one.
         let routers = spec.routers.max(1);
-        let mut ports = crate::free_ports(2 * routers + spec.storage_nodes.len())
+        // Routers: endpoint and metrics; storage nodes, MemDS, GAC, archiver: metrics.
+        let mut ports = crate::free_ports(
+            2 * routers + spec.storage_nodes.len() + spec.memds.max(1) + 2,
+        )
             .context("pick ports")?
             .into_iter();
         let mut router_ports = BTreeMap::new();
@@ -191,6 +194,12 @@ impl Cluster {
                 numbered("router", i),
                 ports.next().expect("a metrics port per router"),
             );
+        }
+        let others = (0..spec.memds.max(1))
+            .map(|i| numbered("memds", i))
+            .chain(["gac".to_string(), "archiver".to_string()]);
+        for name in others {
+            metrics_ports.insert(name, ports.next().expect("a metrics port per process"));
         }
         let credentials = match &spec.api_credentials {
             Some((id, secret)) => Some(write_credentials(&spec.data_dir, id, secret)?),
@@ -285,11 +294,19 @@ impl Cluster {
             .collect()
     }
 
+    /// The Prometheus endpoint of every process: (process name, URL).
+    pub fn metrics_endpoints(&self) -> Vec<(String, String)> {
+        self.metrics_ports
+            .iter()
+            .map(|(n, p)| (n.clone(), format!("http://127.0.0.1:{p}/metrics")))
+            .collect()
+    }
+
     /// The Prometheus endpoint of each storage node: (node id, URL).
     pub fn storage_metrics(&self) -> Vec<(String, String)> {
         self.metrics_ports
             .iter()
-            .filter(|(n, _)| !n.starts_with("router"))
+            .filter(|(n, _)| n.starts_with("storage-"))
             .map(|(n, p)| (n.clone(), format!("http://127.0.0.1:{p}/metrics")))
             .collect()
     }
@@ -303,8 +320,7 @@ impl Cluster {
             .collect()
     }
 
-    /// `http://127.0.0.1:<port>` serving `/metrics` of process `name` (a router or a storage
-    /// node).
+    /// `http://127.0.0.1:<port>` serving `/metrics` of process `name`.
     pub fn metrics_base(&self, name: &str) -> Option<String> {
         self.metrics_ports
             .get(name)
@@ -630,6 +646,7 @@ fn service_plan(
     metrics_ports: &BTreeMap<String, u16>,
     credentials: Option<&Path>,
 ) -> Plan {
+    let metrics = |name: &str| ("METRICS_LISTEN", format!("127.0.0.1:{}", metrics_ports[name]));
     let env = |service: &str, pairs: &[(&str, String)]| -> Vec<(String, String)> {
         let up = service.to_ascii_uppercase();
         let mut v = vec![(format!("TERN_{up}_NATS_URL"), nats_url.to_string())];
@@ -647,20 +664,26 @@ fn service_plan(
             numbered("memds", i),
             "memds".into(),
             instance.clone(),
-            env("memds", &[("INSTANCE", instance)]),
+            env(
+                "memds",
+                &[("INSTANCE", instance), metrics(&numbered("memds", i))],
+            ),
         ));
     }
     plan.push((
         "gac".into(),
         "gac".into(),
         "gac-1".into(),
-        env("gac", &[("INSTANCE", "gac-1".into())]),
+        env("gac", &[("INSTANCE", "gac-1".into()), metrics("gac")]),
     ));
     plan.push((
         "archiver".into(),
         "archiver".into(),
         "archiver-1".into(),
-        env("archiver", &[("INSTANCE", "archiver-1".into())]),
+        env(
+            "archiver",
+            &[("INSTANCE", "archiver-1".into()), metrics("archiver")],
+        ),
     ));
     for node in &spec.storage_nodes {
         let dir = spec.data_dir.join(&node.id);
@@ -674,10 +697,7 @@ fn service_plan(
                     ("NODE_ID", node.id.clone()),
                     ("AZ", node.az.clone()),
                     ("DATA_DIR", dir.display().to_string()),
-                    (
-                        "METRICS_LISTEN",
-                        format!("127.0.0.1:{}", metrics_ports[&node.id]),
-                    ),
+                    metrics(&node.id),
                 ],
             ),
         ));
@@ -697,10 +717,7 @@ fn service_plan(
                 &[
                     ("INSTANCE", instance),
                     ("LISTEN", format!("127.0.0.1:{port}")),
-                    (
-                        "METRICS_LISTEN",
-                        format!("127.0.0.1:{}", metrics_ports[name.as_str()]),
-                    ),
+                    metrics(name),
                     match credentials {
                         Some(path) => ("CREDENTIALS_FILE", path.display().to_string()),
                         None => ("AUTH", "off".to_string()),

@@ -20,6 +20,25 @@ pub struct RaftEnvelope {
     pub to: u64,
     #[prost(message, optional, tag = "4")]
     pub msg: Option<RaftMessage>,
+    /// The trace context of the sampled client requests whose entries an append carries, so a
+    /// follower's spans for them join the requests' traces.
+    #[prost(message, repeated, tag = "5")]
+    pub traces: Vec<EntryTrace>,
+}
+
+/// A log entry's place and the trace context (W3C ids) of the request that proposed it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EntryTrace {
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    /// 16 bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub trace_id: Vec<u8>,
+    /// 8 bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub span_id: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub flags: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, prost::Enumeration)]

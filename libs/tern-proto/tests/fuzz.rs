@@ -341,6 +341,7 @@ messages![
     node::NodeHeartbeat,
     raft::RaftBatch,
     raft::RaftEnvelope,
+    raft::EntryTrace,
     raft::RaftMessage,
     raft::RaftEntry,
     raft::RaftHardState,

@@ -1,48 +1,118 @@
-//! Logging and tracing set-up shared by every service.
+//! Logging, tracing and metrics set-up shared by every service.
 //!
-//! Logs go to stderr (filter with `TERN_LOG` or `RUST_LOG`, default `info`). Spans are OpenTelemetry
-//! spans, so their W3C trace context travels in bus headers and one client request is one trace
-//! across services; exporting spans to a collector (OTLP) is added on top of this.
+//! Logs go to stderr (filter with `TERN_LOG` or `RUST_LOG`, default `info`).
+//!
+//! Spans are OpenTelemetry spans, exported over OTLP when an endpoint is configured through the
+//! standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`;
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` = `http/protobuf`, the default, or `grpc`; sampling by
+//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`; `OTEL_SDK_DISABLED=true` turns it off).
+//! Their W3C trace context travels in bus headers, so one client request is one trace across
+//! services. With no endpoint, no OpenTelemetry layer is installed at all: a span then costs only
+//! what `tracing` itself costs.
+
+pub mod metrics;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Keeps the tracer provider alive; shuts it down on drop.
+/// Keeps the tracer provider alive; flushes and shuts it down on drop.
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        if let Some(p) = self.provider.take() {
+            let _ = p.force_flush();
+            let _ = p.shutdown();
+        }
     }
 }
 
-/// Installs the global subscriber and propagator for `service`. Call once, first thing in `main`.
+/// What becomes of spans.
+pub enum Spans {
+    /// Logs only: no OpenTelemetry layer.
+    Off,
+    /// OpenTelemetry spans and trace context in messages, exported nowhere (tests of propagation).
+    ContextOnly,
+    /// OpenTelemetry spans exported over OTLP as the `OTEL_*` variables say.
+    Export,
+}
+
+impl Spans {
+    /// `Export` when the environment names an OTLP endpoint (and does not disable the SDK).
+    pub fn from_env() -> Self {
+        let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+        let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+            || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+        if !disabled
+            && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        {
+            Spans::Export
+        } else {
+            Spans::Off
+        }
+    }
+}
+
+/// Installs the global subscriber and propagator for `service`, exporting spans when the
+/// environment says so ([`Spans::from_env`]). Call once, first thing in `main`, inside the tokio
+/// runtime (the gRPC exporter needs it).
 pub fn init(service: &'static str) -> Telemetry {
+    init_with(service, Spans::from_env())
+}
+
+/// [`init`] with the fate of spans chosen by the caller.
+pub fn init_with(service: &'static str, spans: Spans) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let provider = SdkTracerProvider::builder().build();
-    let tracer = provider.tracer(service);
     let filter = std::env::var("TERN_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                // Colours only for a terminal: log files stay plain text.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_target(false),
-        )
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .try_init();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        // Colours only for a terminal: log files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let mut export_error = None;
+    let provider = match spans {
+        Spans::Off => None,
+        Spans::ContextOnly => Some(SdkTracerProvider::builder().build()),
+        Spans::Export => match opentelemetry_otlp::SpanExporter::builder().build() {
+            Ok(exporter) => {
+                let mut resource = Resource::builder();
+                if std::env::var("OTEL_SERVICE_NAME").is_err() {
+                    resource = resource.with_service_name(service);
+                }
+                Some(
+                    SdkTracerProvider::builder()
+                        .with_resource(resource.build())
+                        .with_batch_exporter(exporter)
+                        .build(),
+                )
+            }
+            Err(e) => {
+                export_error = Some(e.to_string());
+                None
+            }
+        },
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    let _ = match &provider {
+        Some(p) => registry
+            .with(tracing_opentelemetry::layer().with_tracer(p.tracer(service)))
+            .try_init(),
+        None => registry.try_init(),
+    };
+    if let Some(e) = export_error {
+        tracing::error!(error = %e, "OTLP span exporter not started: spans are not exported");
+    }
     exit_on_panic();
     Telemetry { provider }
 }

@@ -16,6 +16,8 @@ pub struct Config {
     /// PEM CA certificate of nats-server's TLS certificate; set: the connection must be TLS.
     pub nats_ca_file: Option<std::path::PathBuf>,
     pub instance: String,
+    /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9104`); empty: none.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -25,11 +27,15 @@ impl Default for Config {
             nats_nkey_file: None,
             nats_ca_file: None,
             instance: "archiver-1".into(),
+            metrics_listen: String::new(),
         }
     }
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = tern_telemetry::metrics::Metrics::new();
+    metrics.register_build_info("archiver");
+    metrics.serve(&config.metrics_listen).await?;
     tern_bus::serve_health_until(
         &config.nats_url,
         &tern_bus::NatsAccess {

@@ -13,7 +13,7 @@ mod placement;
 mod tables;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +52,8 @@ pub struct Config {
     pub stray_grace_ms: u64,
     /// Copies of the metadata bucket's stream: 1 on a single nats-server, 3 on a NATS cluster.
     pub bucket_replicas: usize,
+    /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9102`); empty: none.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             reconcile_ms: 1000,
             stray_grace_ms: 30_000,
             bucket_replicas: 1,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -78,7 +81,8 @@ pub(crate) struct Memds {
     pub kv: async_nats::jetstream::kv::Store,
     pub tables: Tables,
     pub nodes: nodes::Nodes,
-    pub lookups: Arc<AtomicU64>,
+    /// Tables looked up (one per name of a batch): the work routers ask of MemDS.
+    pub lookups: tern_telemetry::metrics::Counter,
     pub strays: Arc<heal::Strays>,
     /// Partition id → (items, bytes) as its replicas last counted them.
     pub item_stats: Arc<parking_lot::Mutex<std::collections::HashMap<u64, (u64, u64)>>>,
@@ -95,6 +99,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         &config.instance,
     )
     .await?;
+    let registry = tern_telemetry::metrics::Metrics::new();
+    registry.register_build_info("memds");
+    bus.register_metrics(&registry);
     let kv = kv::open_bucket(bus.client(), &config.bucket, config.bucket_replicas).await?;
     let (tables, watcher) = Tables::load_and_watch(kv.clone()).await?;
     let memds = Memds {
@@ -103,10 +110,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         kv,
         tables,
         nodes: nodes::Nodes::new(Duration::from_millis(config.node_timeout_ms)),
-        lookups: Arc::new(AtomicU64::new(0)),
+        lookups: registry.register(
+            "memds_lookups",
+            "Tables looked up for routers (each name of a batch counts)",
+            Default::default(),
+        ),
         strays: Arc::default(),
         item_stats: Arc::default(),
     };
+    registry.register_collector(Box::new(Gauges(memds.clone())));
+    registry.serve(&config.metrics_listen).await?;
     serve(&memds).await?;
     let ready = Arc::new(AtomicBool::new(true));
     tern_bus::serve_health(&bus, "memds", &config.instance, ready).await?;
@@ -125,12 +138,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     result
 }
 
+/// Gauges read from MemDS's state at each scrape.
+struct Gauges(Memds);
+
+impl std::fmt::Debug for Gauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("memds gauges")
+    }
+}
+
+impl tern_telemetry::metrics::Collector for Gauges {
+    fn encode(
+        &self,
+        mut encoder: tern_telemetry::metrics::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use tern_telemetry::metrics::{ConstGauge, EncodeMetric};
+        let rows = [
+            ("memds_tables", "Tables in this instance's metadata", self.0.tables.len()),
+            (
+                "memds_storage_nodes_live",
+                "Storage nodes heard from within the node timeout",
+                self.0.nodes.live().len(),
+            ),
+        ];
+        for (name, help, value) in rows {
+            let gauge = ConstGauge::new(value as i64);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 async fn serve(m: &Memds) -> Result<(), BusError> {
     let bus = &m.bus;
     let q = Some(queue::MEMDS);
     let s = m.clone();
     bus.serve(subjects::MEMDS_LOOKUP, q, move |req: LookupRequest| {
-        s.lookups.fetch_add(1, Ordering::Relaxed);
+        s.lookups.inc();
         let reply = s.tables.get(&req.table_name);
         async move {
             match reply {
@@ -148,8 +193,7 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
         subjects::MEMDS_LOOKUP_BATCH,
         q,
         move |req: LookupBatchRequest| {
-            s.lookups
-                .fetch_add(req.table_names.len() as u64, Ordering::Relaxed);
+            s.lookups.inc_by(req.table_names.len() as u64);
             let reply = s.tables.lookup_batch(req.table_names);
             async move { Ok(reply) }
         },
@@ -245,7 +289,7 @@ async fn serve(m: &Memds) -> Result<(), BusError> {
         None,
         move |_: tern_proto::Empty| {
             let stats = MemdsStats {
-                lookups: s.lookups.load(Ordering::Relaxed),
+                lookups: s.lookups.get(),
                 tables: s.tables.len() as u64,
             };
             async move { Ok(stats) }

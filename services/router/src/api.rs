@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use tern_model::{ApiError, ErrorCode};
 use tracing::Instrument;
 
@@ -26,14 +26,6 @@ pub fn app(router: Arc<Router>) -> axum::Router {
     axum::Router::new()
         .route("/", post(handle).get(health).options(preflight))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(router)
-}
-
-/// `GET /metrics` (Prometheus' text format), served on its own address, apart from the
-/// DynamoDB endpoint and its authentication.
-pub fn metrics_app(router: Arc<Router>) -> axum::Router {
-    axum::Router::new()
-        .route("/metrics", get(metrics))
         .with_state(router)
 }
 
@@ -67,10 +59,6 @@ fn with_cors(mut resp: Response) -> Response {
         HeaderValue::from_static("x-amzn-RequestId, x-amzn-ErrorType, x-amz-crc32, Date"),
     );
     resp
-}
-
-async fn metrics(State(r): State<Arc<Router>>) -> String {
-    r.metrics.render()
 }
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -173,7 +161,23 @@ async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let span = tracing::info_span!("dynamodb", op = %op, request_id = %request_id);
+    let op_name = op.strip_prefix(TARGET_PREFIX).unwrap_or(&op);
+    // Named and described as OpenTelemetry's conventions for DynamoDB calls say.
+    let span = tracing::info_span!(
+        "dynamodb",
+        otel.name = %op_name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "aws-api",
+        rpc.service = "DynamoDB",
+        rpc.method = %op_name,
+        db.system.name = "aws.dynamodb",
+        db.operation.name = %op_name,
+        aws.request_id = %request_id,
+        aws.dynamodb.table_names = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let mut table = None;
     let len = content_length(&parts.headers);
     let timeout = r.admission.timeout;
     let result = async {
@@ -199,7 +203,7 @@ async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
                     tracing::debug!(error = %e, "request refused");
                 })?;
             }
-            dispatch(&r, &op, &body).await
+            dispatch(&r, &op, &body, &mut table).await
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
@@ -215,8 +219,23 @@ async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
             }
         }
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
+    if matches!(&result, Err(e) if e.code.http_status() >= 500) {
+        span.record("otel.status_code", "ERROR");
+    }
+    // Label only operations DynamoDB has: the target header is the client's to choose.
+    let operation = match (&result, op.strip_prefix(TARGET_PREFIX)) {
+        (Err(e), _) if e.code == ErrorCode::UnknownOperation => "(unknown)",
+        (_, Some(name)) => name,
+        (_, None) => "(unknown)",
+    };
+    r.metrics.answered(
+        operation,
+        table.as_deref(),
+        started.elapsed(),
+        result.as_ref().err().map(|e| e.code.type_name()),
+    );
     let (status, body) = match result {
         Ok(body) => (StatusCode::OK, body),
         Err(e) => {
@@ -242,11 +261,22 @@ async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
     with_cors(resp)
 }
 
-async fn dispatch(r: &Router, target: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+/// Runs the operation `target` names; `table` is set to the request's table name when it has a
+/// valid one (for metrics).
+async fn dispatch(
+    r: &Router,
+    target: &str,
+    body: &[u8],
+    table: &mut Option<String>,
+) -> Result<Vec<u8>, ApiError> {
     let Some(op) = target.strip_prefix(TARGET_PREFIX) else {
         return Err(unknown_operation());
     };
     let req = crate::json::Request::parse(body)?;
+    *table = req.table_name().ok().map(str::to_string);
+    if let Some(name) = table.as_deref() {
+        tracing::Span::current().record("aws.dynamodb.table_names", name);
+    }
     match op {
         "CreateTable" => tables::create_table(r, &req).await,
         "DescribeTable" => tables::describe_table(r, &req).await,

@@ -132,9 +132,7 @@ async fn refresh_in_batches(
                 Err(_) => break,
             }
         }
-        metrics
-            .memds_lookups
-            .fetch_add(names.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics.memds_lookups.inc_by(names.len() as u64);
         let (entries, memds) = (entries.clone(), memds.clone());
         tokio::spawn(async move {
             match memds.lookup_batch(names).await {

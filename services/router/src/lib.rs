@@ -154,6 +154,7 @@ pub async fn run(
     .await?
     .with_timeout(Duration::from_millis(config.bus_timeout_ms));
     let metrics = metrics::Metrics::default();
+    bus.register_metrics(&metrics.registry);
     let router = Arc::new(Router {
         keys,
         cache: cache::RouteCache::new(
@@ -173,18 +174,12 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
-    if !config.metrics_listen.is_empty() {
-        let metrics_listener = tokio::net::TcpListener::bind(&config.metrics_listen)
-            .await
-            .with_context(|| format!("metrics_listen {}", config.metrics_listen))?;
-        tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
-        let app = api::metrics_app(router.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(metrics_listener, app).await {
-                tracing::error!(error = %e, "metrics endpoint stopped");
-            }
-        });
-    }
+    router
+        .metrics
+        .registry
+        .serve(&config.metrics_listen)
+        .await
+        .context("metrics_listen")?;
     let ready = Arc::new(AtomicBool::new(true));
     tern_bus::serve_health(&bus, "router", &config.instance, ready).await?;
     tracing::info!(listen = %config.listen, mode = ?config.cache_mode, https = tls.is_some(), "router ready");

@@ -1,27 +1,54 @@
-//! Router counters, exported in Prometheus' text format at `GET /metrics`.
+//! Router metrics, registered in the process's Prometheus registry and served on the metrics
+//! address (`GET /metrics`).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
-#[derive(Clone, Default)]
-pub struct Metrics {
-    inner: Arc<Counters>,
+use parking_lot::RwLock;
+use tern_telemetry::metrics::{latency_histogram, Counter, EncodeLabelSet, Family, Histogram};
+
+/// Tables named in labels at most; beyond, requests are counted under `table="(other)"`, so a
+/// client that sends many table names cannot grow the router's memory without bound.
+const MAX_TABLE_LABELS: usize = 1_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub operation: String,
+    pub table: String,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub operation: String,
+    pub table: String,
+    pub error: String,
+}
+
+type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Counters>,
+    pub registry: tern_telemetry::metrics::Metrics,
+}
+
 pub struct Counters {
-    pub requests: AtomicU64,
-    pub client_errors: AtomicU64,
-    pub server_errors: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub memds_lookups: AtomicU64,
-    pub storage_redirects: AtomicU64,
-    pub throttled: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub lookups_skipped: AtomicU64,
-    pub auth_failures: AtomicU64,
+    pub requests: Counter,
+    pub client_errors: Counter,
+    pub server_errors: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub memds_lookups: Counter,
+    pub storage_redirects: Counter,
+    pub throttled: Counter,
+    pub timeouts: Counter,
+    pub lookups_skipped: Counter,
+    pub auth_failures: Counter,
+    operations: Family<OpLabels, Counter>,
+    latency: HistogramFamily,
+    errors: Family<ErrorLabels, Counter>,
+    tables: RwLock<HashSet<String>>,
 }
 
 impl std::ops::Deref for Metrics {
@@ -31,77 +58,102 @@ impl std::ops::Deref for Metrics {
     }
 }
 
-pub fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+pub fn inc(c: &Counter) {
+    c.inc();
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(tern_telemetry::metrics::Metrics::new())
+    }
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let rows: [(&str, &str, &AtomicU64); 11] = [
-            (
-                "tern_router_requests_total",
-                "DynamoDB API requests received",
-                &self.requests,
-            ),
-            (
-                "tern_router_client_errors_total",
-                "requests answered with a 4xx error",
-                &self.client_errors,
-            ),
-            (
-                "tern_router_server_errors_total",
-                "requests answered with a 5xx error",
-                &self.server_errors,
-            ),
-            (
-                "tern_router_cache_hits_total",
-                "routing cache hits",
-                &self.cache_hits,
-            ),
-            (
-                "tern_router_cache_misses_total",
-                "routing cache misses",
-                &self.cache_misses,
-            ),
-            (
-                "tern_router_memds_lookups_total",
-                "lookups sent to MemDS",
-                &self.memds_lookups,
-            ),
-            (
-                "tern_router_storage_redirects_total",
-                "storage redirects followed",
-                &self.storage_redirects,
-            ),
-            (
-                "tern_router_throttled_total",
+    /// The router's metrics, registered in `registry`.
+    pub fn new(registry: tern_telemetry::metrics::Metrics) -> Self {
+        let m = &registry;
+        m.register_build_info("router");
+        let counter = |name: &str, help: &str| m.register(name, help, Counter::default());
+        let inner = Counters {
+            requests: counter("router_requests", "DynamoDB API requests received"),
+            client_errors: counter("router_client_errors", "requests answered with a 4xx error"),
+            server_errors: counter("router_server_errors", "requests answered with a 5xx error"),
+            cache_hits: counter("router_cache_hits", "routing cache hits"),
+            cache_misses: counter("router_cache_misses", "routing cache misses"),
+            memds_lookups: counter("router_memds_lookups", "lookups sent to MemDS"),
+            storage_redirects: counter("router_storage_redirects", "storage redirects followed"),
+            throttled: counter(
+                "router_throttled",
                 "requests answered ThrottlingException (in-flight caps of this router included)",
-                &self.throttled,
             ),
-            (
-                "tern_router_timeouts_total",
+            timeouts: counter(
+                "router_timeouts",
                 "requests answered InternalServerError after the request timeout",
-                &self.timeouts,
             ),
-            (
-                "tern_router_lookups_skipped_total",
+            lookups_skipped: counter(
+                "router_lookups_skipped",
                 "background lookups of cache hits skipped because the queue to MemDS was full",
-                &self.lookups_skipped,
             ),
-            (
-                "tern_router_auth_failures_total",
+            auth_failures: counter(
+                "router_auth_failures",
                 "requests refused because their signature, key, time or scope did not hold",
-                &self.auth_failures,
             ),
-        ];
-        for (name, help, v) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+            operations: m.register(
+                "router_operations",
+                "DynamoDB API requests answered, by operation and table",
+                Family::default(),
+            ),
+            latency: m.register(
+                "router_operation_duration_seconds",
+                "time from a request's arrival to its answer, by operation and table",
+                HistogramFamily::new_with_constructor(latency_histogram),
+            ),
+            errors: m.register(
+                "router_operation_errors",
+                "requests answered with an error, by operation, table and DynamoDB error type",
+                Family::default(),
+            ),
+            tables: RwLock::default(),
+        };
+        Self {
+            inner: Arc::new(inner),
+            registry,
         }
-        out
+    }
+
+    /// One request answered: `error` is DynamoDB's error type when it failed.
+    pub fn answered(&self, operation: &str, table: Option<&str>, took: Duration, error: Option<&str>) {
+        let labels = OpLabels {
+            operation: operation.to_string(),
+            table: self.table_label(table),
+        };
+        self.operations.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if let Some(error) = error {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    operation: labels.operation,
+                    table: labels.table,
+                    error: error.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    fn table_label(&self, table: Option<&str>) -> String {
+        let Some(table) = table else {
+            return String::new();
+        };
+        if self.tables.read().contains(table) {
+            return table.to_string();
+        }
+        let mut tables = self.tables.write();
+        if tables.len() >= MAX_TABLE_LABELS {
+            return "(other)".to_string();
+        }
+        tables.insert(table.to_string());
+        table.to_string()
     }
 }

@@ -18,7 +18,6 @@
 //!   are (an install taking them away or bringing them back, a replica closed) holds it too, so no
 //!   job writes into items that are being replaced, and a later job sees the new applied index.
 
-use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 use prost::Message as _;
@@ -35,6 +34,8 @@ pub(crate) enum Job {
         pid: u64,
         uid: u64,
         entries: Vec<Entry>,
+        /// Spans of sampled entries among them, ended once they are applied.
+        spans: Vec<tracing::Span>,
     },
     /// A consistent read the engine cleared: answer it once the entries before it are applied.
     Read { pid: u64, uid: u64, id: u64 },
@@ -76,9 +77,17 @@ impl Replication {
                     r.inner()
                         .metrics
                         .apply_queue
-                        .fetch_sub(1, Ordering::Relaxed);
+                        .dec();
                     match job {
-                        Job::Apply { pid, uid, entries } => r.apply_job(pid, uid, entries),
+                        Job::Apply {
+                            pid,
+                            uid,
+                            entries,
+                            spans,
+                        } => {
+                            r.apply_job(pid, uid, entries);
+                            drop(spans);
+                        }
                         Job::Read { pid, uid, id } => r.finish_read(pid, uid, id),
                     }
                 }
@@ -91,7 +100,7 @@ impl Replication {
         self.inner()
             .metrics
             .apply_queue
-            .fetch_add(1, Ordering::Relaxed);
+            .inc();
         if self.inner().applier.send(job).is_err() {
             fatal("queue committed entries", "the apply thread is gone");
         }
@@ -204,7 +213,7 @@ impl Replication {
                     self.inner()
                         .metrics
                         .log_reads
-                        .fetch_add(1, Ordering::Relaxed);
+                        .inc();
                 }
                 Ok(None) => return false,
                 Err(err) => fatal("read the replication log", err),

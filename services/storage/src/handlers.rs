@@ -79,17 +79,6 @@ impl Node {
         self.inner.partitions.len()
     }
 
-    /// Prometheus text of this node's metrics.
-    pub fn render_metrics(&self) -> String {
-        let mut out = format!(
-            "# HELP tern_storage_replicas Partition replicas on this node.\n# TYPE tern_storage_replicas gauge\ntern_storage_replicas{{node=\"{}\"}} {}\n",
-            self.inner.id,
-            self.replica_count()
-        );
-        self.inner.replication.render_metrics(&mut out);
-        out
-    }
-
     pub async fn serve(&self, bus: &Bus) -> Result<(), BusError> {
         let id = &self.inner.id;
         let n = self.clone();

@@ -16,7 +16,6 @@
 //! Every step is decided afresh from the group's state each round, so a new leader picks up a
 //! replacement wherever the old one left it.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -276,14 +275,19 @@ impl Replication {
         }
     }
 
-    /// Gauges read by the metrics endpoint: groups led, log replicas, replication lag.
+    /// Gauges read by the metrics endpoint: groups led, log replicas, replication lag, the
+    /// logs' bytes.
     fn update_gauges(&self) {
         let m = &self.inner().metrics;
-        let (mut led, mut log_replicas) = (0, 0);
+        let (mut led, mut log_replicas, mut cached, mut stored) = (0, 0, 0, 0);
         let mut lag = Vec::new();
-        for group in self.groups() {
+        let groups = self.groups();
+        m.replicas.set(groups.len() as i64);
+        for group in groups {
             let g = group.lock();
             let e = &g.engine;
+            cached += e.cached_bytes();
+            stored += e.log_bytes();
             if e.role() != Role::Leader {
                 continue;
             }
@@ -299,8 +303,20 @@ impl Replication {
                 }
             }
         }
-        m.groups_led.store(led, Ordering::Relaxed);
-        m.log_replicas.store(log_replicas, Ordering::Relaxed);
-        *m.lag.lock() = lag;
+        m.groups_led.set(led);
+        m.log_replicas.set(log_replicas);
+        m.log_bytes.set(cached as i64);
+        m.log_stored_bytes.set(stored as i64);
+        // Members no longer led drop out of the series.
+        m.lag.clear();
+        for (pid, member, peer, behind) in lag {
+            m.lag
+                .get_or_create(&crate::metrics::LagLabels {
+                    partition: pid.to_string(),
+                    member: member.to_string(),
+                    peer,
+                })
+                .set(behind as i64);
+        }
     }
 }

@@ -18,6 +18,7 @@ mod replication;
 mod snapshot_install;
 mod snapshot_source;
 mod store;
+mod traces;
 mod writer;
 
 use std::future::Future;
@@ -117,6 +118,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     .await?;
     let store = Store::open(&config.data_dir).context("open store")?;
     let partitions = partitions::Partitions::load(&store).context("load partitions")?;
+    let registry = tern_telemetry::metrics::Metrics::with_labels(&[("node", &config.node_id)]);
+    registry.register_build_info("storage");
+    let metrics = Arc::new(metrics::ReplicationMetrics::new(registry.clone()));
+    bus.register_metrics(&registry);
     let writer = writer::Writer::start(
         store.clone(),
         if config.group_commit {
@@ -124,9 +129,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         } else {
             1
         },
+        Some(writer::FsyncMetrics {
+            fsync: metrics.fsync.clone(),
+            batch: metrics.fsync_batch.clone(),
+        }),
     );
     let replication = replication::Replication::start(
-        config.node_id.clone(),
+        replication::Placement {
+            node: config.node_id.clone(),
+            az: config.az.clone(),
+        },
         store.clone(),
         writer.clone(),
         bus.clone(),
@@ -139,6 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             budget: config.log_budget_bytes,
             cache: config.log_cache_bytes,
         },
+        metrics,
     );
     for p in partitions.all() {
         replication.open_group(&p).context("recover replica")?;
@@ -157,15 +170,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let stats = Stats::default();
     let counter = tokio::spawn(count_items(config.clone(), node.clone(), stats.clone()));
     let heartbeat = tokio::spawn(heartbeat(bus.clone(), config.clone(), node.clone(), stats));
-    let metrics = if config.metrics_listen.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
-            .await
-            .with_context(|| format!("metrics_listen {}", config.metrics_listen))?;
-        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-        Some(tokio::spawn(serve_metrics(listener, node.clone())))
-    };
+    registry
+        .serve(&config.metrics_listen)
+        .await
+        .context("metrics_listen")?;
     ready.store(true, Ordering::Release);
     tracing::info!(node = %config.node_id, az = %config.az, dir = %config.data_dir.display(), "storage node ready");
 
@@ -173,9 +181,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("storage node stopping");
     heartbeat.abort();
     counter.abort();
-    if let Some(m) = metrics {
-        m.abort();
-    }
     bus.drain().await;
     node.writer().shutdown().await;
     store.sync().context("sync store at shutdown")?;
@@ -235,20 +240,3 @@ async fn heartbeat(bus: Bus, config: Config, node: handlers::Node, stats: Stats)
     }
 }
 
-async fn serve_metrics(listener: tokio::net::TcpListener, node: handlers::Node) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let node = node.clone();
-            async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    node.render_metrics(),
-                )
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "metrics server stopped");
-    }
-}

@@ -7,6 +7,7 @@
 //! - Committed writes are applied in log order on every replica, conditions included, so every
 //!   replica reaches the same items; the replica that took the client's write answers it.
 
+use tracing::Instrument;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -99,6 +100,8 @@ pub(crate) struct Group {
     /// `held` (a vote or a term must be on disk before anything that depends on it leaves).
     hard_state_writes: u32,
     held: Outbox,
+    /// Trace context of sampled writes' entries, and their open spans.
+    pub(crate) traces: crate::traces::Traces,
 }
 
 /// What the group commit reports durable for a replica.
@@ -194,6 +197,8 @@ impl Inner {
 
 pub(crate) struct Inner {
     pub node: String,
+    /// The node's availability zone (for spans).
+    pub az: String,
     pub store: Store,
     /// Every durable key of the replicas besides their items.
     pub replicas: ReplicaStore,
@@ -230,17 +235,24 @@ pub(crate) struct Inner {
     /// writer queue and its groups' unreplicated logs.
     write_budget: Arc<tokio::sync::Semaphore>,
     pub snapshots: crate::snapshot_source::SnapshotSessions,
-    pub metrics: crate::metrics::ReplicationMetrics,
+    pub metrics: Arc<crate::metrics::ReplicationMetrics>,
+}
+
+/// Which node this is, and in which availability zone.
+pub struct Placement {
+    pub node: String,
+    pub az: String,
 }
 
 impl Replication {
     pub fn start(
-        node: String,
+        at: Placement,
         store: Store,
         writer: Writer,
         bus: Bus,
         replace_after: Duration,
         limits: LogLimits,
+        metrics: Arc<crate::metrics::ReplicationMetrics>,
     ) -> Self {
         let (persisted, persisted_rx) = mpsc::unbounded_channel();
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_ROUNDS);
@@ -252,7 +264,8 @@ impl Replication {
             .max(64 * 1024);
         let r = Replication {
             inner: Arc::new(Inner {
-                node,
+                node: at.node,
+                az: at.az,
                 replicas: ReplicaStore::new(store.clone()),
                 store,
                 writer,
@@ -276,7 +289,7 @@ impl Replication {
                 max_message,
                 write_budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BUDGET_KIB)),
                 snapshots: Default::default(),
-                metrics: Default::default(),
+                metrics,
             }),
         };
         r.start_applier(applier_rx);
@@ -285,19 +298,6 @@ impl Replication {
         tokio::spawn(r.clone().send_forever(outbound_rx));
         tokio::spawn(r.clone().heal_forever());
         r
-    }
-
-    pub fn render_metrics(&self, out: &mut String) {
-        self.inner.metrics.render(&self.inner.node, out);
-        let (mut cached, mut stored) = (0, 0);
-        for g in self.groups() {
-            let g = g.lock();
-            cached += g.engine.cached_bytes();
-            stored += g.engine.log_bytes();
-        }
-        let node = &self.inner.node;
-        out.push_str(&format!("# HELP tern_storage_log_bytes Command bytes the replication logs of this node hold in memory.\n# TYPE tern_storage_log_bytes gauge\ntern_storage_log_bytes{{node=\"{node}\"}} {cached}\n"));
-        out.push_str(&format!("# HELP tern_storage_log_stored_bytes Payload bytes the replication logs of this node hold, on disk.\n# TYPE tern_storage_log_stored_bytes gauge\ntern_storage_log_stored_bytes{{node=\"{node}\"}} {stored}\n"));
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -410,6 +410,7 @@ impl Replication {
             closed: false,
             hard_state_writes: 0,
             held: Outbox::new(),
+            traces: Default::default(),
         };
         let group = Arc::new(Mutex::new(group));
         self.inner.groups.write().insert(info.id, group.clone());
@@ -451,6 +452,7 @@ impl Replication {
 
     /// Replicates a write; answers once it is committed and applied here.
     pub async fn write(&self, req: WriteRequest) -> Result<WriteResponse, BusError> {
+        let pid = req.partition_id;
         let group = self
             .group(req.partition_id)
             .ok_or_else(|| BusError::Redirect(String::new()))?;
@@ -476,7 +478,7 @@ impl Replication {
             self.inner
                 .metrics
                 .writes_too_large
-                .fetch_add(1, Ordering::Relaxed);
+                .inc();
             return Err(StorageError::Invalid(
                 "Item size has exceeded the maximum allowed size".into(),
             )
@@ -493,18 +495,33 @@ impl Replication {
                 self.inner
                     .metrics
                     .writes_throttled
-                    .fetch_add(1, Ordering::Relaxed);
+                    .inc();
                 return Err(StorageError::Busy(
                     "Too many writes in progress on the partition's storage node: retry".into(),
                 )
                 .into());
             }
         };
+        let span = tracing::info_span!(
+            "storage.replicate",
+            otel.kind = "internal",
+            db.system.name = "tern",
+            tern.partition = pid,
+            tern.node = %self.inner.node,
+            tern.az = %self.inner.az,
+            tern.replica.role = "leader",
+        );
+        let sampled = span.in_scope(crate::traces::current_sampled);
         let mut out = Outbox::new();
         {
             let mut g = group.lock();
             if g.engine.role() != Role::Leader {
                 return Err(BusError::Redirect(g.leader_name()));
+            }
+            if let Some(sc) = sampled {
+                // The engine appends a proposal right after its last entry.
+                let index = g.engine.last_index() + 1;
+                g.traces.note(index, sc);
             }
             g.writes.insert(id, tx);
             self.step(
@@ -518,7 +535,10 @@ impl Replication {
         }
         self.flush(out);
         let proposed = std::time::Instant::now();
-        match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+        match tokio::time::timeout(COMMIT_TIMEOUT, rx)
+            .instrument(span)
+            .await
+        {
             Ok(Ok(result)) => {
                 self.inner.metrics.commit_latency(proposed.elapsed());
                 result.map_err(BusError::from)
@@ -540,7 +560,7 @@ impl Replication {
             self.inner
                 .metrics
                 .lease_expired_reads
-                .fetch_add(1, Ordering::Relaxed);
+                .inc();
         }
         holds
     }
@@ -575,6 +595,9 @@ impl Replication {
                 continue;
             };
             let mut g = group.lock();
+            if !env.traces.is_empty() {
+                g.traces.receive(&env.traces);
+            }
             // Only a member of the group speaks for it: a message from a member id this replica
             // knows at another node, or from an id that is not a member, is dropped.
             let accepted = match g.addrs.get(&env.from) {
@@ -585,7 +608,7 @@ impl Replication {
                 self.inner
                     .metrics
                     .foreign_messages
-                    .fetch_add(1, Ordering::Relaxed);
+                    .inc();
                 tracing::debug!(partition = g.pid, member = env.from, node = %batch.from_node, "message from no member of the group ignored");
                 continue;
             }
@@ -596,7 +619,7 @@ impl Replication {
                 self.inner
                     .metrics
                     .append_rejections
-                    .fetch_add(1, Ordering::Relaxed);
+                    .inc();
             }
             self.step(
                 &mut g,
@@ -640,6 +663,9 @@ impl Replication {
                 let mut g = group.lock();
                 match durable {
                     Durability::Log { index, term, .. } => {
+                        if !g.traces.is_empty() {
+                            g.traces.durable(index);
+                        }
                         self.step(&mut g, Event::Persisted { index, term }, &mut out);
                     }
                     Durability::HardState { uid, .. } if uid == g.uid => {
@@ -685,7 +711,7 @@ impl Replication {
                 self.inner
                     .metrics
                     .rounds_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                    .inc();
             }
         }
     }
@@ -726,11 +752,21 @@ impl Replication {
                             continue;
                         }
                     }
+                    let traces = match &msg {
+                        tern_replication::Message::Append { entries, .. }
+                            if !g.traces.is_empty() && !entries.is_empty() =>
+                        {
+                            g.traces
+                                .to_wire(entries[0].index, entries[entries.len() - 1].index)
+                        }
+                        _ => Vec::new(),
+                    };
                     let env = RaftEnvelope {
                         partition_id: g.pid,
                         from: g.engine.id(),
                         to,
                         msg: Some(codec::message_to_wire(&msg)),
+                        traces,
                     };
                     let node = node.clone();
                     let out = if g.hard_state_writes > 0 {
@@ -744,12 +780,27 @@ impl Replication {
                     g.hard_state_writes += 1;
                     self.persist_hard_state(g, hs);
                 }
-                Command::AppendLog(entries) => self.append_log(g.pid, entries),
-                Command::Apply(entries) => self.queue_job(Job::Apply {
-                    pid: g.pid,
-                    uid: g.uid,
-                    entries,
-                }),
+                Command::AppendLog(entries) => {
+                    if !g.traces.is_empty() {
+                        let at = self.place(g);
+                        g.traces.appending(entries.iter().map(|e| e.index), &at);
+                    }
+                    self.append_log(g.pid, entries)
+                }
+                Command::Apply(entries) => {
+                    let spans = if g.traces.is_empty() {
+                        Vec::new()
+                    } else {
+                        let at = self.place(g);
+                        g.traces.applying(entries.iter().map(|e| e.index), &at)
+                    };
+                    self.queue_job(Job::Apply {
+                        pid: g.pid,
+                        uid: g.uid,
+                        entries,
+                        spans,
+                    })
+                }
                 Command::Proposed { id, result: Err(e) } => {
                     if let Some(w) = g.writes.remove(&id) {
                         let err = match e {
@@ -792,7 +843,7 @@ impl Replication {
                         self.inner
                             .metrics
                             .leader_changes
-                            .fetch_add(1, Ordering::Relaxed);
+                            .inc();
                     } else {
                         // Writes waiting here may never commit through us: let clients retry.
                         for (_, w) in g.writes.drain() {
@@ -805,6 +856,16 @@ impl Replication {
         }
     }
 
+    /// Where replica `g` is, for its spans.
+    fn place(&self, g: &Group) -> crate::traces::Place<'_> {
+        crate::traces::Place {
+            partition: g.pid,
+            node: &self.inner.node,
+            az: &self.inner.az,
+            leader: g.engine.role() == Role::Leader,
+        }
+    }
+
     /// Asks follower `to`, behind this leader's compacted log, to install a snapshot of our items.
     fn send_snapshot(&self, g: &Group, to: NodeId, index: Index) {
         let Some(node) = g.node_of(to).map(str::to_string) else {
@@ -813,7 +874,7 @@ impl Replication {
         self.inner
             .metrics
             .snapshots_sent
-            .fetch_add(1, Ordering::Relaxed);
+            .inc();
         let req = RebuildRequest {
             partition_id: g.pid,
             source_node: self.inner.node.clone(),
@@ -908,7 +969,7 @@ impl Replication {
         self.inner
             .metrics
             .compactions
-            .fetch_add(1, Ordering::Relaxed);
+            .inc();
         tracing::debug!(partition = pid, index = meta.index, "log compacted");
     }
 
@@ -1089,6 +1150,7 @@ mod tests {
                 }],
                 ..Default::default()
             }),
+            traces: Vec::new(),
         }
     }
 

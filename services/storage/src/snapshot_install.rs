@@ -2,7 +2,6 @@
 //! itemless replica, or catching up a follower behind its leader's compacted log. The durable
 //! steps (begin, finish) are [`crate::replica_store::ReplicaStore`]'s.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -79,7 +78,7 @@ impl Replication {
                 self.inner()
                     .metrics
                     .foreign_messages
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    .inc();
                 tracing::warn!(partition = pid, source = %req.source_node, "rebuild from a node that holds no replica of the group refused");
                 return Err(tern_storage_client::StorageError::Invalid(
                     "the snapshot source holds no replica of this partition".into(),
@@ -243,7 +242,7 @@ impl Replication {
         self.inner()
             .metrics
             .snapshots_installed
-            .fetch_add(1, Ordering::Relaxed);
+            .inc();
         tracing::info!(
             partition = pid,
             items,

@@ -34,6 +34,15 @@ pub struct LogOp {
     pub done: Box<dyn FnOnce() + Send>,
 }
 
+/// What the group-commit thread measures.
+#[derive(Clone)]
+pub struct FsyncMetrics {
+    /// Seconds per batch: the journal write and its fsync.
+    pub fsync: tern_telemetry::metrics::Histogram,
+    /// Ops per batch.
+    pub batch: tern_telemetry::metrics::Histogram,
+}
+
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::UnboundedSender<Msg>,
@@ -41,13 +50,13 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread; `max_batch` ops at most per fsync (1: every op synced alone).
-    pub fn start(store: Store, max_batch: usize) -> Self {
+    pub fn start(store: Store, max_batch: usize, metrics: Option<FsyncMetrics>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let max_batch = max_batch.max(1);
         std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || {
-                writer_loop(store, rx, max_batch);
+                writer_loop(store, rx, max_batch, metrics);
             })
             .expect("spawn group-commit thread");
         Self { tx }
@@ -77,7 +86,12 @@ impl Writer {
 }
 
 /// Runs until the channel closes or a stop arrives; returns how many batches it synced.
-fn writer_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: usize) -> u64 {
+fn writer_loop(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    max_batch: usize,
+    metrics: Option<FsyncMetrics>,
+) -> u64 {
     let mut synced = 0u64;
     let mut logs = Vec::new();
     let mut states = Vec::new();
@@ -96,6 +110,8 @@ fn writer_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: us
         }
         if !logs.is_empty() || !states.is_empty() {
             synced += 1;
+            let started = std::time::Instant::now();
+            let ops = logs.len() + states.len();
             commit_batch(
                 &store,
                 Batch {
@@ -103,6 +119,10 @@ fn writer_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>, max_batch: us
                     states: std::mem::take(&mut states),
                 },
             );
+            if let Some(m) = &metrics {
+                m.fsync.observe(started.elapsed().as_secs_f64());
+                m.batch.observe(ops as f64);
+            }
         }
         if let Some(done) = stop {
             let _ = done.send(());
@@ -229,7 +249,7 @@ mod tests {
         let (stop, stopped) = oneshot::channel();
         tx.send(Msg::Stop(stop)).ok().unwrap();
         assert_eq!(
-            writer_loop(store.clone(), rx, 1024),
+            writer_loop(store.clone(), rx, 1024, None),
             1,
             "one batch for all 100"
         );
@@ -244,7 +264,7 @@ mod tests {
                 .unwrap();
         }
         drop(tx);
-        assert_eq!(writer_loop(store, rx, 1), 5);
+        assert_eq!(writer_loop(store, rx, 1, None), 5);
     }
 
     #[test]
