@@ -140,3 +140,208 @@ async fn every_process_exports_its_metrics() {
         .sum();
     assert_eq!(lag, 4, "two followers per leader of two partitions");
 }
+
+mod otlp {
+    //! An OTLP/HTTP receiver (protobuf), as a collector such as Jaeger runs one: it keeps every
+    //! span it is sent.
+
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Bytes;
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
+    use prost::Message;
+
+    #[derive(Clone, Debug)]
+    pub struct Span {
+        pub service: String,
+        pub name: String,
+        pub trace_id: Vec<u8>,
+        pub span_id: Vec<u8>,
+        pub parent_span_id: Vec<u8>,
+        pub links: Vec<Vec<u8>>,
+        pub attributes: Vec<(String, String)>,
+    }
+
+    impl Span {
+        pub fn attr(&self, key: &str) -> Option<&str> {
+            self.attributes
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    fn text(kvs: &[KeyValue]) -> Vec<(String, String)> {
+        kvs.iter()
+            .map(|kv| {
+                let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(s)) => s.clone(),
+                    Some(Value::IntValue(i)) => i.to_string(),
+                    Some(Value::BoolValue(b)) => b.to_string(),
+                    Some(Value::DoubleValue(d)) => d.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (kv.key.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Starts the receiver; returns its base URL and the spans it has received.
+    pub async fn start() -> (String, Arc<Mutex<Vec<Span>>>) {
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let kept = kept.clone();
+                async move {
+                    let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    let mut kept = kept.lock().unwrap();
+                    for rs in req.resource_spans {
+                        let resource = rs.resource.map(|r| text(&r.attributes)).unwrap_or_default();
+                        let service = resource
+                            .iter()
+                            .find(|(k, _)| k == "service.name")
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default();
+                        for ss in rs.scope_spans {
+                            for s in ss.spans {
+                                kept.push(Span {
+                                    service: service.clone(),
+                                    name: s.name,
+                                    trace_id: s.trace_id,
+                                    span_id: s.span_id,
+                                    parent_span_id: s.parent_span_id,
+                                    links: s.links.into_iter().map(|l| l.span_id).collect(),
+                                    attributes: text(&s.attributes),
+                                });
+                            }
+                        }
+                    }
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        ExportTraceServiceResponse::default().encode_to_vec(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, spans)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_write_is_one_trace_across_router_memds_and_three_replicas() {
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    let (url, received) = otlp::start().await;
+    let tc = start_cluster(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+    let c = client(&tc.cluster.endpoint());
+    create_table(&c, "traced", None).await;
+    // The router's first request to the table misses its routing cache: MemDS answers within
+    // the request's trace.
+    c.put_item()
+        .table_name("traced")
+        .item("pk", V::S("k".into()))
+        .item("v", V::S("x".into()))
+        .send()
+        .await
+        .expect("put");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (trace, spans) = loop {
+        let all = received.lock().unwrap().clone();
+        let put = all.iter().find(|s| {
+            s.service == "tern-router"
+                && s.name == "PutItem"
+                && s.attr("aws.dynamodb.table_names") == Some("traced")
+        });
+        if let Some(put) = put {
+            let trace: Vec<otlp::Span> = all
+                .iter()
+                .filter(|s| s.trace_id == put.trace_id)
+                .cloned()
+                .collect();
+            let nodes = |name: &str| -> HashSet<String> {
+                trace
+                    .iter()
+                    .filter(|s| s.name == name)
+                    .filter_map(|s| s.attr("tern.node").map(str::to_string))
+                    .collect()
+            };
+            if nodes("storage.log.append").len() == 3 && nodes("storage.apply").len() == 3 {
+                break (put.clone(), trace);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no complete trace of the PutItem; received {} spans: {:#?}",
+            all.len(),
+            all.iter()
+                .filter(|s| put.is_some_and(|p| p.trace_id == s.trace_id))
+                .map(|s| (&s.service, &s.name, s.attr("tern.node")))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The router's span is the root and says what DynamoDB call it is.
+    assert!(trace.parent_span_id.is_empty(), "the router's span is the root");
+    assert_eq!(trace.attr("rpc.system"), Some("aws-api"));
+    assert_eq!(trace.attr("rpc.method"), Some("PutItem"));
+    assert_eq!(trace.attr("db.operation.name"), Some("PutItem"));
+    assert_eq!(trace.attr("db.system.name"), Some("aws.dynamodb"));
+    let services: HashSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+    for s in ["tern-router", "tern-memds", "tern-storage"] {
+        assert!(services.contains(s), "{s} missing from the trace: {services:?}");
+    }
+    let lookup = spans
+        .iter()
+        .find(|s| s.service == "tern-memds")
+        .expect("a MemDS span");
+    assert_eq!(lookup.attr("messaging.system"), Some("nats"));
+    // Exactly one leader replicated it; each replica made it durable and applied it, and says
+    // where it is and in which role.
+    let replicate: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "storage.replicate")
+        .collect();
+    assert_eq!(replicate.len(), 1, "{replicate:#?}");
+    let leader = replicate[0].attr("tern.node").unwrap().to_string();
+    for name in ["storage.log.append", "storage.apply"] {
+        let on: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(on.len(), 3, "{name} on each replica once: {on:#?}");
+        for s in on {
+            let node = s.attr("tern.node").unwrap();
+            let role = if node == leader { "leader" } else { "follower" };
+            assert_eq!(s.attr("tern.replica.role"), Some(role), "{s:#?}");
+            assert!(s.attr("tern.az").is_some_and(|z| z.starts_with("az-")));
+            assert!(s.attr("tern.partition").is_some());
+        }
+    }
+    // Every span but the root hangs off another span of the same trace.
+    let ids: HashSet<&Vec<u8>> = spans.iter().map(|s| &s.span_id).collect();
+    for s in &spans {
+        if s.span_id != trace.span_id {
+            assert!(
+                ids.contains(&s.parent_span_id),
+                "{} of {} has a parent outside the trace",
+                s.name,
+                s.service
+            );
+        }
+    }
+}
