@@ -52,9 +52,29 @@ pub struct Args {
 
 /// A pooled HTTP client and the key it signs with (`None`: unsigned).
 #[derive(Clone)]
-struct HttpClient {
+pub(crate) struct HttpClient {
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     key: Option<std::sync::Arc<(String, String)>>,
+}
+
+impl HttpClient {
+    /// Keeps up to `connections` idle connections per endpoint.
+    pub(crate) fn new(connections: usize, key: Option<(String, String)>) -> Self {
+        Self {
+            http: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(connections)
+                .build_http(),
+            key: key.map(std::sync::Arc::new),
+        }
+    }
+}
+
+/// The body of `GET url` (plain HTTP).
+pub(crate) async fn get_text(url: &str) -> anyhow::Result<String> {
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = http.get(url.parse()?).await?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -74,12 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (cluster.endpoint(), Some(cluster), Some(dir))
         }
     };
-    let client = HttpClient {
-        http: Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(args.concurrency)
-            .build_http(),
-        key: args.key.credentials().map(std::sync::Arc::new),
-    };
+    let client = HttpClient::new(args.concurrency, args.key.credentials());
     let table = format!("bench-{}", std::process::id());
     create_table(&client, &endpoint, &table).await?;
     println!(
@@ -245,7 +260,7 @@ async fn pages(
     Ok(())
 }
 
-async fn call(
+pub(crate) async fn call(
     client: &HttpClient,
     endpoint: &str,
     op: &str,
@@ -282,7 +297,7 @@ async fn call(
     Ok((status, body))
 }
 
-async fn create_table(client: &HttpClient, endpoint: &str, table: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_table(client: &HttpClient, endpoint: &str, table: &str) -> anyhow::Result<()> {
     let body = json!({
         "TableName": table,
         "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],

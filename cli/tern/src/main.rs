@@ -1,6 +1,8 @@
 //! `tern`: start a local cluster (`tern up`) or drive load against one (`tern bench`).
 
 mod bench;
+mod chart;
+mod experiment;
 
 use std::path::PathBuf;
 
@@ -55,6 +57,9 @@ enum Command {
     },
     /// Drive PutItem and GetItem through the full stack and print throughput and latency.
     Bench(bench::Args),
+    /// Experiments that show a property of the design with a chart.
+    #[command(subcommand)]
+    Experiment(Experiment),
     /// Make the bus keys of a deployment (compose runs it once): one nkey seed per service and
     /// storage node under <dir>/secrets/nats, and <dir>/secrets/nats-auth.conf for nats-server
     /// to include. Existing keys are kept.
@@ -69,6 +74,13 @@ enum Command {
         )]
         storage_nodes: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum Experiment {
+    /// MemDS load when every router's cache is flushed, in constant-work and classic mode: CSV
+    /// and PNG.
+    ConstantWork(experiment::ConstantWorkArgs),
 }
 
 /// Where every service sends its spans (OpenTelemetry's OTLP), as the `OTEL_*` variables it sets.
@@ -167,6 +179,9 @@ async fn main() -> std::process::ExitCode {
             .await
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Experiment(Experiment::ConstantWork(args)) => {
+            experiment::constant_work(args).await
+        }
         Command::BusKeys { dir, storage_nodes } => bus_keys(&dir, &storage_nodes),
     };
     tern_telemetry::exit_code(result)

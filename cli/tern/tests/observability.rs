@@ -139,6 +139,28 @@ async fn every_process_exports_its_metrics() {
         .map(|t| samples(t, "tern_storage_replication_lag_entries").len())
         .sum();
     assert_eq!(lag, 4, "two followers per leader of two partitions");
+
+    // The control message that empties the routers' caches (the constant-work experiment's).
+    let misses = metric(router, "tern_router_cache_misses_total").unwrap();
+    let flushed: tern_proto::memds::CacheFlushed = tc
+        .cluster
+        .bus()
+        .call(tern_proto::subjects::ROUTER_FLUSH_CACHE, &tern_proto::Empty {})
+        .await
+        .expect("the router answers a flush");
+    assert_eq!(flushed.entries, 1, "the router had cached one table");
+    c.put_item()
+        .table_name("observed")
+        .item("pk", V::S("after-flush".into()))
+        .send()
+        .await
+        .expect("put");
+    let (_, router) = raw_get(&tc.cluster.metrics_base("router").unwrap(), "/metrics").await;
+    assert_eq!(
+        metric(&router, "tern_router_cache_misses_total"),
+        Some(misses + 1.0),
+        "the first request after the flush misses"
+    );
 }
 
 mod otlp {
@@ -162,7 +184,6 @@ mod otlp {
         pub trace_id: Vec<u8>,
         pub span_id: Vec<u8>,
         pub parent_span_id: Vec<u8>,
-        pub links: Vec<Vec<u8>>,
         pub attributes: Vec<(String, String)>,
     }
 
@@ -216,7 +237,6 @@ mod otlp {
                                     trace_id: s.trace_id,
                                     span_id: s.span_id,
                                     parent_span_id: s.parent_span_id,
-                                    links: s.links.into_iter().map(|l| l.span_id).collect(),
                                     attributes: text(&s.attributes),
                                 });
                             }

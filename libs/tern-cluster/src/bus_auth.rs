@@ -69,7 +69,11 @@ fn service_permissions(identity: &str) -> (Vec<String>, Vec<String>) {
                 "tern.storage.*.get",
                 "tern.storage.*.scan",
             ]),
-            strings(&["tern.health.router.*", "_INBOX.router.*.>"]),
+            strings(&[
+                "tern.health.router.*",
+                "tern.router.control.>",
+                "_INBOX.router.*.>",
+            ]),
         ),
         "memds" => (
             strings(&[

@@ -222,6 +222,13 @@ pub struct ListTablesResponse {
     pub last_evaluated: String,
 }
 
+/// A router's answer to a cache flush: how many tables its cache held.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CacheFlushed {
+    #[prost(uint64, tag = "1")]
+    pub entries: u64,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MemdsStats {
     #[prost(uint64, tag = "1")]

@@ -26,6 +26,10 @@ pub const MEMDS_REPORT_PARTITION: &str = "tern.memds.report_partition";
 /// Storage nodes publish their liveness here; every MemDS instance listens (no queue group).
 pub const NODE_HEARTBEAT: &str = "tern.memds.node_heartbeat";
 
+/// Every router drops its routing cache when it hears this (operators; the constant-work
+/// experiment). Answered by each router with [`crate::memds::CacheFlushed`].
+pub const ROUTER_FLUSH_CACHE: &str = "tern.router.control.flush_cache";
+
 /// Statistics of one MemDS instance (lookups served), for tests and operators.
 pub fn memds_stats(instance: &str) -> String {
     format!("tern.memds.{instance}.stats")

@@ -335,6 +335,7 @@ messages![
     memds::ListTablesRequest,
     memds::ListTablesResponse,
     memds::MemdsStats,
+    memds::CacheFlushed,
     memds::PlaceReplicaRequest,
     memds::PlaceReplicaResponse,
     memds::ReportPartitionRequest,

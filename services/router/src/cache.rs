@@ -108,6 +108,14 @@ impl RouteCache {
         }
     }
 
+    /// Drops every entry; returns how many there were.
+    pub fn flush(&self) -> usize {
+        let mut entries = self.entries.write();
+        let n = entries.len();
+        entries.clear();
+        n
+    }
+
     pub fn invalidate(&self, table: &str) {
         self.entries.write().remove(table);
     }

@@ -180,6 +180,17 @@ pub async fn run(
         .serve(&config.metrics_listen)
         .await
         .context("metrics_listen")?;
+    let cache = router.cache.clone();
+    bus.serve(
+        tern_proto::subjects::ROUTER_FLUSH_CACHE,
+        None,
+        move |_: tern_proto::Empty| {
+            let entries = cache.flush() as u64;
+            tracing::info!(entries, "routing cache flushed on request");
+            async move { Ok(tern_proto::memds::CacheFlushed { entries }) }
+        },
+    )
+    .await?;
     let ready = Arc::new(AtomicBool::new(true));
     tern_bus::serve_health(&bus, "router", &config.instance, ready).await?;
     tracing::info!(listen = %config.listen, mode = ?config.cache_mode, https = tls.is_some(), "router ready");
