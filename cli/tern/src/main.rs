@@ -208,6 +208,47 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
+/// Starts Prometheus (Debian's `prometheus` package, or the binary `TERN_PROMETHEUS` names)
+/// scraping every process of `cluster`, when it is installed; it stops with `tern up`. Its
+/// configuration and data live in `<data-dir>/prometheus`.
+async fn start_prometheus(
+    cluster: &Cluster,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<(tokio::process::Child, String)>> {
+    use anyhow::Context as _;
+    let binary = match std::env::var_os("TERN_PROMETHEUS") {
+        Some(b) => PathBuf::from(b),
+        None => match std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join("prometheus")).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.is_file())
+        {
+            Some(b) => b,
+            None => return Ok(None),
+        },
+    };
+    let dir = data_dir.join("prometheus");
+    std::fs::create_dir_all(dir.join("data")).context("create the prometheus directory")?;
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, cluster.prometheus_config()).context("write prometheus.yml")?;
+    let port = match std::net::TcpListener::bind("127.0.0.1:9090") {
+        Ok(_) => 9090,
+        Err(_) => tern_cluster::free_ports(1)?[0],
+    };
+    let log = std::fs::File::create(data_dir.join("logs").join("prometheus.log"))?;
+    let child = tokio::process::Command::new(&binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))?;
+    Ok(Some((child, format!("http://127.0.0.1:{port}"))))
+}
+
 async fn up(spec: ClusterSpec, otlp: OtlpArgs) -> anyhow::Result<()> {
     let data_dir = spec.data_dir.clone();
     let credentials = spec.api_credentials.clone();
@@ -225,6 +266,17 @@ async fn up(spec: ClusterSpec, otlp: OtlpArgs) -> anyhow::Result<()> {
     for (name, url) in cluster.metrics_endpoints() {
         println!("{name} metrics: {url}");
     }
+    let _prometheus = match start_prometheus(&cluster, &data_dir).await {
+        Ok(Some((child, url))) => {
+            println!("prometheus: {url}");
+            Some(child)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            println!("prometheus: not started: {e:#}");
+            None
+        }
+    };
     println!("pids: {}", data_dir.join("run").display());
     for (name, url) in cluster.endpoints().into_iter().skip(1) {
         println!("{name} endpoint: {url}");

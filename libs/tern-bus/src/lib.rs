@@ -82,6 +82,19 @@ impl BusMetrics {
     }
 }
 
+/// The servers of `url`: one URL, or several separated by commas (the servers of a NATS cluster;
+/// the client connects to any and fails over to the others).
+fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| BusError::Transport(format!("NATS server address {u}: {e}")))
+        })
+        .collect()
+}
+
 /// Requests one subscription handles at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
@@ -142,7 +155,7 @@ impl Bus {
                     other => tracing::info!(event = %other, "bus connection event"),
                 }
             })
-            .connect(url)
+            .connect(servers(url)?)
             .await
             .map_err(|e| BusError::Transport(format!("connect to {url}: {e}")))?;
         // NOTE: with retry_on_initial_connect, `connect` returns before the connection is up, and
@@ -549,4 +562,17 @@ pub async fn serve_health_until(
     tracing::info!(service, "stopping");
     bus.drain().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_may_name_every_server_of_a_cluster() {
+        let s = servers("nats://nats-1:4222, nats://nats-2:4222,nats://nats-3:4222").unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(servers("nats://127.0.0.1:4222").unwrap().len(), 1);
+        assert!(servers("nats://host:notaport").is_err());
+    }
 }

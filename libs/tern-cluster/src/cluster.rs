@@ -302,6 +302,12 @@ impl Cluster {
             .collect()
     }
 
+    /// A Prometheus configuration scraping every process: one job per service (router, memds,
+    /// storage, gac, archiver), as compose's `compose/prometheus.yml` has them.
+    pub fn prometheus_config(&self) -> String {
+        prometheus_config(&self.metrics_ports)
+    }
+
     /// The Prometheus endpoint of each storage node: (node id, URL).
     pub fn storage_metrics(&self) -> Vec<(String, String)> {
         self.metrics_ports
@@ -638,6 +644,30 @@ fn numbered(service: &str, i: usize) -> String {
     }
 }
 
+/// The service a process belongs to: `storage-a` → `storage`, `router-2` → `router`.
+fn service_of(process: &str) -> &str {
+    process.split('-').next().unwrap_or(process)
+}
+
+fn prometheus_config(metrics_ports: &BTreeMap<String, u16>) -> String {
+    let mut jobs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, port) in metrics_ports {
+        jobs.entry(service_of(name))
+            .or_default()
+            .push(format!("\"127.0.0.1:{port}\""));
+    }
+    let mut out = String::from(
+        "# Written by `tern up`: every Tern process of this cluster, one job per service.\nglobal:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nscrape_configs:\n",
+    );
+    for (job, targets) in jobs {
+        out.push_str(&format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ));
+    }
+    out
+}
+
 /// (process name, service, instance id, environment) of every process to start.
 fn service_plan(
     spec: &ClusterSpec,
@@ -756,6 +786,28 @@ mod tests {
         // The writer, opened with O_APPEND, goes on at the start of the emptied file.
         writer.write_all(b"after\n").unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "after\n");
+    }
+
+    #[test]
+    fn prometheus_scrapes_every_process_under_its_service() {
+        let ports: BTreeMap<String, u16> = [
+            ("router", 1),
+            ("router-2", 2),
+            ("memds", 3),
+            ("storage-a", 4),
+            ("storage-b", 5),
+            ("gac", 6),
+            ("archiver", 7),
+        ]
+        .into_iter()
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
+        let conf = prometheus_config(&ports);
+        assert!(conf.contains(
+            "  - job_name: router\n    static_configs:\n      - targets: [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n"
+        ), "{conf}");
+        assert!(conf.contains("job_name: storage\n    static_configs:\n      - targets: [\"127.0.0.1:4\", \"127.0.0.1:5\"]"));
+        assert_eq!(conf.matches("job_name").count(), 5, "{conf}");
     }
 
     #[test]
