@@ -297,7 +297,11 @@ pub(crate) async fn call(
     Ok((status, body))
 }
 
-pub(crate) async fn create_table(client: &HttpClient, endpoint: &str, table: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_table(
+    client: &HttpClient,
+    endpoint: &str,
+    table: &str,
+) -> anyhow::Result<()> {
     let body = json!({
         "TableName": table,
         "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],

@@ -119,7 +119,9 @@ fn draw_panel(
                     MARKER.stroke_width(3),
                 ))?
                 .label(label)
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MARKER.stroke_width(3)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], MARKER.stroke_width(3))
+                });
         }
         chart
             .configure_series_labels()
@@ -150,7 +152,9 @@ fn draw_panel(
                     MARKER.stroke_width(3),
                 ))?
                 .label(label)
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MARKER.stroke_width(3)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], MARKER.stroke_width(3))
+                });
         }
         chart
             .configure_series_labels()

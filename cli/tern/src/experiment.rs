@@ -71,12 +71,16 @@ pub async fn constant_work(args: ConstantWorkArgs) -> anyhow::Result<()> {
         if mode != "constant" && mode != "classic" {
             bail!("unknown cache mode {mode}: constant or classic");
         }
-        println!("mode {mode}: starting a local cluster ({} routers) ...", args.routers);
+        println!(
+            "mode {mode}: starting a local cluster ({} routers) ...",
+            args.routers
+        );
         let rows = run_mode(&args, mode).await?;
         results.push((mode.clone(), rows));
     }
     let csv = args.out.join("constant-work.csv");
-    let mut text = String::from("mode,second,client_requests_per_s,cache_hit_rate,memds_lookups_per_s\n");
+    let mut text =
+        String::from("mode,second,client_requests_per_s,cache_hit_rate,memds_lookups_per_s\n");
     for (mode, rows) in &results {
         for r in rows {
             text.push_str(&format!(
@@ -100,7 +104,10 @@ pub async fn constant_work(args: ConstantWorkArgs) -> anyhow::Result<()> {
         );
     }
     let png = args.out.join("constant-work.png");
-    let colors = [plotters::style::RGBColor(31, 119, 180), plotters::style::RGBColor(214, 39, 40)];
+    let colors = [
+        plotters::style::RGBColor(31, 119, 180),
+        plotters::style::RGBColor(214, 39, 40),
+    ];
     let series = |f: fn(&Row) -> f64| -> Vec<Series> {
         results
             .iter()
@@ -112,7 +119,10 @@ pub async fn constant_work(args: ConstantWorkArgs) -> anyhow::Result<()> {
             })
             .collect()
     };
-    let marker = Some((args.flush_at as f64, "every router's cache flushed".to_string()));
+    let marker = Some((
+        args.flush_at as f64,
+        "every router's cache flushed".to_string(),
+    ));
     crate::chart::draw(
         &png,
         &format!(
@@ -182,7 +192,8 @@ async fn run_mode(args: &ConstantWorkArgs, mode: &str) -> anyhow::Result<Vec<Row
     let mut spec = ClusterSpec::new(dir.path(), crate::bin_dir()?);
     spec.routers = args.routers.max(1);
     spec.api_credentials = None;
-    spec.env.push(("TERN_ROUTER_CACHE_MODE".into(), mode.into()));
+    spec.env
+        .push(("TERN_ROUTER_CACHE_MODE".into(), mode.into()));
     let cluster = Cluster::start(spec).await?;
     let endpoints: Vec<String> = cluster.endpoints().into_iter().map(|(_, e)| e).collect();
     let client = HttpClient::new(256, None);
@@ -229,7 +240,11 @@ async fn run_mode(args: &ConstantWorkArgs, mode: &str) -> anyhow::Result<Vec<Row
         rows.push(Row {
             second,
             client_rps: (now.1 - last.1) as f64 / dt,
-            hit_rate: if hits + misses > 0.0 { hits / (hits + misses) } else { 0.0 },
+            hit_rate: if hits + misses > 0.0 {
+                hits / (hits + misses)
+            } else {
+                0.0
+            },
             memds_rps: (now.0.lookups - last.0.lookups) / dt,
         });
         last = now;
@@ -237,7 +252,10 @@ async fn run_mode(args: &ConstantWorkArgs, mode: &str) -> anyhow::Result<Vec<Row
             // The admin connection publishes the control message; every router answers it.
             cluster
                 .bus()
-                .publish(tern_proto::subjects::ROUTER_FLUSH_CACHE, &tern_proto::Empty {})
+                .publish(
+                    tern_proto::subjects::ROUTER_FLUSH_CACHE,
+                    &tern_proto::Empty {},
+                )
                 .await
                 .context("flush the routers' caches")?;
             println!("  {second:>3} s: caches flushed");

@@ -109,9 +109,18 @@ impl OtlpArgs {
         }
         Ok(vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), url.clone()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), self.otlp_protocol.clone()),
-            ("OTEL_TRACES_SAMPLER".into(), "parentbased_traceidratio".into()),
-            ("OTEL_TRACES_SAMPLER_ARG".into(), self.trace_ratio.to_string()),
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL".into(),
+                self.otlp_protocol.clone(),
+            ),
+            (
+                "OTEL_TRACES_SAMPLER".into(),
+                "parentbased_traceidratio".into(),
+            ),
+            (
+                "OTEL_TRACES_SAMPLER_ARG".into(),
+                self.trace_ratio.to_string(),
+            ),
         ])
     }
 }
@@ -219,7 +228,11 @@ async fn start_prometheus(
     let binary = match std::env::var_os("TERN_PROMETHEUS") {
         Some(b) => PathBuf::from(b),
         None => match std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).map(|d| d.join("prometheus")).collect::<Vec<_>>())
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("prometheus"))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default()
             .into_iter()
             .find(|p| p.is_file())
@@ -239,7 +252,10 @@ async fn start_prometheus(
     let log = std::fs::File::create(data_dir.join("logs").join("prometheus.log"))?;
     let child = tokio::process::Command::new(&binary)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -55,13 +55,20 @@ fn merge(y: Yaml) -> Yaml {
 
 fn keys(y: &Yaml) -> Vec<String> {
     y.as_hash()
-        .map(|h| h.keys().filter_map(|k| k.as_str().map(str::to_string)).collect())
+        .map(|h| {
+            h.keys()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn strings(y: &Yaml) -> Vec<String> {
     match y {
-        Yaml::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Yaml::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         Yaml::String(s) => vec![s.clone()],
         _ => Vec::new(),
     }
@@ -125,21 +132,34 @@ fn compose_names_only_what_exists() {
     for name in &names {
         let s = &services[name.as_str()];
         if !s["build"].is_badvalue() {
-            assert_eq!(s["build"].as_str(), Some("."), "{name} builds the repository");
+            assert_eq!(
+                s["build"].as_str(),
+                Some("."),
+                "{name} builds the repository"
+            );
         }
         for v in strings(&s["volumes"]) {
             let source = v.split(':').next().unwrap();
             if source.starts_with("./") {
                 assert!(repo().join(source).exists(), "{name}: {source} missing");
             } else {
-                assert!(volumes.contains(source), "{name}: volume {source} not declared");
+                assert!(
+                    volumes.contains(source),
+                    "{name}: volume {source} not declared"
+                );
             }
         }
-        for d in keys(&s["depends_on"]).into_iter().chain(strings(&s["depends_on"])) {
+        for d in keys(&s["depends_on"])
+            .into_iter()
+            .chain(strings(&s["depends_on"]))
+        {
             assert!(names.contains(&d), "{name} depends on unknown {d}");
         }
         for secret in strings(&s["secrets"]) {
-            assert!(secrets.contains(&secret), "{name}: secret {secret} not declared");
+            assert!(
+                secrets.contains(&secret),
+                "{name}: secret {secret} not declared"
+            );
         }
         let one_shot = s["restart"].as_str() == Some("no");
         assert!(
@@ -155,9 +175,13 @@ fn compose_names_only_what_exists() {
         };
         if TERN_SERVICES.contains(&name.as_str()) {
             assert_eq!(s["image"].as_str(), Some("tern:dev"), "{name}");
-            let metrics = var("_METRICS_LISTEN").unwrap_or_else(|| panic!("{name}: no metrics address"));
+            let metrics =
+                var("_METRICS_LISTEN").unwrap_or_else(|| panic!("{name}: no metrics address"));
             let target = format!("{name}:{}", port_of(&metrics));
-            assert!(targets.contains(&target), "Prometheus does not scrape {target}");
+            assert!(
+                targets.contains(&target),
+                "Prometheus does not scrape {target}"
+            );
             let health = strings(&s["healthcheck"]["test"]).join(" ");
             assert!(
                 health.contains(&format!("/dev/tcp/127.0.0.1/{}", port_of(&metrics))),
@@ -165,25 +189,39 @@ fn compose_names_only_what_exists() {
             );
             let nats = var("_NATS_URL").unwrap_or_else(|| panic!("{name}: no NATS URL"));
             for server in nats.split(',') {
-                let host = server.trim_start_matches("nats://").split(':').next().unwrap();
-                assert!(names.contains(host), "{name}: NATS server {host} is no service");
+                let host = server
+                    .trim_start_matches("nats://")
+                    .split(':')
+                    .next()
+                    .unwrap();
+                assert!(
+                    names.contains(host),
+                    "{name}: NATS server {host} is no service"
+                );
             }
             if let Some(key) = var("_NKEY_FILE") {
                 assert!(key.starts_with("/keys/"), "{name}: {key}");
-                assert!(strings(&s["volumes"]).iter().any(|v| v.starts_with("bus-keys:/keys")));
+                assert!(strings(&s["volumes"])
+                    .iter()
+                    .any(|v| v.starts_with("bus-keys:/keys")));
             }
         }
         if let Some(listen) = var("ROUTER_LISTEN") {
             let published: Vec<String> = strings(&s["ports"]);
             assert!(
-                published.iter().any(|p| p.ends_with(&format!(":{}", port_of(&listen)))),
+                published
+                    .iter()
+                    .any(|p| p.ends_with(&format!(":{}", port_of(&listen)))),
                 "{name} listens on {listen} but publishes {published:?}"
             );
         }
     }
     for t in &targets {
         let host = t.split(':').next().unwrap();
-        assert!(TERN_SERVICES.contains(&host), "Prometheus scrapes {t}, no Tern service");
+        assert!(
+            TERN_SERVICES.contains(&host),
+            "Prometheus scrapes {t}, no Tern service"
+        );
     }
 
     // The NATS cluster's routes name its servers.
@@ -199,7 +237,9 @@ fn compose_names_only_what_exists() {
         assert!(names.contains(host), "data source {url}");
     }
     let provider = load("compose/grafana/provisioning/dashboards/tern.yaml");
-    let path = provider["providers"][0]["options"]["path"].as_str().unwrap();
+    let path = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
     assert!(
         strings(&services["grafana"]["volumes"])
             .iter()
@@ -302,7 +342,9 @@ async fn every_dashboard_query_names_metrics_the_services_export() {
         let (_, text) = raw_get(url.trim_end_matches("/metrics"), "/metrics").await;
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
-                exported.entry(rest.split(' ').next().unwrap().to_string()).or_default();
+                exported
+                    .entry(rest.split(' ').next().unwrap().to_string())
+                    .or_default();
                 continue;
             }
             if line.starts_with('#') || line.is_empty() {
@@ -323,7 +365,10 @@ async fn every_dashboard_query_names_metrics_the_services_export() {
     assert!(queries.len() >= 20, "{} queries", queries.len());
     for (file, panel, expr) in queries {
         let names = metric_names(&expr);
-        assert!(!names.is_empty(), "{file} / {panel}: no Tern metric in {expr}");
+        assert!(
+            !names.is_empty(),
+            "{file} / {panel}: no Tern metric in {expr}"
+        );
         let mut labels_available = BTreeSet::new();
         for name in &names {
             let labels = exported.get(name).unwrap_or_else(|| {

@@ -64,12 +64,19 @@ async fn every_process_exports_its_metrics() {
         "storage-b",
         "storage-c",
     ] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
     for (name, text) in &texts {
         let service = name.split('-').next().unwrap();
         assert_eq!(
-            sum(text, "tern_build_info", &[&format!("service=\"{service}\"")]),
+            sum(
+                text,
+                "tern_build_info",
+                &[&format!("service=\"{service}\"")]
+            ),
             1.0,
             "{name} says which service it is:\n{text}"
         );
@@ -77,12 +84,22 @@ async fn every_process_exports_its_metrics() {
 
     let router = &texts["router"];
     let put = ["operation=\"PutItem\"", "table=\"observed\""];
-    assert_eq!(sum(router, "tern_router_operations_total", &put), PUTS as f64, "{router}");
+    assert_eq!(
+        sum(router, "tern_router_operations_total", &put),
+        PUTS as f64,
+        "{router}"
+    );
     assert_eq!(
         sum(router, "tern_router_operation_duration_seconds_count", &put),
         PUTS as f64
     );
-    assert!(sum(router, "tern_router_operation_duration_seconds_bucket", &put) > 0.0);
+    assert!(
+        sum(
+            router,
+            "tern_router_operation_duration_seconds_bucket",
+            &put
+        ) > 0.0
+    );
     assert_eq!(
         sum(
             router,
@@ -98,14 +115,27 @@ async fn every_process_exports_its_metrics() {
     );
     assert!(metric(router, "tern_router_cache_hits_total").unwrap() >= (PUTS - 1) as f64);
     assert!(metric(router, "tern_router_memds_lookups_total").unwrap() >= PUTS as f64);
-    assert!(sum(router, "tern_bus_message_bytes_count", &["direction=\"sent\""]) >= PUTS as f64);
+    assert!(
+        sum(
+            router,
+            "tern_bus_message_bytes_count",
+            &["direction=\"sent\""]
+        ) >= PUTS as f64
+    );
 
     let memds = &texts["memds"];
-    assert!(metric(memds, "tern_memds_lookups_total").unwrap() >= PUTS as f64, "{memds}");
+    assert!(
+        metric(memds, "tern_memds_lookups_total").unwrap() >= PUTS as f64,
+        "{memds}"
+    );
     assert_eq!(metric(memds, "tern_memds_tables"), Some(1.0), "{memds}");
     assert_eq!(metric(memds, "tern_memds_storage_nodes_live"), Some(3.0));
     assert!(
-        sum(memds, "tern_bus_requests_handled_seconds_count", &["lookup"]) >= PUTS as f64,
+        sum(
+            memds,
+            "tern_bus_requests_handled_seconds_count",
+            &["lookup"]
+        ) >= PUTS as f64,
         "{memds}"
     );
 
@@ -115,9 +145,17 @@ async fn every_process_exports_its_metrics() {
         .collect();
     let total = |name: &str| -> f64 { storage.iter().map(|t| sum(t, name, &[])).sum() };
     assert_eq!(total("tern_storage_commit_seconds_count"), PUTS as f64);
-    assert_eq!(total("tern_storage_groups_led"), 2.0, "one leader per partition");
+    assert_eq!(
+        total("tern_storage_groups_led"),
+        2.0,
+        "one leader per partition"
+    );
     assert!(total("tern_storage_leader_changes_total") >= 2.0);
-    assert_eq!(total("tern_storage_replicas"), 6.0, "two partitions, three replicas each");
+    assert_eq!(
+        total("tern_storage_replicas"),
+        6.0,
+        "two partitions, three replicas each"
+    );
     for (node, text) in ["storage-a", "storage-b", "storage-c"].iter().zip(&storage) {
         // Every replica made every write durable: the table's creation and the puts.
         assert!(
@@ -125,7 +163,13 @@ async fn every_process_exports_its_metrics() {
             "{node}:\n{text}"
         );
         assert!(sum(text, "tern_storage_fsync_batch_ops_sum", &[]) >= 1.0);
-        assert!(sum(text, "tern_bus_message_bytes_count", &["direction=\"received\""]) > 0.0);
+        assert!(
+            sum(
+                text,
+                "tern_bus_message_bytes_count",
+                &["direction=\"received\""]
+            ) > 0.0
+        );
         assert!(
             samples(text, "tern_storage_fsync_seconds_count")
                 .iter()
@@ -145,7 +189,10 @@ async fn every_process_exports_its_metrics() {
     let flushed: tern_proto::memds::CacheFlushed = tc
         .cluster
         .bus()
-        .call(tern_proto::subjects::ROUTER_FLUSH_CACHE, &tern_proto::Empty {})
+        .call(
+            tern_proto::subjects::ROUTER_FLUSH_CACHE,
+            &tern_proto::Empty {},
+        )
         .await
         .expect("the router answers a flush");
     assert_eq!(flushed.entries, 1, "the router had cached one table");
@@ -184,6 +231,7 @@ mod otlp {
         pub trace_id: Vec<u8>,
         pub span_id: Vec<u8>,
         pub parent_span_id: Vec<u8>,
+        pub links: Vec<Vec<u8>>,
         pub attributes: Vec<(String, String)>,
     }
 
@@ -237,6 +285,7 @@ mod otlp {
                                     trace_id: s.trace_id,
                                     span_id: s.span_id,
                                     parent_span_id: s.parent_span_id,
+                                    links: s.links.into_iter().map(|l| l.span_id).collect(),
                                     attributes: text(&s.attributes),
                                 });
                             }
@@ -319,14 +368,20 @@ async fn one_write_is_one_trace_across_router_memds_and_three_replicas() {
     };
 
     // The router's span is the root and says what DynamoDB call it is.
-    assert!(trace.parent_span_id.is_empty(), "the router's span is the root");
+    assert!(
+        trace.parent_span_id.is_empty(),
+        "the router's span is the root"
+    );
     assert_eq!(trace.attr("rpc.system"), Some("aws-api"));
     assert_eq!(trace.attr("rpc.method"), Some("PutItem"));
     assert_eq!(trace.attr("db.operation.name"), Some("PutItem"));
     assert_eq!(trace.attr("db.system.name"), Some("aws.dynamodb"));
     let services: HashSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
     for s in ["tern-router", "tern-memds", "tern-storage"] {
-        assert!(services.contains(s), "{s} missing from the trace: {services:?}");
+        assert!(
+            services.contains(s),
+            "{s} missing from the trace: {services:?}"
+        );
     }
     let lookup = spans
         .iter()
@@ -352,6 +407,43 @@ async fn one_write_is_one_trace_across_router_memds_and_three_replicas() {
             assert!(s.attr("tern.partition").is_some());
         }
     }
+    // A second write finds the route cached: its lookup travels in a background batch, whose
+    // span links to the request (and is its child, being the batch's first sampled request).
+    c.put_item()
+        .table_name("traced")
+        .item("pk", V::S("k2".into()))
+        .send()
+        .await
+        .expect("put");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = received.lock().unwrap().clone();
+        let second = all.iter().find(|s| {
+            s.name == "PutItem"
+                && s.attr("aws.dynamodb.table_names") == Some("traced")
+                && s.trace_id != trace.trace_id
+        });
+        let batch = second.and_then(|p| {
+            all.iter()
+                .find(|s| s.name == "memds.lookup_batch" && s.links.contains(&p.span_id))
+        });
+        let served = batch.and_then(|b| {
+            all.iter()
+                .find(|s| s.service == "tern-memds" && s.parent_span_id == b.span_id)
+        });
+        if let (Some(p), Some(b), Some(_)) = (second, batch, served) {
+            assert_eq!(b.trace_id, p.trace_id);
+            assert_eq!(b.parent_span_id, p.span_id);
+            assert_eq!(b.service, "tern-router");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lookup batch linked to the second PutItem"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Every span but the root hangs off another span of the same trace.
     let ids: HashSet<&Vec<u8>> = spans.iter().map(|s| &s.span_id).collect();
     for s in &spans {

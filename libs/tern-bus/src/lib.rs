@@ -223,9 +223,7 @@ impl Bus {
         let sizes = registry.register(
             "bus_message_bytes",
             "Payload bytes of the bus messages this process sent and received",
-            Family::<Direction, Histogram, fn() -> Histogram>::new_with_constructor(
-                size_histogram,
-            ),
+            Family::<Direction, Histogram, fn() -> Histogram>::new_with_constructor(size_histogram),
         );
         let handled = registry.register(
             "bus_requests_handled_seconds",

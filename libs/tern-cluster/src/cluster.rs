@@ -171,11 +171,10 @@ impl Cluster {
         // Every port at once, so that no two processes are given the same one.
         let routers = spec.routers.max(1);
         // Routers: endpoint and metrics; storage nodes, MemDS, GAC, archiver: metrics.
-        let mut ports = crate::free_ports(
-            2 * routers + spec.storage_nodes.len() + spec.memds.max(1) + 2,
-        )
-            .context("pick ports")?
-            .into_iter();
+        let mut ports =
+            crate::free_ports(2 * routers + spec.storage_nodes.len() + spec.memds.max(1) + 2)
+                .context("pick ports")?
+                .into_iter();
         let mut router_ports = BTreeMap::new();
         for i in 0..routers {
             let free = ports.next().expect("one port per router");
@@ -676,7 +675,12 @@ fn service_plan(
     metrics_ports: &BTreeMap<String, u16>,
     credentials: Option<&Path>,
 ) -> Plan {
-    let metrics = |name: &str| ("METRICS_LISTEN", format!("127.0.0.1:{}", metrics_ports[name]));
+    let metrics = |name: &str| {
+        (
+            "METRICS_LISTEN",
+            format!("127.0.0.1:{}", metrics_ports[name]),
+        )
+    };
     let env = |service: &str, pairs: &[(&str, String)]| -> Vec<(String, String)> {
         let up = service.to_ascii_uppercase();
         let mut v = vec![(format!("TERN_{up}_NATS_URL"), nats_url.to_string())];

@@ -48,7 +48,8 @@ impl Spans {
     /// `Export` when the environment names an OTLP endpoint (and does not disable the SDK).
     pub fn from_env() -> Self {
         let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
-        let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        let disabled = std::env::var("OTEL_SDK_DISABLED")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("true"))
             || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
         if !disabled
             && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))

@@ -58,7 +58,10 @@ impl Metrics {
 
     /// A registry whose every series carries `labels` (a storage node's id, for one).
     pub fn with_labels(labels: &[(&str, &str)]) -> Self {
-        let labels: Vec<(std::borrow::Cow<'static, str>, std::borrow::Cow<'static, str>)> = labels
+        let labels: Vec<(
+            std::borrow::Cow<'static, str>,
+            std::borrow::Cow<'static, str>,
+        )> = labels
             .iter()
             .map(|(k, v)| (k.to_string().into(), v.to_string().into()))
             .collect();

@@ -154,7 +154,11 @@ impl tern_telemetry::metrics::Collector for Gauges {
     ) -> Result<(), std::fmt::Error> {
         use tern_telemetry::metrics::{ConstGauge, EncodeMetric};
         let rows = [
-            ("memds_tables", "Tables in this instance's metadata", self.0.tables.len()),
+            (
+                "memds_tables",
+                "Tables in this instance's metadata",
+                self.0.tables.len(),
+            ),
             (
                 "memds_storage_nodes_live",
                 "Storage nodes heard from within the node timeout",

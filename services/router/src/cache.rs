@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tern_bus::BusError;
@@ -19,6 +20,8 @@ use tern_memds_client::MemdsClient;
 use tern_model::{ApiError, ErrorCode};
 use tern_proto::memds::{TableInfo, TableReply};
 use tokio::sync::{mpsc, Semaphore};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::{inc, Metrics};
 
@@ -44,7 +47,18 @@ pub struct RouteCache {
     memds: MemdsClient,
     mode: CacheMode,
     metrics: Metrics,
-    refresh: mpsc::Sender<String>,
+    refresh: mpsc::Sender<Refresh>,
+}
+
+/// A background lookup: the table, and the trace context of the request that asked for it when
+/// that request is sampled (the batch that carries it links to it).
+type Refresh = (String, Option<SpanContext>);
+
+/// The current span's context, when it is sampled.
+fn sampled() -> Option<SpanContext> {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    (sc.is_valid() && sc.is_sampled()).then_some(sc)
 }
 
 impl RouteCache {
@@ -74,7 +88,10 @@ impl RouteCache {
             Some(t) => {
                 inc(&self.metrics.cache_hits);
                 if self.mode == CacheMode::Constant
-                    && self.refresh.try_send(table.to_string()).is_err()
+                    && self
+                        .refresh
+                        .try_send((table.to_string(), sampled()))
+                        .is_err()
                 {
                     inc(&self.metrics.lookups_skipped);
                 }
@@ -126,36 +143,60 @@ async fn refresh_in_batches(
     entries: Entries,
     memds: MemdsClient,
     metrics: Metrics,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<Refresh>,
 ) {
     let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let mut names = vec![first];
-        while names.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(n) => names.push(n),
-                Err(_) => break,
+        let mut names = Vec::new();
+        let mut links = Vec::new();
+        let mut next = Some(first);
+        while let Some((name, sc)) = next.take() {
+            names.push(name);
+            links.extend(sc);
+            if names.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
+        }
+        // One span for the batch, linked to every sampled request it carries (it belongs to
+        // none of them alone); MemDS's span for it is its child.
+        let span = tracing::info_span!(
+            parent: None,
+            "memds.lookup_batch",
+            otel.kind = "client",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = tern_proto::subjects::MEMDS_LOOKUP_BATCH,
+            messaging.batch.message_count = names.len(),
+        );
+        if let Some(first) = links.first() {
+            let _ = span
+                .set_parent(opentelemetry::Context::new().with_remote_span_context(first.clone()));
+        }
+        for sc in links {
+            span.add_link(sc);
         }
         metrics.memds_lookups.inc_by(names.len() as u64);
         let (entries, memds) = (entries.clone(), memds.clone());
-        tokio::spawn(async move {
-            match memds.lookup_batch(names).await {
-                Ok(reply) => {
-                    let mut map = entries.write();
-                    for t in reply.tables {
-                        map.insert(t.name.clone(), Arc::new(t));
+        tokio::spawn(
+            async move {
+                match memds.lookup_batch(names).await {
+                    Ok(reply) => {
+                        let mut map = entries.write();
+                        for t in reply.tables {
+                            map.insert(t.name.clone(), Arc::new(t));
+                        }
+                        for name in reply.missing {
+                            map.remove(&name);
+                        }
                     }
-                    for name in reply.missing {
-                        map.remove(&name);
-                    }
+                    Err(e) => tracing::debug!(error = %e, "background routing lookup"),
                 }
-                Err(e) => tracing::debug!(error = %e, "background routing lookup"),
+                drop(permit);
             }
-            drop(permit);
-        });
+            .instrument(span),
+        );
     }
 }

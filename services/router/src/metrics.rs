@@ -122,7 +122,13 @@ impl Metrics {
     }
 
     /// One request answered: `error` is DynamoDB's error type when it failed.
-    pub fn answered(&self, operation: &str, table: Option<&str>, took: Duration, error: Option<&str>) {
+    pub fn answered(
+        &self,
+        operation: &str,
+        table: Option<&str>,
+        took: Duration,
+        error: Option<&str>,
+    ) {
         let labels = OpLabels {
             operation: operation.to_string(),
             table: self.table_label(table),

@@ -74,10 +74,7 @@ impl Replication {
             .name("apply".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    r.inner()
-                        .metrics
-                        .apply_queue
-                        .dec();
+                    r.inner().metrics.apply_queue.dec();
                     match job {
                         Job::Apply {
                             pid,
@@ -97,10 +94,7 @@ impl Replication {
 
     /// Queues work for the apply thread (called under the replica's lock, which keeps the order).
     pub(crate) fn queue_job(&self, job: Job) {
-        self.inner()
-            .metrics
-            .apply_queue
-            .inc();
+        self.inner().metrics.apply_queue.inc();
         if self.inner().applier.send(job).is_err() {
             fatal("queue committed entries", "the apply thread is gone");
         }
@@ -210,10 +204,7 @@ impl Replication {
             match self.inner().replicas.read_entry(pid, e.index, e.term) {
                 Ok(Some(full)) => {
                     *e = full;
-                    self.inner()
-                        .metrics
-                        .log_reads
-                        .inc();
+                    self.inner().metrics.log_reads.inc();
                 }
                 Ok(None) => return false,
                 Err(err) => fatal("read the replication log", err),

@@ -239,4 +239,3 @@ async fn heartbeat(bus: Bus, config: Config, node: handlers::Node, stats: Stats)
         }
     }
 }
-

@@ -7,11 +7,11 @@
 //! - Committed writes are applied in log order on every replica, conditions included, so every
 //!   replica reaches the same items; the replica that took the client's write answers it.
 
-use tracing::Instrument;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
@@ -475,10 +475,7 @@ impl Replication {
                 max_message = self.inner.max_message,
                 "write larger than the bus carries: raise nats-server's max_payload"
             );
-            self.inner
-                .metrics
-                .writes_too_large
-                .inc();
+            self.inner.metrics.writes_too_large.inc();
             return Err(StorageError::Invalid(
                 "Item size has exceeded the maximum allowed size".into(),
             )
@@ -492,10 +489,7 @@ impl Replication {
         {
             Ok(Ok(permit)) => permit,
             _ => {
-                self.inner
-                    .metrics
-                    .writes_throttled
-                    .inc();
+                self.inner.metrics.writes_throttled.inc();
                 return Err(StorageError::Busy(
                     "Too many writes in progress on the partition's storage node: retry".into(),
                 )
@@ -557,10 +551,7 @@ impl Replication {
             .and_then(|g| g.lock().lease_expiry())
             .is_some_and(|expiry| Instant::now() < expiry);
         if !holds {
-            self.inner
-                .metrics
-                .lease_expired_reads
-                .inc();
+            self.inner.metrics.lease_expired_reads.inc();
         }
         holds
     }
@@ -605,10 +596,7 @@ impl Replication {
                 None => g.engine.membership().contains(env.from),
             };
             if !accepted {
-                self.inner
-                    .metrics
-                    .foreign_messages
-                    .inc();
+                self.inner.metrics.foreign_messages.inc();
                 tracing::debug!(partition = g.pid, member = env.from, node = %batch.from_node, "message from no member of the group ignored");
                 continue;
             }
@@ -616,10 +604,7 @@ impl Replication {
                 .entry(env.from)
                 .or_insert_with(|| (batch.from_node.clone(), String::new()));
             if let tern_replication::Message::AppendResponse { success: false, .. } = &msg {
-                self.inner
-                    .metrics
-                    .append_rejections
-                    .inc();
+                self.inner.metrics.append_rejections.inc();
             }
             self.step(
                 &mut g,
@@ -708,10 +693,7 @@ impl Replication {
                 self.inner
                     .outbound_bytes
                     .fetch_sub(bytes, Ordering::Relaxed);
-                self.inner
-                    .metrics
-                    .rounds_dropped
-                    .inc();
+                self.inner.metrics.rounds_dropped.inc();
             }
         }
     }
@@ -840,10 +822,7 @@ impl Replication {
                     if role == Role::Leader {
                         g.leader_since = g.engine.now();
                         g.heal = Default::default();
-                        self.inner
-                            .metrics
-                            .leader_changes
-                            .inc();
+                        self.inner.metrics.leader_changes.inc();
                     } else {
                         // Writes waiting here may never commit through us: let clients retry.
                         for (_, w) in g.writes.drain() {
@@ -871,10 +850,7 @@ impl Replication {
         let Some(node) = g.node_of(to).map(str::to_string) else {
             return;
         };
-        self.inner
-            .metrics
-            .snapshots_sent
-            .inc();
+        self.inner.metrics.snapshots_sent.inc();
         let req = RebuildRequest {
             partition_id: g.pid,
             source_node: self.inner.node.clone(),
@@ -966,10 +942,7 @@ impl Replication {
         {
             fatal("compact log", e);
         }
-        self.inner
-            .metrics
-            .compactions
-            .inc();
+        self.inner.metrics.compactions.inc();
         tracing::debug!(partition = pid, index = meta.index, "log compacted");
     }
 

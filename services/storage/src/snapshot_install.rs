@@ -75,10 +75,7 @@ impl Replication {
             // (someone else on the bus asking this replica to install what they serve) is refused.
             let known_source = g.addrs.values().any(|(node, _)| *node == req.source_node);
             if !known_source || req.source_node == self.inner().node {
-                self.inner()
-                    .metrics
-                    .foreign_messages
-                    .inc();
+                self.inner().metrics.foreign_messages.inc();
                 tracing::warn!(partition = pid, source = %req.source_node, "rebuild from a node that holds no replica of the group refused");
                 return Err(tern_storage_client::StorageError::Invalid(
                     "the snapshot source holds no replica of this partition".into(),
@@ -239,10 +236,7 @@ impl Replication {
             }
         };
         self.flush(out);
-        self.inner()
-            .metrics
-            .snapshots_installed
-            .inc();
+        self.inner().metrics.snapshots_installed.inc();
         tracing::info!(
             partition = pid,
             items,

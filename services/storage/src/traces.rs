@@ -9,9 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tern_proto::raft::EntryTrace;
 use tern_replication::Index;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
