@@ -444,6 +444,57 @@ async fn one_write_is_one_trace_across_router_memds_and_three_replicas() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A caller's trace context decides: its sampled flag joins the request to the caller's
+    // trace; a cleared flag leaves the request untraced (no span of it is exported anywhere).
+    let endpoint = tc.cluster.endpoint();
+    let put = |pk: &str| format!(r#"{{"TableName":"traced","Item":{{"pk":{{"S":"{pk}"}}}}}}"#);
+    let target = Some("DynamoDB_20120810.PutItem");
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for (pk, flags) in [("sampled-by-caller", "01"), ("unsampled-by-caller", "00")] {
+        let body = put(pk);
+        let mut headers = dev_signed(&endpoint, target, body.as_bytes());
+        headers.push((
+            "traceparent".into(),
+            format!("00-{caller_trace}-00f067aa0ba902b7-{flags}"),
+        ));
+        let (status, _) = send_raw(&endpoint, &headers, body.as_bytes()).await;
+        assert_eq!(status, 200);
+    }
+    let caller_id = (0..16)
+        .map(|i| u8::from_str_radix(&caller_trace[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<u8>>();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = received.lock().unwrap().clone();
+        let joined: Vec<_> = all.iter().filter(|s| s.trace_id == caller_id).collect();
+        let storage_nodes: HashSet<_> = joined
+            .iter()
+            .filter(|s| s.name == "storage.log.append")
+            .filter_map(|s| s.attr("tern.node"))
+            .collect();
+        if joined.iter().any(|s| s.name == "PutItem") && storage_nodes.len() == 3 {
+            let root = joined.iter().find(|s| s.name == "PutItem").unwrap();
+            assert_eq!(
+                root.parent_span_id,
+                vec![0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the caller's sampled trace was not continued"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give the unsampled request's spans, had there been any, time to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = received.lock().unwrap().clone();
+    let puts = all
+        .iter()
+        .filter(|s| s.name == "PutItem" && s.attr("aws.dynamodb.table_names") == Some("traced"))
+        .count();
+    assert_eq!(puts, 3, "the unsampled request made no span");
+
     // Every span but the root hangs off another span of the same trace.
     let ids: HashSet<&Vec<u8>> = spans.iter().map(|s| &s.span_id).collect();
     for s in &spans {

@@ -412,15 +412,25 @@ impl Bus {
                 let client = client.clone();
                 let metrics = metrics.clone();
                 let served = served.clone();
-                let span = tracing::info_span!(
-                    "bus.handle",
-                    otel.name = %subject,
-                    otel.kind = "server",
-                    messaging.system = "nats",
-                    messaging.operation.type = "process",
-                    messaging.destination.name = %subject,
-                );
-                trace::set_parent(&span, msg.headers.as_ref());
+                // Traced only as part of a sampled request (which sent its trace context).
+                let traced = msg
+                    .headers
+                    .as_ref()
+                    .is_some_and(|h| h.get("traceparent").is_some());
+                let span = if traced {
+                    let span = tracing::info_span!(
+                        "bus.handle",
+                        otel.name = %subject,
+                        otel.kind = "server",
+                        messaging.system = "nats",
+                        messaging.operation.type = "process",
+                        messaging.destination.name = %subject,
+                    );
+                    trace::set_parent(&span, msg.headers.as_ref());
+                    span
+                } else {
+                    tracing::info_span!(target: tern_telemetry::UNTRACED, "bus.handle", subject = %subject)
+                };
                 tokio::spawn(
                     async move {
                         let reply = msg.reply.clone();

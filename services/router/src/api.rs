@@ -162,20 +162,16 @@ async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
         .unwrap_or("")
         .to_string();
     let op_name = op.strip_prefix(TARGET_PREFIX).unwrap_or(&op);
-    // Named and described as OpenTelemetry's conventions for DynamoDB calls say.
-    let span = tracing::info_span!(
-        "dynamodb",
-        otel.name = %op_name,
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        rpc.system = "aws-api",
-        rpc.service = "DynamoDB",
-        rpc.method = %op_name,
-        db.system.name = "aws.dynamodb",
-        db.operation.name = %op_name,
-        aws.request_id = %request_id,
-        aws.dynamodb.table_names = tracing::field::Empty,
-    );
+    let traceparent = parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let span = if tern_telemetry::sample_request(traceparent) {
+        traced_span(op_name, &request_id, &parts.headers)
+    } else {
+        // For the logs only: the OpenTelemetry layer does not see it.
+        tracing::info_span!(target: tern_telemetry::UNTRACED, "dynamodb", op = %op_name, request_id = %request_id)
+    };
     let started = std::time::Instant::now();
     let mut table = None;
     let len = content_length(&parts.headers);
@@ -259,6 +255,39 @@ async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
         h.insert("x-amzn-requestid", v);
     }
     with_cors(resp)
+}
+
+/// The span of a sampled request, named and described as OpenTelemetry's conventions for
+/// DynamoDB calls say, child of the caller's span when it sent its trace context.
+fn traced_span(op_name: &str, request_id: &str, headers: &HeaderMap) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "dynamodb",
+        otel.name = %op_name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "aws-api",
+        rpc.service = "DynamoDB",
+        rpc.method = %op_name,
+        db.system.name = "aws.dynamodb",
+        db.operation.name = %op_name,
+        aws.request_id = %request_id,
+        aws.dynamodb.table_names = tracing::field::Empty,
+    );
+    struct Headers<'a>(&'a HeaderMap);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    if headers.contains_key("traceparent") {
+        let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+        let _ = span.set_parent(cx);
+    }
+    span
 }
 
 /// Runs the operation `target` names; `table` is set to the request's table name when it has a

@@ -162,15 +162,19 @@ async fn refresh_in_batches(
         }
         // One span for the batch, linked to every sampled request it carries (it belongs to
         // none of them alone); MemDS's span for it is its child.
-        let span = tracing::info_span!(
-            parent: None,
-            "memds.lookup_batch",
-            otel.kind = "client",
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.destination.name = tern_proto::subjects::MEMDS_LOOKUP_BATCH,
-            messaging.batch.message_count = names.len(),
-        );
+        let span = if links.is_empty() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                parent: None,
+                "memds.lookup_batch",
+                otel.kind = "client",
+                messaging.system = "nats",
+                messaging.operation.type = "send",
+                messaging.destination.name = tern_proto::subjects::MEMDS_LOOKUP_BATCH,
+                messaging.batch.message_count = names.len(),
+            )
+        };
         if let Some(first) = links.first() {
             let _ = span
                 .set_parent(opentelemetry::Context::new().with_remote_span_context(first.clone()));

@@ -496,16 +496,23 @@ impl Replication {
                 .into());
             }
         };
-        let span = tracing::info_span!(
-            "storage.replicate",
-            otel.kind = "internal",
-            db.system.name = "tern",
-            tern.partition = pid,
-            tern.node = %self.inner.node,
-            tern.az = %self.inner.az,
-            tern.replica.role = "leader",
-        );
-        let sampled = span.in_scope(crate::traces::current_sampled);
+        // Spans for sampled requests only (their bus span is seen by OpenTelemetry).
+        let (span, sampled) = match crate::traces::current_sampled() {
+            Some(_) => {
+                let span = tracing::info_span!(
+                    "storage.replicate",
+                    otel.kind = "internal",
+                    db.system.name = "tern",
+                    tern.partition = pid,
+                    tern.node = %self.inner.node,
+                    tern.az = %self.inner.az,
+                    tern.replica.role = "leader",
+                );
+                let sampled = span.in_scope(crate::traces::current_sampled);
+                (span, sampled)
+            }
+            None => (tracing::Span::none(), None),
+        };
         let mut out = Outbox::new();
         {
             let mut g = group.lock();
