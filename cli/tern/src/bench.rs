@@ -31,7 +31,8 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
     /// Phases to run, in order: put, get, get-consistent, pages (Query and Scan page cost at the
-    /// start and at the end of a table of `--page-items` items).
+    /// start and at the end of a table of `--page-items` items), curve (latency against offered
+    /// load for PutItem and GetItem, charted).
     #[arg(long, value_delimiter = ',', default_value = "put,get,get-consistent")]
     ops: Vec<String>,
     /// Items loaded for the `pages` phase (a fifth under one partition key, for Query).
@@ -48,6 +49,20 @@ pub struct Args {
     /// Storage nodes sync each write on its own (only with a fresh local cluster).
     #[arg(long)]
     no_group_commit: bool,
+    /// Seconds of each offered rate in the `curve` phase.
+    #[arg(long, default_value_t = 5.0)]
+    step_seconds: f64,
+    /// Offered rates of the `curve` phase, as fractions of the throughput the closed-loop phase
+    /// measured just before.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.1,0.25,0.4,0.55,0.7,0.8,0.9,1.0,1.1"
+    )]
+    curve_steps: Vec<f64>,
+    /// Where the `curve` phase writes its chart (PNG) and its figures (the same name, .csv).
+    #[arg(long, default_value = "latency-under-load.png")]
+    chart: std::path::PathBuf,
 }
 
 /// A pooled HTTP client and the key it signs with (`None`: unsigned).
@@ -109,7 +124,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             pages(&client, &endpoint, &args, _cluster.as_ref()).await?;
             continue;
         }
-        let report = phase(&client, &endpoint, &table, op, &args).await?;
+        if op == "curve" {
+            curve(&client, &endpoint, &table, &args).await?;
+            continue;
+        }
+        let (report, _) = phase(&client, &endpoint, &table, op, &args).await?;
         println!("{report}");
     }
     Ok(())
@@ -345,13 +364,14 @@ fn request_body(op: &str, table: &str, key: u64, payload: &str) -> (&'static str
     }
 }
 
+/// One closed-loop phase: its report line and its throughput (operations a second).
 async fn phase(
     client: &HttpClient,
     endpoint: &str,
     table: &str,
     op: &str,
     args: &Args,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, f64)> {
     if !matches!(op, "put" | "get" | "get-consistent") {
         bail!("unknown phase {op}: use put, get or get-consistent");
     }
@@ -391,14 +411,174 @@ async fn phase(
         total.add(t.await?)?;
     }
     let secs = started.elapsed().as_secs_f64();
-    Ok(format!(
+    let rate = total.len() as f64 / secs;
+    let line = format!(
         "{op:>15}: {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} ok, {} errors, {:.1} s)",
-        total.len() as f64 / secs,
+        rate,
         total.value_at_quantile(0.50) as f64 / 1000.0,
         total.value_at_quantile(0.99) as f64 / 1000.0,
         total.max() as f64 / 1000.0,
         total.len(),
         errors.load(Ordering::Relaxed),
         secs
-    ))
+    );
+    Ok((line, rate))
+}
+
+/// One offered rate of the `curve` phase.
+#[derive(Debug, Clone)]
+struct Step {
+    offered: f64,
+    achieved: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Requests answered with an error, or not sent because too many were in flight.
+    failed: u64,
+}
+
+/// Requests of one `curve` step in flight at most; beyond, a request is not sent and counts as
+/// failed (the service is past saturation).
+const CURVE_IN_FLIGHT: usize = 512;
+
+/// Latency against offered load: for PutItem and GetItem, a closed-loop phase finds the
+/// throughput, then open-loop steps offer fractions of it (`--curve-steps`), each request sent at
+/// its scheduled time whatever the answers' speed, and its latency counted from that time (so a
+/// sender held up by a slow service does not hide the wait). Prints a table, writes the figures
+/// (CSV) and the chart (PNG).
+async fn curve(
+    client: &HttpClient,
+    endpoint: &str,
+    table: &str,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for op in ["put", "get"] {
+        let (line, saturation) = phase(client, endpoint, table, op, args).await?;
+        println!("{line}");
+        let mut steps = Vec::new();
+        for fraction in &args.curve_steps {
+            let rate = (saturation * fraction).max(1.0);
+            let step = open_loop_step(client, endpoint, table, op, rate, args).await?;
+            println!(
+                "{:>15}: offered {:>8.0}/s  achieved {:>8.0}/s  p50 {:>8.2} ms  p99 {:>8.2} ms  failed {}",
+                format!("{op} {:.0}%", fraction * 100.0),
+                step.offered,
+                step.achieved,
+                step.p50_ms,
+                step.p99_ms,
+                step.failed
+            );
+            steps.push(step);
+        }
+        results.push((op, saturation, steps));
+    }
+    let mut csv = String::from("operation,offered_per_s,achieved_per_s,p50_ms,p99_ms,failed\n");
+    for (op, _, steps) in &results {
+        for s in steps {
+            csv.push_str(&format!(
+                "{op},{:.0},{:.0},{:.3},{:.3},{}\n",
+                s.offered, s.achieved, s.p50_ms, s.p99_ms, s.failed
+            ));
+        }
+    }
+    let csv_path = args.chart.with_extension("csv");
+    std::fs::write(&csv_path, csv).with_context(|| format!("write {}", csv_path.display()))?;
+    let panels: Vec<crate::chart::Panel> = results
+        .iter()
+        .map(|(op, saturation, steps)| {
+            let name = if *op == "put" { "PutItem" } else { "GetItem" };
+            let line = |f: fn(&Step) -> f64| steps.iter().map(|s| (s.offered, f(s))).collect();
+            crate::chart::Panel {
+                title: format!(
+                    "{name}: latency against offered load (closed-loop throughput {saturation:.0}/s)"
+                ),
+                y_label: "latency, ms (log scale)".into(),
+                series: vec![
+                    crate::chart::Series {
+                        label: "p50".into(),
+                        points: line(|s| s.p50_ms),
+                        color: plotters::style::RGBColor(31, 119, 180),
+                    },
+                    crate::chart::Series {
+                        label: "p99".into(),
+                        points: line(|s| s.p99_ms),
+                        color: plotters::style::RGBColor(214, 39, 40),
+                    },
+                ],
+                marker: Some((*saturation, "closed-loop throughput".into())),
+                log_y: true,
+            }
+        })
+        .collect();
+    crate::chart::draw(
+        &args.chart,
+        &format!(
+            "Latency under load: {}-byte items, 3 replicas, fsync on 2 of 3 before the answer",
+            args.item_size
+        ),
+        "offered load, requests/s",
+        &panels,
+    )?;
+    println!(
+        "{:>15}: wrote {} and {}",
+        "curve",
+        args.chart.display(),
+        csv_path.display()
+    );
+    Ok(())
+}
+
+async fn open_loop_step(
+    client: &HttpClient,
+    endpoint: &str,
+    table: &str,
+    op: &str,
+    rate: f64,
+    args: &Args,
+) -> anyhow::Result<Step> {
+    let payload: String = "x".repeat(args.item_size);
+    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let failed = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(CURVE_IN_FLIGHT));
+    let total = (rate * args.step_seconds).max(1.0) as u64;
+    let started = Instant::now();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (target, body) = request_body(op, table, i % args.keys, &payload);
+        let (client, endpoint, hist, failed) = (
+            client.clone(),
+            endpoint.to_string(),
+            hist.clone(),
+            failed.clone(),
+        );
+        tokio::spawn(async move {
+            match call(&client, &endpoint, target, body).await {
+                Ok((200, _)) => {
+                    let waited = due.elapsed().as_micros() as u64;
+                    hist.lock().expect("histogram").saturating_record(waited);
+                }
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        });
+    }
+    let _all = in_flight.acquire_many(CURVE_IN_FLIGHT as u32).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let hist = hist.lock().expect("histogram");
+    Ok(Step {
+        offered: rate,
+        achieved: hist.len() as f64 / secs,
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        failed: failed.load(Ordering::Relaxed),
+    })
 }
