@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 pub struct Series {
@@ -97,74 +98,71 @@ fn draw_panel(
         .y_label_area_size(70);
     if panel.log_y {
         let lo = if y_min == f64::MAX { 0.1 } else { y_min / 2.0 };
-        let mut chart = builder.build_cartesian_2d(0f64..x_max, (lo..y_max * 2.0).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(&panel.y_label)
-            .label_style(("sans-serif", 13))
-            .draw()?;
-        for s in &panel.series {
-            let pts: Vec<(f64, f64)> = s.points.iter().filter(|p| p.1 > 0.0).copied().collect();
-            let color = s.color;
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-                .label(&s.label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-        if let Some((x, label)) = &panel.marker {
-            chart
-                .draw_series(LineSeries::new(
-                    vec![(*x, lo), (*x, y_max * 2.0)],
-                    MARKER.stroke_width(3),
-                ))?
-                .label(label)
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], MARKER.stroke_width(3))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()?;
+        let hi = y_max * 2.0;
+        plot(
+            builder,
+            x_max,
+            (lo..hi).log_scale(),
+            (lo, hi),
+            x_label,
+            panel,
+        )
     } else {
-        let top = y_max * 1.15;
-        let mut chart = builder.build_cartesian_2d(0f64..x_max, 0f64..top)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(&panel.y_label)
-            .label_style(("sans-serif", 13))
-            .draw()?;
-        for s in &panel.series {
-            let color = s.color;
-            chart
-                .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))?
-                .label(&s.label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-        if let Some((x, label)) = &panel.marker {
-            chart
-                .draw_series(LineSeries::new(
-                    vec![(*x, 0.0), (*x, top)],
-                    MARKER.stroke_width(3),
-                ))?
-                .label(label)
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], MARKER.stroke_width(3))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()?;
+        let hi = y_max * 1.15;
+        plot(builder, x_max, 0f64..hi, (0.0, hi), x_label, panel)
     }
+}
+
+/// Draws `panel` on axes 0..`x_max` by `y` (linear or logarithmic, spanning `y_span`). On a log
+/// axis, points at or below zero are left out.
+fn plot<Y>(
+    mut builder: ChartBuilder<'_, '_, BitMapBackend<'_>>,
+    x_max: f64,
+    y: Y,
+    y_span: (f64, f64),
+    x_label: &str,
+    panel: &Panel,
+) -> Result<(), Box<dyn std::error::Error + 'static>>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let mut chart = builder.build_cartesian_2d(0f64..x_max, y)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(&panel.y_label)
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    for s in &panel.series {
+        let points: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter(|p| !panel.log_y || p.1 > 0.0)
+            .copied()
+            .collect();
+        let color = s.color;
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(&s.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    if let Some((x, label)) = &panel.marker {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(*x, y_span.0), (*x, y_span.1)],
+                MARKER.stroke_width(3),
+            ))?
+            .label(label)
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MARKER.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()?;
     Ok(())
 }
 

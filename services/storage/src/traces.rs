@@ -100,18 +100,7 @@ impl Traces {
         }
         for index in indexes {
             if let Some(sc) = self.entries.get(&index) {
-                let span = tracing::info_span!(
-                    parent: None,
-                    "storage.log.append",
-                    otel.kind = "internal",
-                    db.system.name = "tern",
-                    tern.partition = at.partition,
-                    tern.node = at.node,
-                    tern.az = at.az,
-                    tern.replica.role = role(at.leader),
-                    tern.log.index = index,
-                );
-                child_of(&span, sc);
+                let span = entry_span("storage.log.append", index, at, sc);
                 self.appends.push_back((index, span));
                 if self.appends.len() > MAX_TRACED {
                     self.appends.pop_front();
@@ -142,19 +131,7 @@ impl Traces {
         for index in indexes {
             last = index;
             if let Some(sc) = self.entries.get(&index) {
-                let span = tracing::info_span!(
-                    parent: None,
-                    "storage.apply",
-                    otel.kind = "internal",
-                    db.system.name = "tern",
-                    tern.partition = at.partition,
-                    tern.node = at.node,
-                    tern.az = at.az,
-                    tern.replica.role = role(at.leader),
-                    tern.log.index = index,
-                );
-                child_of(&span, sc);
-                spans.push(span);
+                spans.push(entry_span("storage.apply", index, at, sc));
             }
         }
         // Applied entries are sent to no follower again but one far behind, whose spans may
@@ -172,9 +149,24 @@ fn role(leader: bool) -> &'static str {
     }
 }
 
-fn child_of(span: &tracing::Span, sc: &SpanContext) {
+/// A span of what replica `at` does with entry `index`, child of the request's span `sc`; named
+/// `name` in OpenTelemetry.
+fn entry_span(name: &'static str, index: Index, at: &Place, sc: &SpanContext) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "storage.entry",
+        otel.name = name,
+        otel.kind = "internal",
+        db.system.name = "tern",
+        tern.partition = at.partition,
+        tern.node = at.node,
+        tern.az = at.az,
+        tern.replica.role = role(at.leader),
+        tern.log.index = index,
+    );
     let cx = opentelemetry::Context::new().with_remote_span_context(sc.clone());
     let _ = span.set_parent(cx);
+    span
 }
 
 #[cfg(test)]
