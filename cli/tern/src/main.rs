@@ -40,6 +40,9 @@ enum Command {
         /// MemDS instances (they share the lookups and the table DDL).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
         memds: u16,
+        /// GAC instances (they share the tables' admission control between them).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+        gac: u16,
         #[command(flatten)]
         key: KeyArgs,
         /// PEM certificate chain (for 127.0.0.1) the endpoint and nats-server present: HTTPS and
@@ -159,6 +162,7 @@ async fn main() -> std::process::ExitCode {
             cache_mode,
             routers,
             memds,
+            gac,
             key,
             tls_cert,
             tls_key,
@@ -182,6 +186,7 @@ async fn main() -> std::process::ExitCode {
                 spec.router_port = Some(port);
                 spec.routers = routers.into();
                 spec.memds = memds.into();
+                spec.gac = gac.into();
                 spec.env.push(("TERN_ROUTER_CACHE_MODE".into(), cache_mode));
                 up(spec, otlp).await
             }

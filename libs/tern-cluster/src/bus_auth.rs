@@ -68,8 +68,10 @@ fn service_permissions(identity: &str) -> (Vec<String>, Vec<String>) {
                 "tern.storage.*.write",
                 "tern.storage.*.get",
                 "tern.storage.*.scan",
+                "tern.gac.*.grant",
             ]),
             strings(&[
+                "tern.gac.heartbeat",
                 "tern.health.router.*",
                 "tern.router.control.>",
                 "_INBOX.router.*.>",
@@ -86,7 +88,11 @@ fn service_permissions(identity: &str) -> (Vec<String>, Vec<String>) {
             ]),
             strings(&["tern.memds.>", "tern.health.memds.*", "_INBOX.memds.*.>"]),
         ),
-        "gac" | "archiver" => (
+        "gac" => (
+            strings(&["tern.gac.heartbeat"]),
+            strings(&["tern.gac.>", "tern.health.gac.*", "_INBOX.gac.*.>"]),
+        ),
+        "archiver" => (
             Vec::new(),
             vec![
                 format!("tern.{identity}.>"),

@@ -74,6 +74,8 @@ pub struct ClusterSpec {
     pub routers: usize,
     /// MemDS instances, serving as one queue group. Processes `memds`, `memds-2`, ...
     pub memds: usize,
+    /// GAC instances, sharing the tables between them. Processes `gac`, `gac-2`, ...
+    pub gac: usize,
     /// The access key (id, secret) requests must be signed with; `None`: the routers check no
     /// signature (local benchmarks only). Written to `<data>/secrets/api-credentials`, readable
     /// by its owner only.
@@ -116,6 +118,7 @@ impl ClusterSpec {
             env: Vec::new(),
             routers: 1,
             memds: 1,
+            gac: 2,
             api_credentials: Some((DEV_ACCESS_KEY_ID.into(), DEV_SECRET_ACCESS_KEY.into())),
             bus_auth: true,
             tls: None,
@@ -171,10 +174,11 @@ impl Cluster {
         // Every port at once, so that no two processes are given the same one.
         let routers = spec.routers.max(1);
         // Routers: endpoint and metrics; storage nodes, MemDS, GAC, archiver: metrics.
-        let mut ports =
-            crate::free_ports(2 * routers + spec.storage_nodes.len() + spec.memds.max(1) + 2)
-                .context("pick ports")?
-                .into_iter();
+        let mut ports = crate::free_ports(
+            2 * routers + spec.storage_nodes.len() + spec.memds.max(1) + spec.gac.max(1) + 1,
+        )
+        .context("pick ports")?
+        .into_iter();
         let mut router_ports = BTreeMap::new();
         for i in 0..routers {
             let free = ports.next().expect("one port per router");
@@ -196,7 +200,8 @@ impl Cluster {
         }
         let others = (0..spec.memds.max(1))
             .map(|i| numbered("memds", i))
-            .chain(["gac".to_string(), "archiver".to_string()]);
+            .chain((0..spec.gac.max(1)).map(|i| numbered("gac", i)))
+            .chain(["archiver".to_string()]);
         for name in others {
             metrics_ports.insert(name, ports.next().expect("a metrics port per process"));
         }
@@ -704,12 +709,18 @@ fn service_plan(
             ),
         ));
     }
-    plan.push((
-        "gac".into(),
-        "gac".into(),
-        "gac-1".into(),
-        env("gac", &[("INSTANCE", "gac-1".into()), metrics("gac")]),
-    ));
+    for i in 0..spec.gac.max(1) {
+        let instance = format!("gac-{}", i + 1);
+        plan.push((
+            numbered("gac", i),
+            "gac".into(),
+            instance.clone(),
+            env(
+                "gac",
+                &[("INSTANCE", instance), metrics(&numbered("gac", i))],
+            ),
+        ));
+    }
     plan.push((
         "archiver".into(),
         "archiver".into(),

@@ -2,6 +2,7 @@
 //! messages, numbers, key schemas with their hash and order-preserving storage keys, and condition
 //! and update expressions. Pure: no I/O.
 
+pub mod capacity;
 mod error;
 mod expr;
 mod key;

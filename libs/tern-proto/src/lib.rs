@@ -7,6 +7,7 @@
 //! `tests/compat.rs` pins that property.
 
 pub mod expr;
+pub mod gac;
 pub mod memds;
 pub mod node;
 pub mod raft;

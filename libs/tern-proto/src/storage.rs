@@ -75,6 +75,10 @@ pub struct WriteResponse {
     /// The condition failed and nothing was written; `old_item` is the item as it is.
     #[prost(bool, tag = "4")]
     pub condition_failed: bool,
+    /// Write units of the item the write replaced or deleted (0: there was none); a Put or
+    /// Delete is charged on the larger of it and the new item.
+    #[prost(uint32, tag = "5")]
+    pub old_write_units: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -26,6 +26,15 @@ pub const MEMDS_REPORT_PARTITION: &str = "tern.memds.report_partition";
 /// Storage nodes publish their liveness here; every MemDS instance listens (no queue group).
 pub const NODE_HEARTBEAT: &str = "tern.memds.node_heartbeat";
 
+/// GAC instances announce themselves here ([`crate::gac::GacHeartbeat`]); routers and the other
+/// GAC instances listen.
+pub const GAC_HEARTBEAT: &str = "tern.gac.heartbeat";
+
+/// Where one GAC instance takes routers' reports of the tables it owns.
+pub fn gac_grant(instance: &str) -> String {
+    format!("tern.gac.{instance}.grant")
+}
+
 /// Every router drops its routing cache when it hears this (operators; the constant-work
 /// experiment). Answered by each router with [`crate::memds::CacheFlushed`].
 pub const ROUTER_FLUSH_CACHE: &str = "tern.router.control.flush_cache";

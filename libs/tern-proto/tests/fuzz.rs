@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message;
-use tern_proto::{expr, memds, node, raft, storage};
+use tern_proto::{expr, gac, memds, node, raft, storage};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -319,6 +319,11 @@ messages![
     tern_proto::HealthRequest,
     tern_proto::HealthResponse,
     tern_proto::Empty,
+    gac::GacHeartbeat,
+    gac::GrantRequest,
+    gac::TableDemand,
+    gac::GrantResponse,
+    gac::TableGrant,
     memds::AttributeDefinition,
     memds::KeySchema,
     memds::Replica,

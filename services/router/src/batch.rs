@@ -12,9 +12,12 @@ use tern_model::{ApiError, ErrorCode, PathElem, PrimaryKey};
 use tern_proto::memds::TableInfo;
 use tern_proto::storage::{GetRequest, WriteKind, WriteRequest};
 
+use tern_model::capacity::{read_units_of_json, ReadKind};
+
+use crate::capacity::Kind;
 use crate::dispatch;
 use crate::items::{
-    capacity_json, key_schema, projection, stored_size, wants_capacity, wants_indexes, write_units,
+    capacity_json, key_schema, projection, wants_capacity, wants_indexes, write_units,
 };
 use crate::json::{null_member, Request};
 use crate::Router;
@@ -135,17 +138,33 @@ pub async fn batch_write_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiE
             ));
         }
     }
-    let results = join_all(
-        writes
-            .iter()
-            .map(|(_, w)| dispatch::write(r, w.table.clone(), w.key.hash(), w.req.clone())),
-    )
+    // Each write is admitted on its table's capacity on its own: the throttled ones come back
+    // unprocessed, as DynamoDB returns them, unless none was admitted at all.
+    let admitted: Vec<Result<_, ApiError>> = writes
+        .iter()
+        .map(|(_, w)| r.capacity.admit(&w.table, Kind::Write))
+        .collect();
+    if let Some(Err(e)) = admitted.iter().find(|a| a.is_err()) {
+        if admitted.iter().all(Result::is_err) {
+            return Err(e.clone());
+        }
+    }
+    let results = join_all(writes.iter().zip(&admitted).map(|((_, w), a)| async move {
+        let admitted = a.as_ref().map_err(Clone::clone)?;
+        let result = dispatch::write(r, w.table.clone(), w.key.hash(), w.req.clone()).await;
+        let charged = match &result {
+            Ok(resp) => write_units(w.size).max(resp.old_write_units as f64),
+            Err(_) => 0.0,
+        };
+        r.capacity.consume(admitted, charged);
+        result.map(|_| charged)
+    }))
     .await;
     let mut unprocessed: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let mut units: BTreeMap<&str, f64> = BTreeMap::new();
     for ((table, w), result) in writes.iter().zip(results) {
         match result {
-            Ok(_) => *units.entry(table.as_str()).or_default() += write_units(w.size),
+            Ok(charged) => *units.entry(table.as_str()).or_default() += charged,
             Err(e) if e.code.retryable() => {
                 tracing::debug!(table, error = %e, "batch write left unprocessed");
                 unprocessed
@@ -230,13 +249,31 @@ pub async fn batch_get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
             ));
         }
     }
-    let results = join_all(reads.iter().map(|k| {
+    let admitted: Vec<Result<_, ApiError>> = reads
+        .iter()
+        .map(|k| r.capacity.admit(&k.table, Kind::Read))
+        .collect();
+    if let Some(Err(e)) = admitted.iter().find(|a| a.is_err()) {
+        if admitted.iter().all(Result::is_err) {
+            return Err(e.clone());
+        }
+    }
+    let results = join_all(reads.iter().zip(&admitted).map(|(k, a)| async move {
+        let admitted = a.as_ref().map_err(Clone::clone)?;
         let get = GetRequest {
             key: k.key.storage_key(),
             consistent: k.consistent,
             ..Default::default()
         };
-        dispatch::get(r, k.table.clone(), k.key.hash(), get)
+        let result = dispatch::get(r, k.table.clone(), k.key.hash(), get).await;
+        let charged = result.as_ref().map_or(0.0, |resp| {
+            read_units_of_json(
+                resp.item.as_deref().unwrap_or_default(),
+                ReadKind::consistent(k.consistent),
+            )
+        });
+        r.capacity.consume(admitted, charged);
+        result.map(|resp| (resp, charged))
     }))
     .await;
     let mut responses: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
@@ -246,8 +283,8 @@ pub async fn batch_get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
     for (k, result) in reads.iter().zip(results) {
         let name = k.name.as_str();
         responses.entry(name).or_default();
-        let resp = match result {
-            Ok(resp) => resp,
+        let (resp, charged) = match result {
+            Ok(got) => got,
             Err(e) if e.code.retryable() => {
                 unprocessed
                     .entry(name)
@@ -257,8 +294,8 @@ pub async fn batch_get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
             }
             Err(e) => return Err(e),
         };
+        *units.entry(name).or_default() += charged;
         let Some(item) = resp.item else {
-            *units.entry(name).or_default() += if k.consistent { 1.0 } else { 0.5 };
             continue;
         };
         if bytes + item.len() > MAX_RESPONSE_BYTES {
@@ -269,12 +306,6 @@ pub async fn batch_get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
             continue;
         }
         bytes += item.len();
-        let read_units = stored_size(&item).div_ceil(4096).max(1) as f64;
-        *units.entry(name).or_default() += if k.consistent {
-            read_units
-        } else {
-            read_units / 2.0
-        };
         let value: Value = match &k.projection {
             Some(paths) => {
                 let projected = tern_model::project(&tern_model::parse_item_json(&item)?, paths);

@@ -11,9 +11,11 @@ use tern_proto::expr::{encode_condition, ConditionProgram};
 use tern_proto::memds::TableInfo;
 use tern_proto::storage::{GetRequest, WriteKind, WriteRequest};
 
+use crate::capacity::Kind;
 use crate::dispatch;
 use crate::json::{null_member, Request};
 use crate::Router;
+use tern_model::capacity::{read_units_of_json, ReadKind};
 
 /// 400 KB, DynamoDB's largest item.
 const MAX_ITEM_SIZE: usize = 400 * 1024;
@@ -42,9 +44,8 @@ pub async fn put_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         return_old_on_failure: old_on_failure(req)?,
         ..Default::default()
     };
-    let resp = dispatch::write(r, t, key.hash(), write).await?;
-    failed_with_item(&resp)?;
-    let units = capacity.then(|| write_units(size));
+    let (resp, charged) = charged_write(r, t, key.hash(), write, write_units(size)).await?;
+    let units = capacity.then_some(charged);
     Ok(reply(
         "Attributes",
         resp.old_item.as_deref(),
@@ -69,14 +70,8 @@ pub async fn delete_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         return_old_on_failure: old_on_failure(req)?,
         ..Default::default()
     };
-    let resp = dispatch::write(r, t, key.hash(), write).await?;
-    failed_with_item(&resp)?;
-    // NOTE: DynamoDB charges a delete by the deleted item's size; it is known here only when the
-    // old item comes back, otherwise one unit is reported.
-    let units = capacity.then(|| match &resp.old_item {
-        Some(old) => write_units(stored_size(old)),
-        None => 1.0,
-    });
+    let (resp, charged) = charged_write(r, t, key.hash(), write, write_units(0)).await?;
+    let units = capacity.then_some(charged);
     Ok(reply(
         "Attributes",
         resp.old_item.as_deref(),
@@ -161,9 +156,8 @@ pub async fn update_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError>
         return_old_on_failure: old_on_failure(req)?,
         ..Default::default()
     };
-    let resp = dispatch::write(r, t, key.hash(), write).await?;
-    failed_with_item(&resp)?;
-    let units = capacity.then(|| write_units(resp.item_size as usize));
+    let (resp, charged) = charged_write(r, t, key.hash(), write, write_units(0)).await?;
+    let units = capacity.then_some(charged);
     let updated_only = |bytes: Option<&Bytes>| -> Result<Option<Vec<u8>>, ApiError> {
         let Some(b) = bytes else { return Ok(None) };
         let projected = tern_model::project(&tern_model::parse_item_json(b)?, &update.paths());
@@ -228,16 +222,14 @@ pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         consistent,
         ..Default::default()
     };
+    let admitted = r.capacity.admit(&t, Kind::Read)?;
     let resp = dispatch::get(r, t, key.hash(), get).await?;
-    let units = capacity.then(|| {
-        let size = resp.item.as_deref().map_or(0, stored_size);
-        let units = size.div_ceil(4096).max(1) as f64;
-        if consistent {
-            units
-        } else {
-            units / 2.0
-        }
-    });
+    let charged = read_units_of_json(
+        resp.item.as_deref().unwrap_or_default(),
+        ReadKind::consistent(consistent),
+    );
+    r.capacity.consume(&admitted, charged);
+    let units = capacity.then_some(charged);
     Ok(match (resp.item, projection) {
         (Some(item), Some(paths)) => {
             let projected = tern_model::project(&tern_model::parse_item_json(&item)?, &paths);
@@ -407,15 +399,40 @@ pub(crate) fn capacity_json(table: &str, units: f64, indexes: bool) -> serde_jso
     cc
 }
 
-/// Write capacity units: one per started KB.
+/// Write capacity units of a write whose item is `size` bytes.
 pub(crate) fn write_units(size: usize) -> f64 {
-    size.div_ceil(1024).max(1) as f64
+    tern_model::capacity::write_units(size, false)
 }
 
-/// DynamoDB's size of a stored item (0 if it cannot be read back, which never happens for items
-/// this router wrote).
-pub(crate) fn stored_size(bytes: &[u8]) -> usize {
-    tern_model::parse_item_json(bytes).map_or(0, |i| tern_model::item_size(&i))
+/// Admits a write on its table's capacity, sends it and charges what it consumed, as DynamoDB
+/// does: the larger of the new item (`units`, or the updated item's size the node reports) and
+/// the item it replaced or deleted; a write whose condition failed is charged `units`; a write
+/// that failed otherwise, nothing. Returns the response and the units charged.
+pub(crate) async fn charged_write(
+    r: &Router,
+    t: Arc<TableInfo>,
+    hash: u64,
+    write: WriteRequest,
+    units: f64,
+) -> Result<(tern_proto::storage::WriteResponse, f64), ApiError> {
+    let admitted = r.capacity.admit(&t, Kind::Write)?;
+    let result = dispatch::write(r, t, hash, write)
+        .await
+        .and_then(|resp| failed_with_item(&resp).map(|()| resp));
+    let charged = match &result {
+        Ok(resp) => {
+            let updated = if resp.item_size > 0 {
+                write_units(resp.item_size as usize)
+            } else {
+                0.0
+            };
+            units.max(updated).max(resp.old_write_units as f64)
+        }
+        Err(e) if e.code == ErrorCode::ConditionalCheckFailed => units,
+        Err(_) => 0.0,
+    };
+    r.capacity.consume(&admitted, charged);
+    result.map(|resp| (resp, charged))
 }
 
 /// `{"<field>": <item>, "ConsumedCapacity": …}`, splicing the stored item's bytes as they are.

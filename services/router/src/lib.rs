@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod batch;
 mod cache;
+mod capacity;
 mod dispatch;
 mod items;
 mod json;
@@ -68,6 +69,15 @@ pub struct Config {
     /// PEM certificate chain and private key: the endpoint speaks HTTPS. Both or neither.
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// Admit requests by each table's capacity (provisioned, or on-demand's), at the rates GAC
+    /// grants; `false`: no capacity limits (local benchmarks of the data path only).
+    pub admission_control: bool,
+    /// How often each table's consumption is reported to its GAC owner, in milliseconds.
+    pub gac_report_ms: u64,
+    /// How long a grant holds without a newer one before the rate decays toward its floor.
+    pub gac_hold_ms: u64,
+    /// Time constant of that decay, in milliseconds.
+    pub gac_decay_ms: u64,
 }
 
 impl Default for Config {
@@ -91,6 +101,10 @@ impl Default for Config {
             metrics_listen: String::new(),
             tls_cert_file: None,
             tls_key_file: None,
+            admission_control: true,
+            gac_report_ms: 1000,
+            gac_hold_ms: 5000,
+            gac_decay_ms: 5000,
         }
     }
 }
@@ -106,6 +120,8 @@ pub(crate) struct Router {
     /// This router's availability zone.
     pub az: String,
     pub admission: api::Admission,
+    /// Admission by table capacity (token buckets refilled at GAC's grants).
+    pub capacity: Arc<capacity::Capacity>,
     /// `host:port` this router answers on, for DescribeEndpoints.
     pub endpoint_address: String,
     /// The access keys requests are checked against; `None`: no check (`auth = off`).
@@ -155,7 +171,19 @@ pub async fn run(
     .with_timeout(Duration::from_millis(config.bus_timeout_ms));
     let metrics = metrics::Metrics::default();
     bus.register_metrics(&metrics.registry);
+    let capacity = capacity::Capacity::new(
+        capacity::Settings {
+            enabled: config.admission_control,
+            report: Duration::from_millis(config.gac_report_ms.max(50)),
+            hold: Duration::from_millis(config.gac_hold_ms),
+            decay: Duration::from_millis(config.gac_decay_ms.max(1)),
+        },
+        &config.instance,
+        &metrics.registry,
+    );
+    capacity.clone().run(bus.clone()).await?;
     let router = Arc::new(Router {
+        capacity,
         keys,
         cache: cache::RouteCache::new(
             tern_memds_client::MemdsClient::new(bus.clone()),

@@ -9,6 +9,9 @@ use tern_model::{ApiError, ErrorCode, Item, KeySchema, PathElem, PrimaryKey, Rea
 use tern_proto::memds::TableInfo;
 use tern_proto::storage::ScanRequest;
 
+use tern_model::capacity::{read_units, ReadKind};
+
+use crate::capacity::Kind;
 use crate::dispatch;
 use crate::items::{capacity_json, key_schema, wants_capacity, wants_indexes};
 use crate::json::Request;
@@ -258,6 +261,12 @@ impl Page {
         Ok(())
     }
 
+    /// Read units of the page: the sizes of every item read (filtered out or not), summed and
+    /// rounded up to 4 KB once.
+    fn units(&self, c: &Common) -> f64 {
+        read_units(self.bytes, ReadKind::consistent(c.consistent))
+    }
+
     fn answer(self, c: &Common, more: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.items.iter().map(Vec::len).sum::<usize>() + 128);
         out.push(b'{');
@@ -288,9 +297,7 @@ impl Page {
             }
         }
         if c.capacity {
-            let units = self.bytes.div_ceil(4096).max(1) as f64;
-            let units = if c.consistent { units } else { units / 2.0 };
-            tail["ConsumedCapacity"] = capacity_json(&c.table.name, units, c.indexes);
+            tail["ConsumedCapacity"] = capacity_json(&c.table.name, self.units(c), c.indexes);
         }
         let tail = serde_json::to_vec(&tail).expect("json");
         out.extend_from_slice(&tail[1..]);
@@ -341,11 +348,14 @@ pub async fn query(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         consistent: c.consistent,
         ..Default::default()
     };
+    let admitted = r.capacity.admit(&c.table, Kind::Read)?;
+    // A failed range read is charged nothing.
     let resp = dispatch::scan(r, c.table.clone(), hash, scan).await?;
     let limit_hit = c.limit.is_some_and(|l| resp.keys.len() as u32 >= l);
     let more = resp.more || limit_hit;
     let mut page = Page::default();
     page.take(&c, resp.items)?;
+    r.capacity.consume(&admitted, page.units(&c));
     Ok(page.answer(&c, more))
 }
 
@@ -373,10 +383,11 @@ pub async fn scan(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     };
     let mut partitions: Vec<_> = c.table.partitions.clone();
     partitions.sort_by_key(|p| p.hash_start);
+    let admitted = r.capacity.admit(&c.table, Kind::Read)?;
     let mut page = Page::default();
     let mut budget = PAGE_BYTES;
     let mut more = false;
-    loop {
+    let result = loop {
         let hash = u64::from_be_bytes(
             start[..8]
                 .try_into()
@@ -386,7 +397,7 @@ pub async fn scan(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
             .iter()
             .find(|p| p.hash_start <= hash && hash <= p.hash_end)
         else {
-            break;
+            break Ok(());
         };
         let remaining = c.limit.map(|l| l - page.scanned as u32);
         let scan = ScanRequest {
@@ -399,15 +410,20 @@ pub async fn scan(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
             consistent: c.consistent,
             ..Default::default()
         };
-        let resp = dispatch::scan(r, c.table.clone(), p.hash_start, scan).await?;
+        let resp = match dispatch::scan(r, c.table.clone(), p.hash_start, scan).await {
+            Ok(resp) => resp,
+            Err(e) => break Err(e),
+        };
         let read: usize = resp.items.iter().map(Vec::len).sum();
         budget = budget.saturating_sub(read as u32);
         let got = resp.keys.len() as u32;
-        page.take(&c, resp.items)?;
+        if let Err(e) = page.take(&c, resp.items) {
+            break Err(e);
+        }
         let limit_hit = remaining.is_some_and(|l| got >= l);
         if resp.more || limit_hit || budget == 0 {
             more = true;
-            break;
+            break Ok(());
         }
         // The next partition, if the segment reaches it.
         match p.hash_end.checked_add(1) {
@@ -415,9 +431,12 @@ pub async fn scan(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
                 start = next.to_be_bytes().to_vec();
                 inclusive = true;
             }
-            _ => break,
+            _ => break Ok(()),
         }
-    }
+    };
+    // What was read is charged, whether or not the scan got to its end.
+    r.capacity.consume(&admitted, page.units(&c));
+    result?;
     Ok(page.answer(&c, more))
 }
 

@@ -125,6 +125,9 @@ pub fn apply_write(
         Err(_) => fatal("apply a write", format!("unknown write kind {}", req.kind)),
     };
     staged.insert(key, new);
+    resp.old_write_units = old
+        .as_deref()
+        .map_or(0, |o| tern_model::capacity::write_units_of_json(o) as u32);
     if req.return_old {
         resp.old_item = old;
     }

@@ -1,0 +1,552 @@
+//! Admission control through a real cluster: two routers and two GAC instances, provisioned and
+//! on-demand tables, load above the table's rate, GAC stopped and started under it.
+//!
+//! The load is open loop: a fixed rate of PutItem per router whatever the answers, from clients
+//! whose retries are off, so every admitted write and every throttle is counted.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::{AttributeValue as V, BillingMode, ProvisionedThroughput};
+use aws_sdk_dynamodb::Client;
+use common::*;
+use std::sync::Mutex as StdMutex;
+use tern_cluster::{Cluster, ClusterSpec};
+
+fn client_without_retries(endpoint: &str) -> Client {
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("tern", "tern", None, None, "tests"))
+        .retry_config(RetryConfig::disabled())
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .build();
+    Client::from_conf(conf)
+}
+
+async fn start(routers: usize, env: &[(&str, &str)]) -> (Cluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(dir.path(), bin_dir());
+    spec.routers = routers;
+    spec.gac = 2;
+    spec.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let cluster = Cluster::start(spec).await.expect("start cluster");
+    (cluster, dir)
+}
+
+async fn provisioned_table(c: &Client, name: &str, rcu: i64, wcu: i64) {
+    create_table_request(c, name)
+        .billing_mode(BillingMode::Provisioned)
+        .provisioned_throughput(
+            ProvisionedThroughput::builder()
+                .read_capacity_units(rcu)
+                .write_capacity_units(wcu)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create table");
+    wait_active(c, name).await;
+}
+
+/// One answered write: when it was answered (since the load began), by which router, and how.
+#[derive(Debug, Clone)]
+struct Answer {
+    at: Duration,
+    router: usize,
+    key: String,
+    outcome: Outcome,
+    took: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Admitted,
+    Throttled,
+    Failed(String),
+}
+
+#[derive(Default)]
+struct Log(StdMutex<Vec<Answer>>);
+
+impl Log {
+    fn between(&self, from: Duration, to: Duration) -> Vec<Answer> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.at >= from && a.at < to)
+            .cloned()
+            .collect()
+    }
+
+    fn admitted_per_second(&self, from: Duration, to: Duration) -> f64 {
+        let n = self
+            .between(from, to)
+            .iter()
+            .filter(|a| a.outcome == Outcome::Admitted)
+            .count();
+        n as f64 / (to - from).as_secs_f64()
+    }
+
+    fn count(&self, from: Duration, to: Duration, outcome: &Outcome) -> usize {
+        self.between(from, to)
+            .iter()
+            .filter(|a| &a.outcome == outcome)
+            .count()
+    }
+}
+
+/// Sends `rate` PutItem/s of 100-byte items (one write unit each) through `c` for `for_`, each
+/// in its own task, logging every answer. Returns when the last one is answered.
+async fn load(
+    c: Client,
+    router: usize,
+    table: &str,
+    rate: f64,
+    for_: Duration,
+    t0: Instant,
+    log: Arc<Log>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let until = Instant::now() + for_;
+    let mut tasks = Vec::new();
+    let mut i = 0u64;
+    while Instant::now() < until {
+        tick.tick().await;
+        i += 1;
+        let (c, log, table) = (c.clone(), log.clone(), table.to_string());
+        let key = format!("r{router}-{:?}-{i}", t0.elapsed().as_millis());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let result = tokio::time::timeout(
+                Duration::from_secs(10),
+                c.put_item()
+                    .table_name(&table)
+                    .item("pk", V::S(key.clone()))
+                    .item("v", V::S("x".repeat(80)))
+                    .send(),
+            )
+            .await;
+            let outcome = match result {
+                Ok(Ok(_)) => Outcome::Admitted,
+                Ok(Err(e)) => match error_of(&e) {
+                    (code, _) if code == "ProvisionedThroughputExceededException" => {
+                        Outcome::Throttled
+                    }
+                    other => Outcome::Failed(format!("{other:?}")),
+                },
+                Err(_) => Outcome::Failed("no answer within 10 s".into()),
+            };
+            log.0.lock().unwrap().push(Answer {
+                at: t0.elapsed(),
+                router,
+                key,
+                outcome,
+                took: sent.elapsed(),
+            });
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Every admitted write can be read back (consistently), after the table's read capacity is
+/// raised so that checking is not throttled.
+async fn all_admitted_durable(c: &Client, table: &str, log: &Log) {
+    c.update_table()
+        .table_name(table)
+        .provisioned_throughput(
+            ProvisionedThroughput::builder()
+                .read_capacity_units(40_000)
+                .write_capacity_units(1)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("raise read capacity");
+    let mut stored = std::collections::HashSet::new();
+    let mut start = None;
+    loop {
+        let page = c
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan");
+        for item in page.items() {
+            if let Some(V::S(k)) = item.get("pk") {
+                stored.insert(k.clone());
+            }
+        }
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            break;
+        }
+    }
+    let admitted: Vec<String> = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.outcome == Outcome::Admitted)
+        .map(|a| a.key.clone())
+        .collect();
+    let missing: Vec<&String> = admitted.iter().filter(|k| !stored.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} admitted writes are not in the table: {:?}",
+        missing.len(),
+        admitted.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+fn no_failures(log: &Log) {
+    let log = log.0.lock().unwrap();
+    let failed: Vec<&Answer> = log
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Failed(_)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let slowest = log.iter().map(|a| a.took).max().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a request took {slowest:?}: admission must answer, never hold a request"
+    );
+}
+
+async fn metrics_of(cluster: &Cluster, process: &str) -> String {
+    let base = cluster.metrics_base(process).expect("metrics address");
+    raw_get(&base, "/metrics").await.1
+}
+
+/// A PROVISIONED table of 100 write units written through two routers at three times that for
+/// 30 seconds: about 100 writes per second are admitted, both routers get a share, and each
+/// admitted write is in the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_share_a_provisioned_tables_rate() {
+    let (cluster, _dir) = start(2, &[]).await;
+    let endpoints = cluster.endpoints();
+    let c = client(&endpoints[0].1);
+    provisioned_table(&c, "prov", 100, 100).await;
+    let log = Arc::new(Log::default());
+    let t0 = Instant::now();
+    let secs = Duration::from_secs(30);
+    let loads = endpoints.iter().enumerate().map(|(i, (_, url))| {
+        load(
+            client_without_retries(url),
+            i,
+            "prov",
+            150.0,
+            secs,
+            t0,
+            log.clone(),
+        )
+    });
+    futures::future::join_all(loads).await;
+    no_failures(&log);
+    let rate = log.admitted_per_second(Duration::ZERO, secs);
+    eprintln!(
+        "admitted {rate:.1} writes/s of 300 offered; throttled {}",
+        log.count(
+            Duration::ZERO,
+            secs + Duration::from_secs(5),
+            &Outcome::Throttled
+        )
+    );
+    assert!(
+        (90.0..=110.0).contains(&rate),
+        "admitted {rate:.1}/s, provisioned 100"
+    );
+    for router in 0..2 {
+        let n = log
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.router == router && a.outcome == Outcome::Admitted)
+            .count();
+        let share = n as f64 / (rate * 30.0);
+        assert!(
+            share > 0.3,
+            "router {router} admitted only {:.0}% of the writes",
+            share * 100.0
+        );
+    }
+    // GAC granted both routers a rate for the table; the routers count what they throttled.
+    let mut granted = Vec::new();
+    for g in ["gac", "gac-2"] {
+        granted.extend(
+            samples(
+                &metrics_of(&cluster, g).await,
+                "tern_gac_granted_rate_units",
+            )
+            .into_iter()
+            .filter(|(l, _)| l.contains("table=\"prov\"") && l.contains("kind=\"write\"")),
+        );
+    }
+    assert_eq!(
+        granted.len(),
+        2,
+        "one owner grants both routers: {granted:?}"
+    );
+    let router_metrics = metrics_of(&cluster, "router").await;
+    assert!(
+        samples(&router_metrics, "tern_router_throttled_requests_total")
+            .iter()
+            .any(|(l, v)| l.contains("table=\"prov\"") && *v > 0.0),
+        "{router_metrics}"
+    );
+    all_admitted_durable(&c, "prov", &log).await;
+}
+
+/// After a minute of idleness a table has saved 60 s of its rate: a 10 s spike at three times
+/// the rate is absorbed whole; a longer one runs the balance out and is throttled to the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_capacity_absorbs_a_short_spike_not_a_long_one() {
+    let (cluster, _dir) = start(1, &[]).await;
+    let url = cluster.endpoint();
+    let c = client(&url);
+    provisioned_table(&c, "bursty", 20, 20).await;
+    // Touch the table so GAC starts its balance, then a minute of idleness: 1,200 units saved.
+    c.put_item()
+        .table_name("bursty")
+        .item("pk", V::S("first".into()))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let log = Arc::new(Log::default());
+    let t0 = Instant::now();
+    let nc = client_without_retries(&url);
+    // Short: 60/s for 10 s, 400 units beyond the rate.
+    load(
+        nc.clone(),
+        0,
+        "bursty",
+        60.0,
+        Duration::from_secs(10),
+        t0,
+        log.clone(),
+    )
+    .await;
+    let short_end = t0.elapsed();
+    let throttled_short = log.count(Duration::ZERO, short_end, &Outcome::Throttled);
+    let admitted_short = log.count(Duration::ZERO, short_end, &Outcome::Admitted);
+    eprintln!("short spike: {admitted_short} admitted, {throttled_short} throttled");
+    assert!(
+        throttled_short * 100 <= admitted_short,
+        "the short spike was throttled ({throttled_short} of {})",
+        admitted_short + throttled_short
+    );
+    // Long: 60/s for 40 s wants 1,600 units beyond the rate; about 800 are left.
+    load(
+        nc,
+        0,
+        "bursty",
+        60.0,
+        Duration::from_secs(40),
+        t0,
+        log.clone(),
+    )
+    .await;
+    let end = t0.elapsed();
+    no_failures(&log);
+    let throttled_long = log.count(short_end, end, &Outcome::Throttled);
+    let tail = log.admitted_per_second(end - Duration::from_secs(10), end);
+    eprintln!("long spike: {throttled_long} throttled; last 10 s admitted {tail:.1}/s");
+    assert!(
+        throttled_long > 100,
+        "the long spike was not throttled: {throttled_long}"
+    );
+    assert!(
+        (10.0..=30.0).contains(&tail),
+        "with the balance spent, admission should run at the rate (20/s): {tail:.1}/s"
+    );
+    let burst = samples(
+        &metrics_of(&cluster, "gac").await,
+        "tern_gac_burst_balance_units",
+    )
+    .into_iter()
+    .chain(samples(
+        &metrics_of(&cluster, "gac-2").await,
+        "tern_gac_burst_balance_units",
+    ))
+    .find(|(l, _)| l.contains("table=\"bursty\"") && l.contains("kind=\"write\""));
+    assert!(
+        burst.as_ref().is_some_and(|(_, v)| *v < 200.0),
+        "the balance should be spent: {burst:?}"
+    );
+}
+
+/// GAC's owner of the table dies (the other instance takes over), then the whole fleet is
+/// down, then it comes back, all under load at three times the rate: admission stays at the
+/// table's rate throughout and no request hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_holds_while_gac_fails_and_returns() {
+    let (mut cluster, _dir) = start(2, &[]).await;
+    let endpoints = cluster.endpoints();
+    let c = client(&endpoints[0].1);
+    provisioned_table(&c, "steady", 100, 100).await;
+    let log = Arc::new(Log::default());
+    let t0 = Instant::now();
+    let secs = Duration::from_secs(36);
+    let loads = futures::future::join_all(endpoints.iter().enumerate().map(|(i, (_, url))| {
+        load(
+            client_without_retries(url),
+            i,
+            "steady",
+            150.0,
+            secs,
+            t0,
+            log.clone(),
+        )
+    }));
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        // The owner is the instance that granted the table's rate.
+        let mut owner = None;
+        for g in ["gac", "gac-2"] {
+            if metrics_of(&cluster, g).await.contains("table=\"steady\"") {
+                owner = Some(g);
+            }
+        }
+        let owner = owner.expect("an owner of the table");
+        let other = if owner == "gac" { "gac-2" } else { "gac" };
+        eprintln!("{:?}: stopping the owner {owner}", t0.elapsed());
+        cluster.kill(owner).unwrap();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(
+            metrics_of(&cluster, other)
+                .await
+                .contains("table=\"steady\""),
+            "{other} did not take the table over"
+        );
+        eprintln!("{:?}: stopping {other}: no GAC at all", t0.elapsed());
+        cluster.kill(other).unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        eprintln!("{:?}: GAC back", t0.elapsed());
+        cluster.restart(owner).await.unwrap();
+        cluster.restart(other).await.unwrap();
+    };
+    let (_, ()) = tokio::join!(loads, faults);
+    no_failures(&log);
+    let rate = log.admitted_per_second(Duration::ZERO, secs);
+    let windows: Vec<f64> = (0..6)
+        .map(|w| {
+            log.admitted_per_second(Duration::from_secs(w * 6), Duration::from_secs(w * 6 + 6))
+        })
+        .collect();
+    eprintln!("admitted {rate:.1}/s; per 6 s: {windows:.1?}");
+    assert!(
+        (90.0..=110.0).contains(&rate),
+        "admitted {rate:.1}/s, provisioned 100"
+    );
+    for (w, r) in windows.iter().enumerate() {
+        assert!(
+            (70.0..=130.0).contains(r),
+            "window {w}: {r:.1}/s (windows {windows:.1?})"
+        );
+    }
+}
+
+/// An on-demand table admits twice its previous peak at once and throttles beyond it. The GAC
+/// fleet is configured with a small initial peak (30 write units/s) and a peak that settles
+/// after 15 s, so that the test runs in a minute instead of DynamoDB's 30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_absorbs_double_its_previous_peak() {
+    let (cluster, _dir) = start(
+        1,
+        &[
+            ("TERN_GAC_ON_DEMAND_INITIAL_WRITE_UNITS", "30"),
+            ("TERN_GAC_ON_DEMAND_PEAK_DELAY_SECONDS", "15"),
+        ],
+    )
+    .await;
+    let url = cluster.endpoint();
+    create_table(&client(&url), "ondemand", None).await;
+    let nc = client_without_retries(&url);
+    let log = Arc::new(Log::default());
+    let t0 = Instant::now();
+    // 50/s (within twice the initial 30) until it is the settled peak.
+    load(
+        nc.clone(),
+        0,
+        "ondemand",
+        50.0,
+        Duration::from_secs(27),
+        t0,
+        log.clone(),
+    )
+    .await;
+    let p1 = t0.elapsed();
+    assert_eq!(
+        log.count(Duration::ZERO, p1, &Outcome::Throttled),
+        0,
+        "50/s is within twice the initial peak"
+    );
+    // Double the peak, at once: absorbed.
+    load(
+        nc.clone(),
+        0,
+        "ondemand",
+        100.0,
+        Duration::from_secs(6),
+        t0,
+        log.clone(),
+    )
+    .await;
+    let p2 = t0.elapsed();
+    let throttled = log.count(p1, p2, &Outcome::Throttled);
+    let admitted = log.count(p1, p2, &Outcome::Admitted);
+    eprintln!("double the peak: {admitted} admitted, {throttled} throttled");
+    assert!(
+        throttled * 20 <= admitted,
+        "twice the previous peak should be absorbed: {throttled} throttled of {}",
+        admitted + throttled
+    );
+    // Five times the peak: held near twice it.
+    load(
+        nc,
+        0,
+        "ondemand",
+        250.0,
+        Duration::from_secs(6),
+        t0,
+        log.clone(),
+    )
+    .await;
+    let p3 = t0.elapsed();
+    no_failures(&log);
+    let rate = log.admitted_per_second(p2, p3);
+    let throttled = log.count(p2, p3, &Outcome::Throttled);
+    eprintln!("five times the peak: {rate:.1}/s admitted, {throttled} throttled");
+    assert!(
+        throttled > 300,
+        "beyond twice the peak must be throttled: {throttled}"
+    );
+    assert!(
+        (70.0..=150.0).contains(&rate),
+        "admitted {rate:.1}/s, about 100 allowed"
+    );
+}
