@@ -550,3 +550,88 @@ async fn on_demand_absorbs_double_its_previous_peak() {
         "admitted {rate:.1}/s, about 100 allowed"
     );
 }
+
+/// The storage nodes' partition buckets hold a provisioned table to its rate when the routers
+/// do not (their admission control off), and the node's metrics show which eighth of the
+/// partition's key range carries its traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_buckets_are_the_second_line_and_show_hot_ranges() {
+    let (cluster, _dir) = start(1, &[("TERN_ROUTER_ADMISSION_CONTROL", "false")]).await;
+    let url = cluster.endpoint();
+    provisioned_table(&client(&url), "second", 20, 20).await;
+    // Keys whose hash starts with the bits 0110: all in the first of the table's two partitions
+    // (MemDS's default: hashes below 2^63), in the seventh eighth of its range.
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("hot-{i}"))
+        .filter(|k| {
+            let h = tern_model::PrimaryKey {
+                hash: tern_model::AttributeValue::S(k.clone()),
+                range: None,
+            }
+            .hash();
+            h >> 60 == 6
+        })
+        .take(1000)
+        .collect();
+    let c = client_without_retries(&url);
+    let t0 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let (mut admitted, mut throttled) = (0, 0);
+    let mut tasks = Vec::new();
+    for k in keys {
+        tick.tick().await;
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.put_item()
+                .table_name("second")
+                .item("pk", V::S(k))
+                .send()
+                .await
+                .map_err(|e| error_of(&e).0)
+        }));
+    }
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(code) if code == "ProvisionedThroughputExceededException" => throttled += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("{admitted} admitted, {throttled} throttled in {secs:.1} s");
+    // 100/s offered to a 20/s table: the partition's first second plus 20/s.
+    assert!(
+        (admitted as f64) < 20.0 * secs + 60.0 && admitted as f64 > 15.0 * secs,
+        "{admitted} admitted in {secs:.1} s at 20 units/s"
+    );
+    let mut throttled_at_nodes = 0.0;
+    let mut ranges = Vec::new();
+    for (node, _) in cluster.storage_metrics() {
+        let text = node_metrics(&cluster, &node).await;
+        throttled_at_nodes += samples(&text, "tern_storage_partition_throttled_requests_total")
+            .iter()
+            .filter(|(l, _)| l.contains("kind=\"write\""))
+            .map(|(_, v)| v)
+            .sum::<f64>();
+        ranges.extend(
+            samples(&text, "tern_storage_partition_range_consumed_units_total")
+                .into_iter()
+                .filter(|(l, _)| l.contains("kind=\"write\"")),
+        );
+    }
+    assert_eq!(
+        throttled_at_nodes, throttled as f64,
+        "the nodes refused what the client saw refused"
+    );
+    let total: f64 = ranges.iter().map(|(_, v)| v).sum();
+    let hot: f64 = ranges
+        .iter()
+        .filter(|(l, _)| l.contains("from=\"6000000000000000\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(total >= admitted as f64, "{ranges:?}");
+    assert_eq!(
+        hot, total,
+        "every write fell in the seventh eighth: {ranges:?}"
+    );
+}

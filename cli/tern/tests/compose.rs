@@ -78,12 +78,13 @@ fn port_of(addr: &str) -> &str {
     addr.rsplit(':').next().unwrap()
 }
 
-const TERN_SERVICES: [&str; 9] = [
+const TERN_SERVICES: [&str; 10] = [
     "router-1",
     "router-2",
     "memds-1",
     "memds-2",
-    "gac",
+    "gac-1",
+    "gac-2",
     "archiver",
     "storage-a",
     "storage-b",

@@ -49,6 +49,10 @@ pub struct WriteRequest {
     /// The update (`crate::expr::encode_update`), Update only.
     #[prost(message, optional, tag = "12")]
     pub update_expr: Option<crate::expr::UpdateProgram>,
+    /// The rate, units per second, the node's bucket for this partition refills at: its
+    /// PROVISIONED table's (0: on-demand, no bucket of its own). Sent by the router; never logged.
+    #[prost(double, tag = "13")]
+    pub partition_rate: f64,
 }
 
 /// A write as the replication log carries it (the storage state machine's command; the
@@ -91,6 +95,10 @@ pub struct GetRequest {
     pub key: Vec<u8>,
     #[prost(bool, tag = "4")]
     pub consistent: bool,
+    /// The rate, units per second, the node's bucket for this partition refills at: its
+    /// PROVISIONED table's (0: on-demand, no bucket of its own). Sent by the router; never logged.
+    #[prost(double, tag = "5")]
+    pub partition_rate: f64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -128,6 +136,10 @@ pub struct ScanRequest {
     pub max_bytes: u32,
     #[prost(bool, tag = "10")]
     pub consistent: bool,
+    /// The rate, units per second, the node's bucket for this partition refills at: its
+    /// PROVISIONED table's (0: on-demand, no bucket of its own). Sent by the router; never logged.
+    #[prost(double, tag = "11")]
+    pub partition_rate: f64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

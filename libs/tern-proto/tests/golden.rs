@@ -86,6 +86,7 @@ fn replicated_writes() {
             return_old_on_failure: false,
             condition_expr: None,
             update_expr: None,
+            partition_rate: 0.0,
         }),
     };
     // Written by versions before `condition_expr`: still decodes, and storage reads its JSON.

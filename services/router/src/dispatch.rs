@@ -134,12 +134,28 @@ fn unanswered(e: &StorageError) -> bool {
     )
 }
 
+/// The rate a partition of a PROVISIONED table may take on its storage node: the table's whole
+/// rate (keys are rarely spread evenly over partitions; holding the table's total is the
+/// routers' job, with GAC), so the node's bucket is the second line: it stops what gets past the
+/// routers. 0 for an on-demand table: no bucket of its own.
+fn partition_rate(t: &TableInfo, write: bool) -> f64 {
+    if t.billing_mode == "PAY_PER_REQUEST" {
+        return 0.0;
+    }
+    (if write {
+        t.write_capacity
+    } else {
+        t.read_capacity
+    }) as f64
+}
+
 pub async fn write(
     r: &Router,
     t: Arc<TableInfo>,
     hash: u64,
-    req: WriteRequest,
+    mut req: WriteRequest,
 ) -> Result<WriteResponse, ApiError> {
+    req.partition_rate = partition_rate(&t, true);
     with_redirects(r, t, hash, Idempotent::No, |node, p| {
         let mut req = req.clone();
         req.partition_id = p.id;
@@ -154,8 +170,9 @@ pub async fn get(
     r: &Router,
     t: Arc<TableInfo>,
     hash: u64,
-    req: GetRequest,
+    mut req: GetRequest,
 ) -> Result<GetResponse, ApiError> {
+    req.partition_rate = partition_rate(&t, false);
     // An eventually consistent read goes to the replica in this router's zone first: any replica
     // may answer it, and staying in the zone is what keeps its latency and cost low.
     if !req.consistent {
@@ -185,8 +202,9 @@ pub async fn scan(
     r: &Router,
     t: Arc<TableInfo>,
     hash: u64,
-    req: ScanRequest,
+    mut req: ScanRequest,
 ) -> Result<ScanResponse, ApiError> {
+    req.partition_rate = partition_rate(&t, false);
     if !req.consistent {
         if let Some((node, partition_id, epoch)) = in_zone(r, &t, hash) {
             let local = ScanRequest {

@@ -9,6 +9,10 @@ use tern_proto::storage::{
 };
 use tern_proto::{subjects, Empty};
 
+use tern_model::capacity::{read_units_of_json, write_units_of_json, ReadKind};
+use tern_proto::storage::WriteKind;
+
+use crate::capacity::{Capacity, Kind};
 use crate::partitions::Partitions;
 use crate::replication::Replication;
 use crate::store::{item_key, Store};
@@ -25,6 +29,7 @@ struct Inner {
     partitions: Partitions,
     writer: Writer,
     replication: Replication,
+    capacity: Arc<Capacity>,
 }
 
 impl Node {
@@ -34,6 +39,7 @@ impl Node {
         partitions: Partitions,
         writer: Writer,
         replication: Replication,
+        capacity: Arc<Capacity>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -42,8 +48,17 @@ impl Node {
                 partitions,
                 writer,
                 replication,
+                capacity,
             }),
         }
+    }
+
+    /// Admits a request on the partition's and the node's buckets.
+    fn admit(&self, partition_id: u64, kind: Kind, rate: f64) -> Result<(), BusError> {
+        let partitions = &self.inner.partitions;
+        self.inner.capacity.admit(partition_id, kind, rate, || {
+            partitions.range(partition_id).unwrap_or((0, u64::MAX))
+        })
     }
 
     pub fn writer(&self) -> &Writer {
@@ -169,16 +184,38 @@ impl Node {
         Ok(())
     }
 
-    async fn write(&self, req: WriteRequest) -> Result<WriteResponse, BusError> {
+    async fn write(&self, mut req: WriteRequest) -> Result<WriteResponse, BusError> {
         self.inner
             .partitions
             .check_epoch(req.partition_id, req.epoch)?;
-        self.inner.replication.write(req).await
+        let (pid, hash) = (req.partition_id, key_hash(&req.key));
+        self.admit(pid, Kind::Write, req.partition_rate)?;
+        // The rate is for this node's admission only: the log carries the write without it.
+        req.partition_rate = 0.0;
+        let new_units = match WriteKind::try_from(req.kind) {
+            Ok(WriteKind::Put) => write_units_of_json(&req.item),
+            _ => 1.0,
+        };
+        let result = self.inner.replication.write(req).await;
+        let units = match &result {
+            Ok(resp) => {
+                let updated = if resp.item_size > 0 {
+                    tern_model::capacity::write_units(resp.item_size as usize, false)
+                } else {
+                    0.0
+                };
+                new_units.max(updated).max(resp.old_write_units as f64)
+            }
+            Err(_) => 0.0,
+        };
+        self.inner.capacity.consume(pid, Kind::Write, units, hash);
+        result
     }
 
     async fn get(&self, req: GetRequest) -> Result<GetResponse, BusError> {
         let (inner, r) = (&self.inner, &self.inner.replication);
         inner.partitions.check_epoch(req.partition_id, req.epoch)?;
+        self.admit(req.partition_id, Kind::Read, req.partition_rate)?;
         // Strong reads wait for the leader's lease and its applied state; eventual reads are
         // served by any replica from what it has applied.
         if req.consistent {
@@ -197,6 +234,13 @@ impl Node {
         if req.consistent && !r.lease_holds(req.partition_id) {
             return Err(BusError::Redirect(String::new()));
         }
+        let units = read_units_of_json(
+            item.as_deref().unwrap_or_default(),
+            ReadKind::consistent(req.consistent),
+        );
+        inner
+            .capacity
+            .consume(req.partition_id, Kind::Read, units, key_hash(&req.key));
         Ok(GetResponse { item })
     }
 
@@ -204,6 +248,8 @@ impl Node {
     async fn scan(&self, req: ScanRequest) -> Result<ScanResponse, BusError> {
         let (inner, r) = (&self.inner, &self.inner.replication);
         inner.partitions.check_epoch(req.partition_id, req.epoch)?;
+        self.admit(req.partition_id, Kind::Read, req.partition_rate)?;
+        let hash = key_hash(&req.start);
         if req.consistent {
             r.read_barrier(req.partition_id).await?;
         }
@@ -220,6 +266,11 @@ impl Node {
         if consistent && !r.lease_holds(pid) {
             return Err(BusError::Redirect(String::new()));
         }
+        // Charged on the JSON read: an upper bound of the items' sizes, without parsing them
+        // (the router charges the client the exact sum).
+        let bytes: usize = resp.items.iter().map(Vec::len).sum();
+        let units = tern_model::capacity::read_units(bytes, ReadKind::consistent(consistent));
+        inner.capacity.consume(pid, Kind::Read, units, hash);
         Ok(resp)
     }
 
@@ -234,6 +285,13 @@ impl Node {
             .map_err(|e| internal(format!("{e:#}")))?;
         Ok(Empty {})
     }
+}
+
+/// The key hash a storage key starts with (0 for an empty or short key: the partition's start).
+fn key_hash(key: &[u8]) -> u64 {
+    key.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 /// The items of `req`'s range, up to its limit and byte budget.

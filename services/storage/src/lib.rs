@@ -6,6 +6,7 @@
 
 mod applier;
 mod apply;
+mod capacity;
 mod codec;
 mod compaction;
 mod handlers;
@@ -78,6 +79,13 @@ pub struct Config {
     /// `stats_first_ms` after start.
     pub stats_interval_ms: u64,
     pub stats_first_ms: u64,
+    /// The node's own limits, in capacity units per second over all its partitions: a node at
+    /// its limit throttles every partition, so that no table can take the node from the others.
+    pub node_read_units: f64,
+    pub node_write_units: f64,
+    /// Seconds of unused capacity a PROVISIONED table's partition may save for bursts
+    /// (DynamoDB: 300).
+    pub burst_seconds: f64,
 }
 
 impl Default for Config {
@@ -98,6 +106,9 @@ impl Default for Config {
             log_budget_bytes: 256 * 1024 * 1024,
             log_cache_bytes: 64 * 1024 * 1024,
             metrics_listen: String::new(),
+            node_read_units: 200_000.0,
+            node_write_units: 50_000.0,
+            burst_seconds: 300.0,
             stats_interval_ms: 6 * 3600 * 1000,
             stats_first_ms: 30_000,
         }
@@ -157,12 +168,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         replication.open_group(&p).context("recover replica")?;
     }
     replication.serve(&bus).await?;
+    let capacity = capacity::Capacity::new(capacity::Limits {
+        node_read_units: config.node_read_units,
+        node_write_units: config.node_write_units,
+        burst_seconds: config.burst_seconds,
+    });
+    registry.register_collector(Box::new(capacity::Collector(Arc::downgrade(&capacity))));
     let node = handlers::Node::new(
         config.node_id.clone(),
         store.clone(),
         partitions,
         writer,
         replication,
+        capacity,
     );
     node.serve(&bus).await?;
     let ready = Arc::new(AtomicBool::new(false));

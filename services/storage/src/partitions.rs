@@ -66,6 +66,13 @@ impl Partitions {
         self.map.read().values().cloned().collect()
     }
 
+    /// The hash range `[start, end]` of partition `id`, if this node holds it.
+    pub fn range(&self, id: u64) -> Option<(u64, u64)> {
+        let map = self.map.read();
+        let info = map.get(&id)?.partition.as_ref()?;
+        Some((info.hash_start, info.hash_end))
+    }
+
     /// Checks that this node holds a replica of `id` at `epoch`: a redirect otherwise.
     pub fn check_epoch(&self, id: u64, epoch: u64) -> Result<(), BusError> {
         match self.map.read().get(&id).and_then(|p| p.partition.as_ref()) {
