@@ -141,7 +141,11 @@ async fn load(
             let outcome = match result {
                 Ok(Ok(_)) => Outcome::Admitted,
                 Ok(Err(e)) => match error_of(&e) {
-                    (code, _) if code == "ProvisionedThroughputExceededException" => {
+                    (code, message) if code == "ProvisionedThroughputExceededException" => {
+                        if message.contains("limit)") {
+                            // The storage node's bucket: the routers let it through.
+                            eprintln!("throttled by a storage node: {message}");
+                        }
                         Outcome::Throttled
                     }
                     other => Outcome::Failed(format!("{other:?}")),
@@ -556,6 +560,7 @@ async fn on_demand_absorbs_double_its_previous_peak() {
 /// partition's key range carries its traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_buckets_are_the_second_line_and_show_hot_ranges() {
+    let started = Instant::now();
     let (cluster, _dir) = start(1, &[("TERN_ROUTER_ADMISSION_CONTROL", "false")]).await;
     let url = cluster.endpoint();
     provisioned_table(&client(&url), "second", 20, 20).await;
@@ -599,10 +604,12 @@ async fn partition_buckets_are_the_second_line_and_show_hot_ranges() {
     }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!("{admitted} admitted, {throttled} throttled in {secs:.1} s");
-    // 100/s offered to a 20/s table: the partition's first second plus 20/s.
+    // 100/s offered to a 20/s table: 20/s, plus what the partition saved since its node
+    // started (the node counts from its start).
+    let since_start = started.elapsed().as_secs_f64();
     assert!(
-        (admitted as f64) < 20.0 * secs + 60.0 && admitted as f64 > 15.0 * secs,
-        "{admitted} admitted in {secs:.1} s at 20 units/s"
+        (admitted as f64) < 20.0 * since_start + 20.0 && admitted as f64 > 15.0 * secs,
+        "{admitted} admitted in {secs:.1} s at 20 units/s ({since_start:.1} s since start)"
     );
     let mut throttled_at_nodes = 0.0;
     let mut ranges = Vec::new();

@@ -79,6 +79,10 @@ pub struct Limits {
 
 pub struct Capacity {
     limits: Limits,
+    /// When this node began watching: a partition's bucket, made at its first request, starts
+    /// with the capacity it could have saved since (up to `burst_seconds`), as if it had been
+    /// watched all along: a partition new to the node is not poorer than one it had served.
+    started: Instant,
     node: Mutex<[Bucket; 2]>,
     node_throttled: Mutex<[u64; 2]>,
     partitions: Mutex<HashMap<u64, PartitionState>>,
@@ -102,6 +106,7 @@ impl Capacity {
             node_throttled: Mutex::new([0, 0]),
             partitions: Mutex::new(HashMap::new()),
             limits,
+            started: now,
         })
     }
 
@@ -154,7 +159,14 @@ impl Capacity {
                 if rate == 0.0 {
                     *slot = None;
                 } else {
-                    let b = slot.get_or_insert_with(|| Bucket::new(rate, now));
+                    let saved = now
+                        .duration_since(self.started)
+                        .as_secs_f64()
+                        .clamp(1.0, self.limits.burst_seconds.max(1.0));
+                    let b = slot.get_or_insert_with(|| Bucket {
+                        tokens: rate * saved,
+                        ..Bucket::new(rate, now)
+                    });
                     b.refill(now, b.rate * self.limits.burst_seconds.max(1.0));
                     // A changed rate (UpdateTable) applies from now on; what was saved stays.
                     b.rate = rate;
