@@ -382,6 +382,7 @@ fn derived_messages() -> BTreeSet<String> {
     let sources = [
         include_str!("../src/lib.rs"),
         include_str!("../src/expr.rs"),
+        include_str!("../src/gac.rs"),
         include_str!("../src/memds.rs"),
         include_str!("../src/node.rs"),
         include_str!("../src/raft.rs"),
