@@ -39,6 +39,8 @@ const MAX_TABLES: usize = 50_000;
 
 /// The soonest a report follows the one before when a bucket runs dry or a table is young.
 const EARLY_REPORT: Duration = Duration::from_millis(200);
+/// Tables per report message (about 100 bytes each).
+const REPORT_CHUNK: usize = 2_000;
 /// A table this new to the router is reported every EARLY_REPORT.
 const YOUNG: Duration = Duration::from_secs(3);
 
@@ -387,7 +389,9 @@ impl Capacity {
         if live.is_empty() || tables.is_empty() {
             return;
         }
-        let mut by_owner: HashMap<&str, GrantRequest> = HashMap::new();
+        // One message per owner, split every REPORT_CHUNK tables to stay far below the bus's
+        // largest message however many tables the router serves.
+        let mut by_owner: HashMap<&str, Vec<GrantRequest>> = HashMap::new();
         for t in &tables {
             let Some(owner) = tern_proto::gac::owner(&t.id, live.iter().map(String::as_str)) else {
                 continue;
@@ -395,12 +399,16 @@ impl Capacity {
             let mut st = t.state.lock();
             let (read_consumed, read_demand) = st.read.take_report(now);
             let (write_consumed, write_demand) = st.write.take_report(now);
-            by_owner
-                .entry(owner)
-                .or_insert_with(|| GrantRequest {
+            let chunks = by_owner.entry(owner).or_default();
+            if chunks.last().is_none_or(|c| c.tables.len() >= REPORT_CHUNK) {
+                chunks.push(GrantRequest {
                     router: self.instance.clone(),
                     tables: Vec::new(),
-                })
+                });
+            }
+            chunks
+                .last_mut()
+                .expect("a chunk was just made")
                 .tables
                 .push(TableDemand {
                     table_id: t.id.clone(),
@@ -414,10 +422,13 @@ impl Capacity {
                     write_demand,
                 });
         }
-        let calls = by_owner.into_iter().map(|(owner, req)| async move {
-            let subject = subjects::gac_grant(owner);
-            (owner, bus.call::<_, GrantResponse>(&subject, &req).await)
-        });
+        let calls = by_owner
+            .into_iter()
+            .flat_map(|(owner, chunks)| chunks.into_iter().map(move |req| (owner, req)))
+            .map(|(owner, req)| async move {
+                let subject = subjects::gac_grant(owner);
+                (owner, bus.call::<_, GrantResponse>(&subject, &req).await)
+            });
         let by_id: HashMap<&str, &Arc<TableCapacity>> =
             tables.iter().map(|t| (t.id.as_str(), t)).collect();
         for (owner, result) in futures::future::join_all(calls).await {
