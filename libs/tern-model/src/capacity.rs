@@ -73,7 +73,8 @@ pub fn write_units_of_json(json: &[u8]) -> f64 {
     write_units(size_of_json(json), false)
 }
 
-fn size_of_json(json: &[u8]) -> usize {
+/// DynamoDB's size of an item from its stored JSON (its length if it does not parse).
+pub fn size_of_json(json: &[u8]) -> usize {
     // An item that does not parse (never stored by Tern) is charged by its length.
     crate::parse_item_json(json).map_or(json.len(), |i| crate::item_size(&i))
 }

@@ -138,6 +138,10 @@ pub struct ApiError {
     /// The item as it was, for a ConditionalCheckFailedException of a request that asked for it
     /// (ReturnValuesOnConditionCheckFailure: ALL_OLD); canonical DynamoDB JSON.
     pub item: Option<Vec<u8>>,
+    /// For ProvisionedThroughputExceededException: which limit (DynamoDB's ThrottlingReason
+    /// limit type, e.g. `ProvisionedThroughputExceeded`, `KeyRangeThroughputExceeded`); the
+    /// router adds the resource and the kind of operation.
+    pub throttled_by: Option<&'static str>,
 }
 
 impl ApiError {
@@ -146,6 +150,7 @@ impl ApiError {
             code,
             message: message.into(),
             item: None,
+            throttled_by: None,
         }
     }
 

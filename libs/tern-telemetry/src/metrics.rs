@@ -31,6 +31,33 @@ pub fn size_histogram() -> Histogram {
     ))
 }
 
+/// Writes one family of a collector's samples, read at scrape time: `samples` are each series'
+/// labels and value; a counter's name gets `_total`.
+pub fn encode_samples<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    counter: bool,
+    samples: impl IntoIterator<Item = (Vec<(&'a str, &'a str)>, f64)>,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::MetricType;
+    let kind = if counter {
+        MetricType::Counter
+    } else {
+        MetricType::Gauge
+    };
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let metric = family.encode_family(&labels)?;
+        if counter {
+            ConstCounter::new(value).encode(metric)?;
+        } else {
+            ConstGauge::new(value).encode(metric)?;
+        }
+    }
+    Ok(())
+}
+
 /// The process's registry; every name is prefixed `tern_`. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {

@@ -23,8 +23,9 @@ use tern_proto::gac::{TableDemand, TableGrant};
 
 /// A router that has not reported for this long no longer shares the table.
 pub const ROUTER_TTL: Duration = Duration::from_secs(3);
-/// Width of the bins traffic is summed in to find an on-demand table's peak.
-const PEAK_BIN_SECS: u64 = 5;
+/// Bins an on-demand table's traffic is summed in over the peak delay (their width is the delay
+/// over this, at least 5 s), so its state stays small whatever the delay.
+const PEAK_BINS: u64 = 60;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -104,6 +105,10 @@ impl Tables {
         self.tables.len()
     }
 
+    fn bin_secs(&self) -> u64 {
+        (self.limits.peak_delay.as_secs() / PEAK_BINS).max(5)
+    }
+
     /// One router's report of one table: updates the table's balance and peak and answers the
     /// router's rates. Returns the table ids evicted to stay within `max_tables`.
     pub fn report(
@@ -112,6 +117,7 @@ impl Tables {
         d: &TableDemand,
         now: Instant,
     ) -> (TableGrant, Decision, Option<String>) {
+        let bin_secs = self.bin_secs();
         let mut evicted = None;
         if !self.tables.contains_key(&d.table_id) && self.tables.len() >= self.limits.max_tables {
             // The table heard from least recently goes; its routers fall back to their floor
@@ -156,7 +162,7 @@ impl Tables {
         );
         t.routers
             .retain(|_, (at, _)| now.duration_since(*at) < ROUTER_TTL);
-        let bin = now.duration_since(self.epoch).as_secs() / PEAK_BIN_SECS;
+        let bin = now.duration_since(self.epoch).as_secs() / bin_secs;
         let limits = &self.limits;
         let read_rate = rate(
             &mut t.read,
@@ -165,7 +171,7 @@ impl Tables {
             limits.initial_read_peak,
             limits,
             sane(d.read_consumed),
-            bin,
+            (bin, bin_secs),
             now,
         );
         let write_rate = rate(
@@ -175,7 +181,7 @@ impl Tables {
             limits.initial_write_peak,
             limits,
             sane(d.write_consumed),
-            bin,
+            (bin, bin_secs),
             now,
         );
         let demands: Vec<(&str, Demand)> = t
@@ -255,23 +261,28 @@ fn rate(
     initial_peak: f64,
     limits: &Limits,
     consumed: f64,
-    bin: u64,
+    (bin, bin_secs): (u64, u64),
     now: Instant,
 ) -> f64 {
-    let elapsed = now.duration_since(dim.updated).as_secs_f64();
+    let mut elapsed = now.duration_since(dim.updated).as_secs_f64();
     dim.updated = now;
+    if elapsed > ROUTER_TTL.as_secs_f64() {
+        // Nobody reported the table here for a while: it was idle at every router, or owned by
+        // another instance (a takeover and back). What happened meanwhile was not seen here, so
+        // it is not credited.
+        elapsed = 0.0;
+    }
     if on_demand {
         match dim.bins.back_mut() {
             Some((b, units)) if *b == bin => *units += consumed,
             _ => dim.bins.push_back((bin, consumed)),
         }
-        let settled_before =
-            bin.saturating_sub(limits.peak_delay.as_secs().div_ceil(PEAK_BIN_SECS));
+        let settled_before = bin.saturating_sub(limits.peak_delay.as_secs().div_ceil(bin_secs));
         while let Some(&(b, units)) = dim.bins.front() {
             if b >= settled_before {
                 break;
             }
-            dim.settled_peak = dim.settled_peak.max(units / PEAK_BIN_SECS as f64);
+            dim.settled_peak = dim.settled_peak.max(units / bin_secs as f64);
             dim.bins.pop_front();
         }
         dim.burst = 0.0;
@@ -365,22 +376,48 @@ mod tests {
     #[test]
     fn unused_capacity_accrues_as_burst_up_to_its_cap() {
         let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
         let mut tables = Tables::new(limits(), t0);
         let (g, dec, _) = tables.report("a", &demand(0.0, 0.0), t0);
         assert_eq!(g.table_write_rate, 100.0);
         assert_eq!(dec.write_burst, 0.0, "a new table starts with no balance");
-        // 60 idle seconds: 6,000 units saved.
-        let (_, dec, _) = tables.report("a", &demand(0.0, 0.0), t0 + Duration::from_secs(60));
+        // 60 idle seconds, reported each second as routers do: 6,000 units saved.
+        let mut dec = dec;
+        for s in 1..=60 {
+            dec = tables.report("a", &demand(0.0, 0.0), at(s)).1;
+        }
         assert!((dec.write_burst - 6000.0).abs() < 1e-6);
         // A spike: 300 units/s wanted, so the router gets its 100 plus the balance it may draw.
-        let (g, _, _) = tables.report("a", &demand(300.0, 0.0), t0 + Duration::from_secs(60));
+        let (g, _, _) = tables.report("a", &demand(300.0, 0.0), at(60));
         assert!((g.write_rate - 300.0).abs() < 1e-9);
         // Consuming 300/s for 10 s takes 2,000 units off.
-        let (_, dec, _) = tables.report("a", &demand(300.0, 3000.0), t0 + Duration::from_secs(70));
-        assert!((dec.write_burst - 4000.0).abs() < 1e-6);
+        for s in 61..=70 {
+            dec = tables.report("a", &demand(300.0, 300.0), at(s)).1;
+        }
+        assert!(
+            (dec.write_burst - 4000.0).abs() < 1e-6,
+            "{}",
+            dec.write_burst
+        );
         // Never more than 300 s of the rate.
-        let (_, dec, _) = tables.report("a", &demand(0.0, 0.0), t0 + Duration::from_secs(10_000));
+        for s in 71..=400 {
+            dec = tables.report("a", &demand(0.0, 0.0), at(s)).1;
+        }
         assert!((dec.write_burst - 30_000.0).abs() < 1e-6);
+        // Time nobody reported the table (it was another instance's, or idle everywhere) is not
+        // credited: the balance goes on from where it was.
+        let spent = tables.report("a", &demand(300.0, 20_000.0), at(401)).1;
+        assert!(
+            (spent.write_burst - 10_100.0).abs() < 1e-6,
+            "{}",
+            spent.write_burst
+        );
+        let later = tables.report("a", &demand(0.0, 0.0), at(500)).1;
+        assert!(
+            (later.write_burst - 10_100.0).abs() < 1e-6,
+            "{}",
+            later.write_burst
+        );
     }
 
     #[test]

@@ -152,7 +152,6 @@ impl tern_telemetry::metrics::Collector for Gauges {
         &self,
         mut encoder: tern_telemetry::metrics::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        use tern_telemetry::metrics::{ConstGauge, EncodeMetric};
         let rows = [
             (
                 "memds_tables",
@@ -166,9 +165,13 @@ impl tern_telemetry::metrics::Collector for Gauges {
             ),
         ];
         for (name, help, value) in rows {
-            let gauge = ConstGauge::new(value as i64);
-            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            gauge.encode(metric)?;
+            tern_telemetry::metrics::encode_samples(
+                &mut encoder,
+                name,
+                help,
+                false,
+                [(Vec::new(), value as f64)],
+            )?;
         }
         Ok(())
     }

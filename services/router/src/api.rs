@@ -245,7 +245,7 @@ async fn handle(State(r): State<Arc<Router>>, request: Request) -> Response {
             if e.code == ErrorCode::ThrottlingException {
                 inc(&r.metrics.throttled);
             }
-            (status, error_body(&e))
+            (status, error_body(&e, op_name, table.as_deref()))
         }
     };
     let mut resp = (status, Body::from(body)).into_response();
@@ -333,10 +333,23 @@ fn unknown_operation() -> ApiError {
     ApiError::new(ErrorCode::UnknownOperation, "")
 }
 
-fn error_body(e: &ApiError) -> Vec<u8> {
+fn error_body(e: &ApiError, op: &str, table: Option<&str>) -> Vec<u8> {
     let mut v = serde_json::json!({ "__type": e.code.wire_type() });
     if !e.message.is_empty() || e.code != ErrorCode::UnknownOperation {
         v["message"] = serde_json::Value::String(e.message.clone());
+    }
+    if e.code == ErrorCode::ProvisionedThroughputExceeded {
+        // DynamoDB's ThrottlingReasons: Table + Read/Write + the limit. A storage node's refusal
+        // (its partition or node bucket) carries no limit of its own: a key range's.
+        let kind = match op {
+            "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" => "Write",
+            _ => "Read",
+        };
+        let limit = e.throttled_by.unwrap_or("KeyRangeThroughputExceeded");
+        v["ThrottlingReasons"] = serde_json::json!([{
+            "reason": format!("Table{kind}{limit}"),
+            "resource": format!("{}{}", tables::ARN_PREFIX, table.unwrap_or_default()),
+        }]);
     }
     if let Some(item) = e.item.as_ref().and_then(|b| serde_json::from_slice(b).ok()) {
         v["Item"] = item;

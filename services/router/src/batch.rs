@@ -12,7 +12,7 @@ use tern_model::{ApiError, ErrorCode, PathElem, PrimaryKey};
 use tern_proto::memds::TableInfo;
 use tern_proto::storage::{GetRequest, WriteKind, WriteRequest};
 
-use tern_model::capacity::{read_units_of_json, ReadKind};
+use tern_model::capacity::{read_units, read_units_of_json, ReadKind};
 
 use crate::capacity::Kind;
 use crate::dispatch;
@@ -142,7 +142,7 @@ pub async fn batch_write_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiE
     // unprocessed, as DynamoDB returns them, unless none was admitted at all.
     let admitted: Vec<Result<_, ApiError>> = writes
         .iter()
-        .map(|(_, w)| r.capacity.admit(&w.table, Kind::Write))
+        .map(|(_, w)| r.capacity.admit(&w.table, Kind::Write, write_units(w.size)))
         .collect();
     if let Some(Err(e)) = admitted.iter().find(|a| a.is_err()) {
         if admitted.iter().all(Result::is_err) {
@@ -251,7 +251,10 @@ pub async fn batch_get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
     }
     let admitted: Vec<Result<_, ApiError>> = reads
         .iter()
-        .map(|k| r.capacity.admit(&k.table, Kind::Read))
+        .map(|k| {
+            let least = read_units(0, ReadKind::consistent(k.consistent));
+            r.capacity.admit(&k.table, Kind::Read, least)
+        })
         .collect();
     if let Some(Err(e)) = admitted.iter().find(|a| a.is_err()) {
         if admitted.iter().all(Result::is_err) {
@@ -259,52 +262,63 @@ pub async fn batch_get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiErr
         }
     }
     let results = join_all(reads.iter().zip(&admitted).map(|(k, a)| async move {
-        let admitted = a.as_ref().map_err(Clone::clone)?;
+        a.as_ref().map_err(Clone::clone)?;
         let get = GetRequest {
             key: k.key.storage_key(),
             consistent: k.consistent,
             ..Default::default()
         };
-        let result = dispatch::get(r, k.table.clone(), k.key.hash(), get).await;
-        let charged = result.as_ref().map_or(0.0, |resp| {
-            read_units_of_json(
-                resp.item.as_deref().unwrap_or_default(),
-                ReadKind::consistent(k.consistent),
-            )
-        });
-        r.capacity.consume(admitted, charged);
-        result.map(|resp| (resp, charged))
+        dispatch::get(r, k.table.clone(), k.key.hash(), get).await
     }))
     .await;
     let mut responses: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let mut unprocessed: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let mut units: BTreeMap<&str, f64> = BTreeMap::new();
     let mut bytes = 0usize;
-    for (k, result) in reads.iter().zip(results) {
+    for ((k, admitted), result) in reads.iter().zip(&admitted).zip(results) {
         let name = k.name.as_str();
         responses.entry(name).or_default();
-        let (resp, charged) = match result {
-            Ok(got) => got,
+        // Charged only for what is answered: a key left unprocessed is charged when it is read
+        // again (its estimate comes back).
+        let charge = |units: f64| {
+            if let Ok(a) = admitted {
+                r.capacity.consume(a, units);
+            }
+        };
+        let resp = match result {
+            Ok(resp) => resp,
             Err(e) if e.code.retryable() => {
+                charge(0.0);
                 unprocessed
                     .entry(name)
                     .or_default()
                     .push(k.key_json.clone());
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                charge(0.0);
+                return Err(e);
+            }
         };
-        *units.entry(name).or_default() += charged;
+        let charged = read_units_of_json(
+            resp.item.as_deref().unwrap_or_default(),
+            ReadKind::consistent(k.consistent),
+        );
         let Some(item) = resp.item else {
+            charge(charged);
+            *units.entry(name).or_default() += charged;
             continue;
         };
         if bytes + item.len() > MAX_RESPONSE_BYTES {
+            charge(0.0);
             unprocessed
                 .entry(name)
                 .or_default()
                 .push(k.key_json.clone());
             continue;
         }
+        charge(charged);
+        *units.entry(name).or_default() += charged;
         bytes += item.len();
         let value: Value = match &k.projection {
             Some(paths) => {

@@ -123,6 +123,12 @@ impl Bucket {
         self.rate(now, s).max(1.0) + self.burst_tokens * self.held(now, s)
     }
 
+    /// Takes `units` off (gives them back if negative). The debt is bounded: at most as far below
+    /// zero as the bucket holds above it, so one huge request cannot lock a table out for long.
+    fn take(&mut self, units: f64, now: Instant, s: &Settings) {
+        self.tokens = (self.tokens - units).max(-self.cap(now, s));
+    }
+
     fn refill(&mut self, now: Instant, s: &Settings) {
         let rate = self.rate(now, s);
         let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
@@ -208,8 +214,9 @@ pub struct Capacity {
     grant_failures: prometheus_client::metrics::counter::Counter,
 }
 
-/// What a request was admitted under; [`Capacity::consume`] takes its units off.
-pub struct Admitted(Option<Arc<TableCapacity>>, Kind);
+/// What a request was admitted under, and the units taken off at admission (its estimate);
+/// [`Capacity::consume`] settles the difference with what it consumed.
+pub struct Admitted(Option<Arc<TableCapacity>>, Kind, f64);
 
 impl Capacity {
     pub fn new(
@@ -239,14 +246,19 @@ impl Capacity {
         c
     }
 
-    /// Admits a request on `t` or answers why not.
-    pub fn admit(&self, t: &TableInfo, kind: Kind) -> Result<Admitted, ApiError> {
+    /// Admits a request on `t` expected to cost `estimate` units (the least it can cost, or what
+    /// is known before it runs: a put's item) and takes them off at once, so that requests in
+    /// flight together, and the items of one batch, each see what the others took; or answers
+    /// why not.
+    pub fn admit(&self, t: &TableInfo, kind: Kind, estimate: f64) -> Result<Admitted, ApiError> {
         if !self.settings.enabled {
-            return Ok(Admitted(None, kind));
+            return Ok(Admitted(None, kind, 0.0));
         }
         let table = self.table(t);
         let Some(table) = table else {
-            return Ok(Admitted(None, kind));
+            // Beyond MAX_TABLES a table has no bucket here: admitted, and said in the log.
+            tracing::debug!(table = %t.name, "more tables than the router tracks: admitted without a bucket");
+            return Ok(Admitted(None, kind, 0.0));
         };
         let now = Instant::now();
         let mut st = table.state.lock();
@@ -272,8 +284,9 @@ impl Capacity {
         b.refill(now, settings);
         if b.tokens > 0.0 {
             b.admitted += 1;
+            b.take(estimate, now, settings);
             drop(st);
-            Ok(Admitted(Some(table), kind))
+            Ok(Admitted(Some(table), kind, estimate))
         } else {
             b.throttled += 1;
             b.throttled_total += 1;
@@ -290,12 +303,13 @@ impl Capacity {
         }
     }
 
-    /// Takes `units` off the bucket `admitted` was admitted from.
+    /// Charges `units`, what the request `admitted` consumed, to its bucket (less the estimate
+    /// taken at admission).
     pub fn consume(&self, admitted: &Admitted, units: f64) {
         let Some(table) = &admitted.0 else { return };
         let mut st = table.state.lock();
         let b = st.bucket(admitted.1);
-        b.tokens -= units;
+        b.take(units - admitted.2, Instant::now(), &self.settings);
         b.consumed += units;
         b.consumed_total += units;
     }
@@ -427,11 +441,12 @@ impl Capacity {
             .flat_map(|(owner, chunks)| chunks.into_iter().map(move |req| (owner, req)))
             .map(|(owner, req)| async move {
                 let subject = subjects::gac_grant(owner);
-                (owner, bus.call::<_, GrantResponse>(&subject, &req).await)
+                let result = bus.call::<_, GrantResponse>(&subject, &req).await;
+                (owner, req, result)
             });
         let by_id: HashMap<&str, &Arc<TableCapacity>> =
             tables.iter().map(|t| (t.id.as_str(), t)).collect();
-        for (owner, result) in futures::future::join_all(calls).await {
+        for (owner, req, result) in futures::future::join_all(calls).await {
             match result {
                 Ok(resp) => {
                     let now = Instant::now();
@@ -461,6 +476,14 @@ impl Capacity {
                 Err(e) => {
                     self.grant_failures.inc();
                     tracing::debug!(gac = owner, error = %e, "no grant from GAC");
+                    // What was consumed goes into the next report (to this owner or another).
+                    for d in &req.tables {
+                        if let Some(t) = by_id.get(d.table_id.as_str()) {
+                            let mut st = t.state.lock();
+                            st.read.consumed += d.read_consumed;
+                            st.write.consumed += d.write_consumed;
+                        }
+                    }
                 }
             }
         }
@@ -475,16 +498,23 @@ fn sane(x: f64) -> f64 {
     }
 }
 
-/// DynamoDB's answer to a request beyond the table's throughput.
+/// DynamoDB's answer to a request beyond the table's throughput: a provisioned table's own
+/// limit, or (on demand) the capacity it has now, which DynamoDB reports as a key range's.
 pub fn throttled(on_demand: bool) -> ApiError {
-    ApiError::new(
+    let mut e = ApiError::new(
         ErrorCode::ProvisionedThroughputExceeded,
         if on_demand {
             "Throughput exceeds the current capacity of your table or index. DynamoDB is automatically scaling your table or index so please try again shortly."
         } else {
             "The level of configured provisioned throughput for the table was exceeded. Consider increasing your provisioning level with the UpdateTable API."
         },
-    )
+    );
+    e.throttled_by = Some(if on_demand {
+        "KeyRangeThroughputExceeded"
+    } else {
+        "ProvisionedThroughputExceeded"
+    });
+    e
 }
 
 /// One kind's row of the scrape: kind, units consumed, requests throttled, rate now.
@@ -504,7 +534,6 @@ impl tern_telemetry::metrics::Collector for Collector {
         &self,
         mut encoder: tern_telemetry::metrics::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        use tern_telemetry::metrics::{ConstCounter, ConstGauge, EncodeMetric};
         let Some(c) = self.0.upgrade() else {
             return Ok(());
         };
@@ -534,45 +563,35 @@ impl tern_telemetry::metrics::Collector for Collector {
                 )
             })
             .collect();
-        let mut consumed = encoder.encode_descriptor(
+        use tern_telemetry::metrics::encode_samples;
+        let series = |pick: fn(&KindRow) -> f64| {
+            rows.iter().flat_map(move |(table, kinds)| {
+                kinds
+                    .iter()
+                    .map(move |k| (vec![("table", table.as_str()), ("kind", k.0)], pick(k)))
+            })
+        };
+        encode_samples(
+            &mut encoder,
             "router_consumed_units",
             "Capacity units consumed by admitted requests, by table and kind (read, write)",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
+            true,
+            series(|k| k.1),
         )?;
-        for (table, kinds) in &rows {
-            for (kind, units, _, _) in kinds {
-                let labels = [("table", table.as_str()), ("kind", *kind)];
-                let m = consumed.encode_family(&labels)?;
-                ConstCounter::new(*units).encode(m)?;
-            }
-        }
-        let mut throttled = encoder.encode_descriptor(
+        encode_samples(
+            &mut encoder,
             "router_throttled_requests",
             "Requests answered ProvisionedThroughputExceededException, by table and kind",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
+            true,
+            series(|k| k.2 as f64),
         )?;
-        for (table, kinds) in &rows {
-            for (kind, _, n, _) in kinds {
-                let labels = [("table", table.as_str()), ("kind", *kind)];
-                let m = throttled.encode_family(&labels)?;
-                ConstCounter::new(*n).encode(m)?;
-            }
-        }
-        let mut rate = encoder.encode_descriptor(
+        encode_samples(
+            &mut encoder,
             "router_admitted_rate_units",
             "The rate this router admits a table's units at now (granted by GAC, or decaying toward its floor)",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
+            false,
+            series(|k| k.3),
         )?;
-        for (table, kinds) in &rows {
-            for (kind, _, _, r) in kinds {
-                let labels = [("table", table.as_str()), ("kind", *kind)];
-                let m = rate.encode_family(&labels)?;
-                ConstGauge::new(*r).encode(m)?;
-            }
-        }
         Ok(())
     }
 }

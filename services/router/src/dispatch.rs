@@ -124,6 +124,11 @@ fn api_error(e: StorageError) -> ApiError {
     }
 }
 
+/// A storage node's ProvisionedThroughputExceededException (its partition or node bucket).
+fn is_throttle(e: &StorageError) -> bool {
+    matches!(e, StorageError::Bus(BusError::Api(a)) if a.code == ErrorCode::ProvisionedThroughputExceeded)
+}
+
 /// A timeout, a transport failure or a node that could not carry out the request: it may be
 /// stalled or deposed.
 fn unanswered(e: &StorageError) -> bool {
@@ -182,8 +187,12 @@ pub async fn get(
                 epoch,
                 ..req.clone()
             };
-            if let Ok(resp) = r.storage.get(&node, &local).await {
-                return Ok(resp);
+            match r.storage.get(&node, &local).await {
+                Ok(resp) => return Ok(resp),
+                // The replica's bucket refused it: that is the answer, not a reason to try
+                // another replica's bucket.
+                Err(e) if is_throttle(&e) => return Err(api_error(e)),
+                Err(_) => {}
             }
         }
     }
@@ -212,8 +221,12 @@ pub async fn scan(
                 epoch,
                 ..req.clone()
             };
-            if let Ok(resp) = r.storage.scan(&node, &local).await {
-                return Ok(resp);
+            match r.storage.scan(&node, &local).await {
+                Ok(resp) => return Ok(resp),
+                // The replica's bucket refused it: that is the answer, not a reason to try
+                // another replica's bucket.
+                Err(e) if is_throttle(&e) => return Err(api_error(e)),
+                Err(_) => {}
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::capacity::Kind;
 use crate::dispatch;
 use crate::json::{null_member, Request};
 use crate::Router;
-use tern_model::capacity::{read_units_of_json, ReadKind};
+use tern_model::capacity::{read_units, read_units_of_json, ReadKind};
 
 /// 400 KB, DynamoDB's largest item.
 const MAX_ITEM_SIZE: usize = 400 * 1024;
@@ -222,7 +222,11 @@ pub async fn get_item(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         consistent,
         ..Default::default()
     };
-    let admitted = r.capacity.admit(&t, Kind::Read)?;
+    let admitted = r.capacity.admit(
+        &t,
+        Kind::Read,
+        read_units(0, ReadKind::consistent(consistent)),
+    )?;
     let resp = dispatch::get(r, t, key.hash(), get).await?;
     let charged = read_units_of_json(
         resp.item.as_deref().unwrap_or_default(),
@@ -406,7 +410,7 @@ pub(crate) fn write_units(size: usize) -> f64 {
 
 /// Admits a write on its table's capacity, sends it and charges what it consumed, as DynamoDB
 /// does: the larger of the new item (`units`, or the updated item's size the node reports) and
-/// the item it replaced or deleted; a write whose condition failed is charged `units`; a write
+/// the item it replaced or deleted; a write whose condition failed, the item as it is; a write
 /// that failed otherwise, nothing. Returns the response and the units charged.
 pub(crate) async fn charged_write(
     r: &Router,
@@ -415,7 +419,7 @@ pub(crate) async fn charged_write(
     write: WriteRequest,
     units: f64,
 ) -> Result<(tern_proto::storage::WriteResponse, f64), ApiError> {
-    let admitted = r.capacity.admit(&t, Kind::Write)?;
+    let admitted = r.capacity.admit(&t, Kind::Write, units)?;
     let result = dispatch::write(r, t, hash, write)
         .await
         .and_then(|resp| failed_with_item(&resp).map(|()| resp));
@@ -428,7 +432,12 @@ pub(crate) async fn charged_write(
             };
             units.max(updated).max(resp.old_write_units as f64)
         }
-        Err(e) if e.code == ErrorCode::ConditionalCheckFailed => units,
+        // DynamoDB charges a failed condition on the item as it is (at least one unit); it is
+        // known here when the request asked for it back, otherwise the least is charged.
+        Err(e) if e.code == ErrorCode::ConditionalCheckFailed => e
+            .item
+            .as_deref()
+            .map_or(1.0, tern_model::capacity::write_units_of_json),
         Err(_) => 0.0,
     };
     r.capacity.consume(&admitted, charged);

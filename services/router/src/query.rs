@@ -348,7 +348,11 @@ pub async fn query(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
         consistent: c.consistent,
         ..Default::default()
     };
-    let admitted = r.capacity.admit(&c.table, Kind::Read)?;
+    let admitted = r.capacity.admit(
+        &c.table,
+        Kind::Read,
+        read_units(0, ReadKind::consistent(c.consistent)),
+    )?;
     // A failed range read is charged nothing.
     let resp = dispatch::scan(r, c.table.clone(), hash, scan).await?;
     let limit_hit = c.limit.is_some_and(|l| resp.keys.len() as u32 >= l);
@@ -383,7 +387,11 @@ pub async fn scan(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
     };
     let mut partitions: Vec<_> = c.table.partitions.clone();
     partitions.sort_by_key(|p| p.hash_start);
-    let admitted = r.capacity.admit(&c.table, Kind::Read)?;
+    let admitted = r.capacity.admit(
+        &c.table,
+        Kind::Read,
+        read_units(0, ReadKind::consistent(c.consistent)),
+    )?;
     let mut page = Page::default();
     let mut budget = PAGE_BYTES;
     let mut more = false;

@@ -391,7 +391,7 @@ pub async fn update_table(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError
         .into_bytes())
 }
 
-const ARN_PREFIX: &str = "arn:aws:dynamodb:tern:000000000000:table/";
+pub(crate) const ARN_PREFIX: &str = "arn:aws:dynamodb:tern:000000000000:table/";
 
 /// The table a resource ARN names (`arn:…:table/<name>`, as DescribeTable gives it).
 fn table_of_arn(req: &Request) -> Result<(String, String), ApiError> {

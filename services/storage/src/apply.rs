@@ -92,6 +92,9 @@ pub fn apply_write(
         if req.return_old_on_failure && matches!(e, StorageError::ConditionFailed) {
             return Ok(WriteResponse {
                 condition_failed: true,
+                old_write_units: old
+                    .as_deref()
+                    .map_or(0, |o| tern_model::capacity::write_units_of_json(o) as u32),
                 old_item: old,
                 ..Default::default()
             });

@@ -282,87 +282,86 @@ impl tern_telemetry::metrics::Collector for Collector {
         &self,
         mut encoder: tern_telemetry::metrics::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::metrics::MetricType;
-        use tern_telemetry::metrics::{ConstCounter, ConstGauge, EncodeMetric};
+        use tern_telemetry::metrics::encode_samples;
         let Some(c) = self.0.upgrade() else {
             return Ok(());
         };
         let (rows, node_throttled) = c.snapshot();
         const KINDS: [&str; 2] = ["read", "write"];
-        let mut e = encoder.encode_descriptor(
+        let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+        // (labels, value) of every partition and kind for which `pick` has a value.
+        let series = |pick: &dyn Fn(&PartitionRow, usize) -> Option<f64>| {
+            let mut out = Vec::new();
+            for (r, id) in rows.iter().zip(&ids) {
+                for (k, kind) in KINDS.iter().enumerate() {
+                    if let Some(v) = pick(r, k) {
+                        out.push((vec![("partition", id.as_str()), ("kind", *kind)], v));
+                    }
+                }
+            }
+            out
+        };
+        encode_samples(
+            &mut encoder,
             "storage_partition_consumed_units",
             "Capacity units consumed on each partition this node served, by kind",
-            None,
-            MetricType::Counter,
+            true,
+            series(&|r, k| Some(r.consumed[k])),
         )?;
-        for r in &rows {
-            let id = r.id.to_string();
-            for (k, kind) in KINDS.iter().enumerate() {
-                let labels = [("partition", id.as_str()), ("kind", kind)];
-                ConstCounter::new(r.consumed[k]).encode(e.encode_family(&labels)?)?;
-            }
-        }
-        let mut e = encoder.encode_descriptor(
+        encode_samples(
+            &mut encoder,
             "storage_partition_throttled_requests",
             "Requests a partition's bucket refused (ProvisionedThroughputExceededException), by kind",
-            None,
-            MetricType::Counter,
+            true,
+            series(&|r, k| Some(r.throttled[k] as f64)),
         )?;
-        for r in &rows {
-            let id = r.id.to_string();
-            for (k, kind) in KINDS.iter().enumerate() {
-                let labels = [("partition", id.as_str()), ("kind", kind)];
-                ConstCounter::new(r.throttled[k]).encode(e.encode_family(&labels)?)?;
-            }
-        }
-        let mut e = encoder.encode_descriptor(
+        encode_samples(
+            &mut encoder,
             "storage_partition_burst_balance_units",
             "Units in a provisioned table's partition bucket: a second of its rate plus what it saved, up to burst_seconds",
-            None,
-            MetricType::Gauge,
+            false,
+            series(&|r, k| r.balance[k]),
         )?;
-        for r in &rows {
-            let id = r.id.to_string();
-            for (k, kind) in KINDS.iter().enumerate() {
-                if let Some(b) = r.balance[k] {
-                    let labels = [("partition", id.as_str()), ("kind", kind)];
-                    ConstGauge::new(b).encode(e.encode_family(&labels)?)?;
-                }
-            }
-        }
-        let mut e = encoder.encode_descriptor(
-            "storage_partition_range_consumed_units",
-            "Units consumed per eighth of each partition's key-hash range (from: its first hash, hex): where a hot partition's traffic falls",
-            None,
-            MetricType::Counter,
-        )?;
-        for r in &rows {
-            let id = r.id.to_string();
+        let froms: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                (0..SLICES)
+                    .map(|i| format!("{:016x}", slice_start(i, r.hash_start, r.hash_end)))
+                    .collect()
+            })
+            .collect();
+        let mut slices = Vec::new();
+        for ((r, id), from) in rows.iter().zip(&ids).zip(&froms) {
             for (k, kind) in KINDS.iter().enumerate() {
                 for (i, units) in r.slices[k].iter().enumerate() {
-                    if *units == 0.0 {
-                        continue;
+                    if *units > 0.0 {
+                        let labels = vec![
+                            ("partition", id.as_str()),
+                            ("kind", *kind),
+                            ("from", from[i].as_str()),
+                        ];
+                        slices.push((labels, *units));
                     }
-                    let from = format!("{:016x}", slice_start(i, r.hash_start, r.hash_end));
-                    let labels = [
-                        ("partition", id.as_str()),
-                        ("kind", kind),
-                        ("from", from.as_str()),
-                    ];
-                    ConstCounter::new(*units).encode(e.encode_family(&labels)?)?;
                 }
             }
         }
-        let mut e = encoder.encode_descriptor(
+        encode_samples(
+            &mut encoder,
+            "storage_partition_range_consumed_units",
+            "Units consumed per eighth of each partition's key-hash range (from: its first hash, hex): where a hot partition's traffic falls",
+            true,
+            slices,
+        )?;
+        encode_samples(
+            &mut encoder,
             "storage_node_throttled_requests",
             "Requests refused because the node was at its own limit (node_read_units, node_write_units)",
-            None,
-            MetricType::Counter,
+            true,
+            KINDS
+                .iter()
+                .enumerate()
+                .map(|(k, kind)| (vec![("kind", *kind)], node_throttled[k] as f64)),
         )?;
-        for (k, kind) in KINDS.iter().enumerate() {
-            let labels = [("kind", *kind)];
-            ConstCounter::new(node_throttled[k]).encode(e.encode_family(&labels)?)?;
-        }
         Ok(())
     }
 }

@@ -206,6 +206,13 @@ impl Node {
                 };
                 new_units.max(updated).max(resp.old_write_units as f64)
             }
+            // A write whose condition failed is charged too (the least: the node does not
+            // answer it with the item's size).
+            Err(BusError::Status { code, .. })
+                if *code == tern_proto::status::STORAGE_CONDITION_FAILED =>
+            {
+                1.0
+            }
             Err(_) => 0.0,
         };
         self.inner.capacity.consume(pid, Kind::Write, units, hash);
@@ -259,17 +266,24 @@ impl Node {
         let store = inner.store.clone();
         let consistent = req.consistent;
         let pid = req.partition_id;
-        let resp = tokio::task::spawn_blocking(move || read_range(&store, &req))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+        // The items' DynamoDB sizes are charged, as the router charges them.
+        let (resp, size) = tokio::task::spawn_blocking(move || {
+            read_range(&store, &req).map(|resp| {
+                let size: usize = resp
+                    .items
+                    .iter()
+                    .map(|i| tern_model::capacity::size_of_json(i))
+                    .sum();
+                (resp, size)
+            })
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         if consistent && !r.lease_holds(pid) {
             return Err(BusError::Redirect(String::new()));
         }
-        // Charged on the JSON read: an upper bound of the items' sizes, without parsing them
-        // (the router charges the client the exact sum).
-        let bytes: usize = resp.items.iter().map(Vec::len).sum();
-        let units = tern_model::capacity::read_units(bytes, ReadKind::consistent(consistent));
+        let units = tern_model::capacity::read_units(size, ReadKind::consistent(consistent));
         inner.capacity.consume(pid, Kind::Read, units, hash);
         Ok(resp)
     }
