@@ -716,3 +716,105 @@ async fn partition_buckets_are_the_second_line_and_show_hot_ranges() {
         "every write fell in the seventh eighth: {ranges:?}"
     );
 }
+
+/// BatchWriteItem and BatchGetItem admit each item on its own: beyond the table's capacity the
+/// rest comes back as UnprocessedItems / UnprocessedKeys (not an error), and sending those again
+/// completes the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_beyond_capacity_come_back_unprocessed() {
+    use aws_sdk_dynamodb::types::{KeysAndAttributes, PutRequest, WriteRequest};
+    use std::collections::HashMap;
+    let (cluster, _dir) = start(1, &[]).await;
+    let c = client_without_retries(&cluster.endpoint());
+    provisioned_table(&client(&cluster.endpoint()), "batched", 2, 5).await;
+    // Let the buckets fill to a second of their rate.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes: Vec<WriteRequest> = (0..25)
+        .map(|i| {
+            let put = PutRequest::builder()
+                .item("pk", V::S(format!("k{i}")))
+                .item("v", V::S("x".repeat(900)))
+                .build()
+                .unwrap();
+            WriteRequest::builder().put_request(put).build()
+        })
+        .collect();
+    let mut pending = HashMap::from([("batched".to_string(), writes)]);
+    let mut rounds = Vec::new();
+    while !pending.is_empty() {
+        let out = c
+            .batch_write_item()
+            .set_request_items(Some(pending.clone()))
+            .send()
+            .await;
+        match out {
+            Ok(out) => {
+                let left = out.unprocessed_items().cloned().unwrap_or_default();
+                let n_left: usize = left.values().map(Vec::len).sum();
+                let n_sent: usize = pending.values().map(Vec::len).sum();
+                rounds.push(n_sent - n_left);
+                pending = left.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+            }
+            // All throttled at once: DynamoDB's answer too; wait for the refill.
+            Err(e) => {
+                assert_eq!(error_of(&e).0, "ProvisionedThroughputExceededException");
+                rounds.push(0);
+            }
+        }
+        assert!(rounds.len() < 60, "the batch does not complete: {rounds:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("writes processed per round: {rounds:?}");
+    assert!(
+        rounds[0] >= 1 && rounds[0] < 25,
+        "the first round should be cut by the 5-unit bucket: {rounds:?}"
+    );
+    // Reads: 25 consistent keys of 1 KB items (one unit each) against 2 read units.
+    let keys: Vec<HashMap<String, V>> = (0..25)
+        .map(|i| HashMap::from([("pk".to_string(), V::S(format!("k{i}")))]))
+        .collect();
+    let mut pending = HashMap::from([(
+        "batched".to_string(),
+        KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .build()
+            .unwrap(),
+    )]);
+    let mut got = 0;
+    let mut first = None;
+    let mut tries = 0;
+    while !pending.is_empty() {
+        tries += 1;
+        assert!(tries < 80, "the batch read does not complete");
+        match c
+            .batch_get_item()
+            .set_request_items(Some(pending.clone()))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let n = out
+                    .responses()
+                    .map_or(0, |r| r.values().map(Vec::len).sum());
+                first.get_or_insert(n);
+                got += n;
+                pending = out
+                    .unprocessed_keys()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(_, k)| !k.keys().is_empty())
+                    .collect();
+            }
+            Err(e) => assert_eq!(error_of(&e).0, "ProvisionedThroughputExceededException"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("reads: first round {first:?}, {tries} rounds");
+    assert_eq!(got, 25, "every item read once");
+    assert!(
+        first.is_some_and(|n| n < 25),
+        "the first read round should be cut: {first:?}"
+    );
+}
