@@ -189,6 +189,12 @@ impl Node {
             .partitions
             .check_epoch(req.partition_id, req.epoch)?;
         let (pid, hash) = (req.partition_id, key_hash(&req.key));
+        if !self.inner.replication.leads(pid) {
+            // Not the leader: the write is redirected (or refused) below, never admitted or
+            // throttled here.
+            req.partition_rate = 0.0;
+            return self.inner.replication.write(req).await;
+        }
         self.admit(pid, Kind::Write, req.partition_rate)?;
         // The rate is for this node's admission only: the log carries the write without it.
         req.partition_rate = 0.0;

@@ -434,6 +434,12 @@ impl Replication {
         self.group(pid).is_some_and(|g| g.lock().has_items)
     }
 
+    /// Whether this node's replica of `pid` is its group's leader now.
+    pub fn leads(&self, pid: u64) -> bool {
+        self.group(pid)
+            .is_some_and(|g| g.lock().engine.role() == Role::Leader)
+    }
+
     pub fn close_group(&self, pid: u64) -> anyhow::Result<()> {
         if let Some(group) = self.group(pid) {
             // NOTE: waits for at most one apply job of this replica; none starts after this.
