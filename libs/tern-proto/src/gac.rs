@@ -10,6 +10,12 @@
 pub struct GacHeartbeat {
     #[prost(string, tag = "1")]
     pub instance: String,
+    /// A new on-demand table's previous peak (units per second) as this instance is configured:
+    /// routers start such a table at twice it until its first grant.
+    #[prost(double, tag = "2")]
+    pub on_demand_initial_read_units: f64,
+    #[prost(double, tag = "3")]
+    pub on_demand_initial_write_units: f64,
 }
 
 /// One router's report of the tables it serves that the receiving GAC instance owns.

@@ -246,6 +246,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let every = Duration::from_millis(config.heartbeat_ms.max(50));
         let beat = GacHeartbeat {
             instance: config.instance.clone(),
+            on_demand_initial_read_units: config.on_demand_initial_read_units,
+            on_demand_initial_write_units: config.on_demand_initial_write_units,
         };
         let (tables, seen, metrics) = (tables.clone(), seen.clone(), metrics.clone());
         tokio::spawn(async move {

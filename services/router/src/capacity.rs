@@ -26,8 +26,8 @@ use tern_proto::gac::{GacHeartbeat, GrantRequest, GrantResponse, TableDemand};
 use tern_proto::memds::TableInfo;
 use tern_proto::subjects;
 
-/// A new on-demand table's rates before GAC has said otherwise: DynamoDB's initial "previous
-/// peak" is 6,000 read and 2,000 write units, doubled.
+/// A new on-demand table's rates before its first grant, until a GAC heartbeat says how GAC is
+/// configured: DynamoDB's initial "previous peak" is 6,000 read and 2,000 write units, doubled.
 const ON_DEMAND_INITIAL: (f64, f64) = (12_000.0, 4_000.0);
 /// A GAC instance not heard from for this long is not asked.
 const GAC_TTL: Duration = Duration::from_secs(2);
@@ -193,9 +193,9 @@ impl State {
     }
 }
 
-fn table_rates(t: &TableInfo) -> (f64, f64) {
+fn table_rates(t: &TableInfo, on_demand_start: (f64, f64)) -> (f64, f64) {
     if t.billing_mode == "PAY_PER_REQUEST" {
-        ON_DEMAND_INITIAL
+        on_demand_start
     } else {
         (t.read_capacity as f64, t.write_capacity as f64)
     }
@@ -210,6 +210,9 @@ pub struct Capacity {
     wake: tokio::sync::Notify,
     /// When a throttle last asked for an early report.
     woken: Mutex<Instant>,
+    /// A new on-demand table's (read, write) rates before its first grant: twice the initial
+    /// peak GAC's heartbeats announce.
+    on_demand_start: Mutex<(f64, f64)>,
     grants: prometheus_client::metrics::counter::Counter,
     grant_failures: prometheus_client::metrics::counter::Counter,
 }
@@ -231,6 +234,7 @@ impl Capacity {
             gacs: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             woken: Mutex::new(Instant::now()),
+            on_demand_start: Mutex::new(ON_DEMAND_INITIAL),
             grants: registry.register(
                 "router_gac_grants",
                 "grants received from GAC (one per table per report)",
@@ -271,7 +275,7 @@ impl Capacity {
             st.on_demand = t.billing_mode == "PAY_PER_REQUEST";
             st.read_capacity = t.read_capacity;
             st.write_capacity = t.write_capacity;
-            st.table_rates = table_rates(t);
+            st.table_rates = table_rates(t, *self.on_demand_start.lock());
             let (rf, wf) = st.floors();
             st.read.floor = rf;
             st.write.floor = wf;
@@ -326,7 +330,7 @@ impl Capacity {
             return None;
         }
         let now = Instant::now();
-        let rates = table_rates(t);
+        let rates = table_rates(t, *self.on_demand_start.lock());
         let c = Arc::new(TableCapacity {
             created: now,
             id: t.table_id.clone(),
@@ -354,6 +358,13 @@ impl Capacity {
         }
         let me = self.clone();
         bus.consume(subjects::GAC_HEARTBEAT, move |hb: GacHeartbeat| {
+            let (r, w) = (
+                hb.on_demand_initial_read_units,
+                hb.on_demand_initial_write_units,
+            );
+            if r.is_finite() && r > 0.0 && w.is_finite() && w > 0.0 {
+                *me.on_demand_start.lock() = (2.0 * r.min(1e12), 2.0 * w.min(1e12));
+            }
             if subjects::is_valid_token(&hb.instance) {
                 let mut gacs = me.gacs.lock();
                 if gacs.len() < 1024 || gacs.contains_key(&hb.instance) {
