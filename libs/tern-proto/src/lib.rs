@@ -6,6 +6,7 @@
 //! so fields are only ever added with new tags, never renumbered or retyped.
 //! `tests/compat.rs` pins that property.
 
+pub mod archive;
 pub mod expr;
 pub mod gac;
 pub mod memds;

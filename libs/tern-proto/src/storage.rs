@@ -9,6 +9,9 @@ pub enum WriteKind {
     Delete = 1,
     /// Apply `update` to the stored item, or to `item` (the key attributes) when there is none.
     Update = 2,
+    /// A scrub marker: changes no item; every replica checksums its items as they stand right
+    /// after it (`crate::archive`). Sent by the archiver, never by a router.
+    Checksum = 3,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -65,6 +68,10 @@ pub struct ReplicatedWrite {
     pub request_id: u64,
     #[prost(message, optional, tag = "3")]
     pub write: Option<WriteRequest>,
+    /// The leader's clock when it took the write, ms since the epoch (0: before this field):
+    /// what point-in-time restore goes by.
+    #[prost(uint64, tag = "4")]
+    pub time_ms: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -83,6 +90,9 @@ pub struct WriteResponse {
     /// Delete is charged on the larger of it and the new item.
     #[prost(uint32, tag = "5")]
     pub old_write_units: u32,
+    /// The log index the write took (checksum markers only).
+    #[prost(uint64, tag = "6")]
+    pub index: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -189,6 +199,10 @@ pub struct RebuildRequest {
     /// The member id of the leader that asked.
     #[prost(uint64, tag = "5")]
     pub leader_member: u64,
+    /// Scrub found the replica's items wrong: replace them even though it has items (a leader
+    /// refuses; its items are repaired once another replica leads).
+    #[prost(bool, tag = "6")]
+    pub repair: bool,
 }
 
 /// One chunk of a partition snapshot. The first request has `session` 0 and opens a consistent

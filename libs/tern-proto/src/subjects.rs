@@ -94,3 +94,18 @@ pub fn storage_rebuild(node: &str) -> String {
 pub fn storage_snapshot(node: &str) -> String {
     format!("tern.storage.{node}.snapshot")
 }
+
+/// The archiver reads a replica's committed log (`archive::ArchiveReadRequest`).
+pub fn storage_archive_read(node: &str) -> String {
+    format!("tern.storage.{node}.archive.read")
+}
+
+/// The archiver tells a replica how far the archive holds its group's log (`archive::ArchiveMark`).
+pub fn storage_archive_mark(node: &str) -> String {
+    format!("tern.storage.{node}.archive.mark")
+}
+
+/// A replica's items checksum at a scrub marker (`archive::ChecksumRequest`).
+pub fn storage_checksum(node: &str) -> String {
+    format!("tern.storage.{node}.archive.checksum")
+}

@@ -21,7 +21,7 @@
 use std::sync::mpsc;
 
 use prost::Message as _;
-use tern_proto::storage::{ReplicatedWrite, WriteResponse};
+use tern_proto::storage::{ReplicatedWrite, WriteKind, WriteResponse};
 use tern_replication::{Entry, Index, Payload};
 use tern_storage_client::StorageError;
 
@@ -181,6 +181,27 @@ impl Replication {
             let Some(req) = rw.write else {
                 fatal("decode a committed write", "the entry carries no write")
             };
+            if req.kind == WriteKind::Checksum as i32 {
+                // A scrub marker: the items as they stand right after it are checksummed, off a
+                // snapshot taken here, while later entries go on being applied.
+                self.inner().replicas.stage_applied(&mut batch, pid, e.index);
+                let done = std::mem::replace(&mut batch, store.batch());
+                if let Err(err) = done.commit() {
+                    fatal("apply committed entries", err);
+                }
+                latest.clear();
+                self.inner()
+                    .checksums
+                    .submit(pid, e.index, store.snapshot());
+                if rw.origin_node == self.inner().node {
+                    let answer = WriteResponse {
+                        index: e.index,
+                        ..Default::default()
+                    };
+                    results.push((rw.request_id, Ok(answer)));
+                }
+                continue;
+            }
             let ops = ops_of(&req).unwrap_or_else(|e| fatal("decode a committed write", e));
             let result = apply_write(store, &mut batch, &mut latest, &req, &ops);
             if rw.origin_node == self.inner().node {

@@ -19,6 +19,8 @@ pub struct LogView {
     pub bytes: u64,
     /// Leading: the durable match of every follower heard from recently.
     pub live_followers: Option<Vec<Index>>,
+    /// With the archive gate: the archive holds the log up to here.
+    pub archived: Option<Index>,
 }
 
 /// The index up to which to drop the log, if it is time. `half_by_bytes` gives the index that
@@ -48,6 +50,13 @@ pub fn compaction_point(
     if let (Some(live), true) = (&v.live_followers, within) {
         upto = live.iter().copied().fold(upto, Index::min);
     }
+    // NOTE: what the archive lacks stays until it is archived, unless the log grew to four times
+    // its limits (the archiver gone for long): memory and disk stay bounded, and the archive
+    // then has a gap, which the archiver closes with a snapshot of the items.
+    let bounded = v.entries < 4 * scale * limits.entries && v.bytes < 4 * scale * limits.bytes;
+    if let (Some(archived), true) = (v.archived, bounded) {
+        upto = upto.min(archived);
+    }
     (upto > v.snapshot).then_some(upto.min(v.held))
 }
 
@@ -68,6 +77,7 @@ mod tests {
             entries: held,
             bytes,
             live_followers: None,
+            archived: None,
         }
     }
 
@@ -111,5 +121,23 @@ mod tests {
         assert_eq!(compaction_point(&v, LIMITS, || 0), None);
         v.held = 400;
         assert_eq!(compaction_point(&v, LIMITS, || 0), Some(200));
+    }
+
+    #[test]
+    fn what_the_archive_lacks_stays_until_the_log_is_four_times_its_limits() {
+        let mut v = full(100, 10);
+        v.archived = Some(30);
+        assert_eq!(compaction_point(&v, LIMITS, || 0), Some(30));
+        v.archived = Some(0);
+        assert_eq!(compaction_point(&v, LIMITS, || 0), None);
+        // The archiver gone for long: the log is cut anyway, and the archive has a gap.
+        v.held = 400;
+        v.entries = 400;
+        assert_eq!(compaction_point(&v, LIMITS, || 0), Some(350));
+        let mut by_bytes = full(10, 3999);
+        by_bytes.archived = Some(0);
+        assert_eq!(compaction_point(&by_bytes, LIMITS, || 7), None);
+        by_bytes.bytes = 4000;
+        assert_eq!(compaction_point(&by_bytes, LIMITS, || 7), Some(7));
     }
 }

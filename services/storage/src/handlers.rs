@@ -7,6 +7,7 @@ use tern_proto::storage::{
     CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, RebuildRequest,
     ScanRequest, ScanResponse, SnapshotChunkRequest, WriteRequest, WriteResponse,
 };
+use tern_proto::archive::{ArchiveMark, ArchiveReadRequest, ChecksumRequest};
 use tern_proto::{subjects, Empty};
 
 use tern_model::capacity::{read_units_of_json, write_units_of_json, ReadKind};
@@ -169,6 +170,40 @@ impl Node {
         .await?;
         let r2 = r.clone();
         bus.serve(
+            &subjects::storage_archive_read(id),
+            None,
+            move |req: ArchiveReadRequest| {
+                let r = r2.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || r.archive_read(req))
+                        .await
+                        .map_err(|e| internal(e.to_string()))?
+                }
+            },
+        )
+        .await?;
+        let r2 = r.clone();
+        bus.serve(
+            &subjects::storage_archive_mark(id),
+            None,
+            move |req: ArchiveMark| {
+                let r = r2.clone();
+                async move { r.archive_mark(req).map(|()| Empty {}) }
+            },
+        )
+        .await?;
+        let r2 = r.clone();
+        bus.serve(
+            &subjects::storage_checksum(id),
+            None,
+            move |req: ChecksumRequest| {
+                let r = r2.clone();
+                async move { Ok::<_, BusError>(r.checksum(req)) }
+            },
+        )
+        .await?;
+        let r2 = r.clone();
+        bus.serve(
             &subjects::storage_snapshot(id),
             None,
             move |req: SnapshotChunkRequest| {
@@ -189,6 +224,10 @@ impl Node {
             .partitions
             .check_epoch(req.partition_id, req.epoch)?;
         let (pid, hash) = (req.partition_id, key_hash(&req.key));
+        if req.kind == WriteKind::Checksum as i32 {
+            // A scrub marker costs the table nothing: it is the archiver's.
+            return self.inner.replication.write(req).await;
+        }
         if !self.inner.replication.leads(pid) {
             // Not the leader: the write is redirected (or refused) below, never admitted or
             // throttled here.

@@ -5,6 +5,7 @@
 //! write is acknowledged before a quorum's copies of it are durable.
 
 mod applier;
+pub mod archive;
 mod apply;
 mod capacity;
 mod codec;
@@ -13,6 +14,7 @@ mod handlers;
 mod heal;
 mod metrics;
 mod partitions;
+pub mod reference;
 mod repair;
 mod replica_store;
 mod replication;
@@ -86,6 +88,9 @@ pub struct Config {
     /// Seconds of unused capacity a PROVISIONED table's partition may save for bursts
     /// (DynamoDB: 300).
     pub burst_seconds: f64,
+    /// An archiver ships this cluster's logs: each replica keeps its log until the archive holds
+    /// it (up to four times the compaction limits, then the archive gets a gap).
+    pub archive_gate: bool,
 }
 
 impl Default for Config {
@@ -109,6 +114,7 @@ impl Default for Config {
             node_read_units: 200_000.0,
             node_write_units: 50_000.0,
             burst_seconds: 300.0,
+            archive_gate: false,
             stats_interval_ms: 6 * 3600 * 1000,
             stats_first_ms: 30_000,
         }
@@ -161,6 +167,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             },
             budget: config.log_budget_bytes,
             cache: config.log_cache_bytes,
+            archive_gate: config.archive_gate,
         },
         metrics,
     );

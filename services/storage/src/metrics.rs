@@ -41,6 +41,8 @@ pub struct ReplicationMetrics {
     pub writes_too_large: Counter,
     /// Replication messages dropped because their sender is no member of the group.
     pub foreign_messages: Counter,
+    /// Compactions that dropped log entries the archive did not hold yet.
+    pub archive_gaps: Counter,
     pub replicas: Gauge,
     pub log_bytes: Gauge,
     pub log_stored_bytes: Gauge,
@@ -78,6 +80,7 @@ impl ReplicationMetrics {
             writes_throttled: counter("storage_writes_throttled", "Writes answered ThrottlingException: the node's writes in progress were at their limit."),
             writes_too_large: counter("storage_writes_too_large", "Writes refused because their log entry would not fit the bus's max_payload."),
             foreign_messages: counter("storage_foreign_messages", "Replication messages dropped because their sender is no member of the group (or not at the member's node)."),
+            archive_gaps: counter("storage_archive_gaps", "Log compactions that dropped entries the archive did not hold yet (the log had grown to four times its limits)."),
             replicas: gauge("storage_replicas", "Partition replicas on this node."),
             log_bytes: gauge("storage_log_bytes", "Command bytes the replication logs of this node hold in memory."),
             log_stored_bytes: gauge("storage_log_stored_bytes", "Payload bytes the replication logs of this node hold, on disk."),

@@ -80,6 +80,9 @@ pub(crate) struct Group {
     pub has_items: bool,
     /// Entries up to here are in the items.
     pub applied: Index,
+    /// The archive holds the group's log up to here (as the archiver last said; 0 after a
+    /// restart until it says again): with the archive gate on, the log is kept from here on.
+    pub archived: Index,
     /// Engine tick at which this replica last became leader.
     pub leader_since: u64,
     pub heal: crate::heal::HealState,
@@ -126,6 +129,8 @@ pub struct LogLimits {
     pub compact: CompactLimits,
     pub budget: u64,
     pub cache: u64,
+    /// Keep what the archive does not hold yet (`compaction::compaction_point`).
+    pub archive_gate: bool,
 }
 
 /// Each replica keeps at least this much of its log's command bytes in memory (entries just
@@ -236,6 +241,10 @@ pub(crate) struct Inner {
     write_budget: Arc<tokio::sync::Semaphore>,
     pub snapshots: crate::snapshot_source::SnapshotSessions,
     pub metrics: Arc<crate::metrics::ReplicationMetrics>,
+    /// Keep each log from what the archive does not hold yet.
+    pub archive_gate: bool,
+    /// Items checksums at scrub markers.
+    pub(crate) checksums: Arc<crate::archive::Checksums>,
 }
 
 /// Which node this is, and in which availability zone.
@@ -262,6 +271,7 @@ impl Replication {
             .max_payload()
             .saturating_sub(MESSAGE_OVERHEAD)
             .max(64 * 1024);
+        let checksums = crate::archive::Checksums::start(store.clone());
         let r = Replication {
             inner: Arc::new(Inner {
                 node: at.node,
@@ -290,6 +300,8 @@ impl Replication {
                 write_budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BUDGET_KIB)),
                 snapshots: Default::default(),
                 metrics,
+                archive_gate: limits.archive_gate,
+                checksums,
             }),
         };
         r.start_applier(applier_rx);
@@ -402,6 +414,7 @@ impl Replication {
             applied,
             leader_since: 0,
             heal: Default::default(),
+            archived: 0,
             installing: false,
             install_not_before: 0,
             tick_times: VecDeque::with_capacity(TICK_HISTORY),
@@ -446,6 +459,7 @@ impl Replication {
             let gate = group.lock().gate.clone();
             let _gate = tokio::task::block_in_place(|| gate.lock());
             group.lock().closed = true;
+            self.inner.checksums.drop_partition(pid);
         }
         self.inner.groups.write().remove(&pid);
         self.inner.replicas.clear(pid)?;
@@ -471,6 +485,9 @@ impl Replication {
             origin_node: self.inner.node.clone(),
             request_id: id,
             write: Some(req),
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         let payload = entry.encode_to_vec();
         if payload.len() + ENTRY_OVERHEAD > self.inner.max_message {
@@ -870,6 +887,7 @@ impl Replication {
             install: true,
             index,
             leader_member: g.engine.id(),
+            repair: false,
         };
         tracing::info!(partition = g.pid, member = to, node = %node, index, "follower is behind the compacted log: sending a snapshot");
         let storage = self.inner.storage.clone();
@@ -922,6 +940,7 @@ impl Replication {
                 entries: e.log().len() as u64,
                 bytes: e.log_bytes(),
                 live_followers,
+                archived: self.inner.archive_gate.then_some(g.archived),
             };
             match compaction_point(&view, limits, || half_by_bytes(e, held)) {
                 Some(upto) => upto,
@@ -942,6 +961,15 @@ impl Replication {
             let mut g = group.lock();
             if g.installing {
                 return;
+            }
+            if self.inner.archive_gate && upto > g.archived {
+                self.inner.metrics.archive_gaps.inc();
+                tracing::warn!(
+                    partition = g.pid,
+                    archived = g.archived,
+                    upto,
+                    "log compacted past what the archive holds: its log grew past four times its limits"
+                );
             }
             let before = g.engine.snapshot().index;
             let Some(meta) = g.engine.compact(upto) else {

@@ -82,7 +82,16 @@ impl Replication {
                 )
                 .into());
             }
-            let wanted = if req.install {
+            let wanted = if req.repair {
+                if g.engine.role() == Role::Leader {
+                    return Err(tern_storage_client::StorageError::Unavailable(
+                        "a leader does not replace its own items: repair it once another replica leads"
+                            .into(),
+                    )
+                    .into());
+                }
+                g.has_items
+            } else if req.install {
                 g.engine.applied_index() < req.index && g.engine.role() != Role::Leader
             } else {
                 !g.has_items
