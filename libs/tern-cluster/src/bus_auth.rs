@@ -12,7 +12,10 @@
 //!   (the table metadata bucket).
 //! - `storage-<node>`: serves its own `tern.storage.<node>.>` only; sends replication batches,
 //!   rebuild and snapshot requests to other nodes; heartbeats and reports to MemDS.
-//! - `gac`, `archiver`: serve their own subjects.
+//! - `gac`: serves its own subjects.
+//! - `archiver`: lists and describes tables in MemDS; reads the storage nodes' committed logs,
+//!   marks what is archived, appends checksum markers (a write of kind Checksum), reads
+//!   snapshots and asks for repairs (rebuilds); serves its own subjects.
 //! - `admin`: everything (the launcher's health checks, tests, operators).
 //!
 //! Every identity subscribes to its own reply inboxes only (`_INBOX.<service>.<instance>.>`,
@@ -93,7 +96,14 @@ fn service_permissions(identity: &str) -> (Vec<String>, Vec<String>) {
             strings(&["tern.gac.>", "tern.health.gac.*", "_INBOX.gac.*.>"]),
         ),
         "archiver" => (
-            Vec::new(),
+            strings(&[
+                "tern.memds.ddl.list_tables",
+                "tern.memds.ddl.describe_table",
+                "tern.storage.*.archive.>",
+                "tern.storage.*.write",
+                "tern.storage.*.snapshot",
+                "tern.storage.*.admin.rebuild",
+            ]),
             vec![
                 format!("tern.{identity}.>"),
                 format!("tern.health.{identity}.*"),

@@ -727,7 +727,18 @@ fn service_plan(
         "archiver-1".into(),
         env(
             "archiver",
-            &[("INSTANCE", "archiver-1".into()), metrics("archiver")],
+            &[
+                ("INSTANCE", "archiver-1".into()),
+                metrics("archiver"),
+                (
+                    "DATA_DIR",
+                    spec.data_dir.join("archiver").display().to_string(),
+                ),
+                (
+                    "LOCAL_DIR",
+                    spec.data_dir.join("archive").display().to_string(),
+                ),
+            ],
         ),
     ));
     for node in &spec.storage_nodes {
@@ -743,6 +754,7 @@ fn service_plan(
                     ("AZ", node.az.clone()),
                     ("DATA_DIR", dir.display().to_string()),
                     metrics(&node.id),
+                    ("ARCHIVE_GATE", "true".into()),
                 ],
             ),
         ));

@@ -135,6 +135,37 @@ impl StorageClient {
             .map(drop)
     }
 
+    /// A replica's committed log from `req.from` (the archiver's read).
+    pub async fn archive_read(
+        &self,
+        node: &str,
+        req: &tern_proto::archive::ArchiveReadRequest,
+    ) -> Result<tern_proto::archive::ArchiveReadResponse, BusError> {
+        self.admin(&subjects::storage_archive_read(node), req, ADMIN_TIMEOUT)
+            .await
+    }
+
+    /// Tells a replica how far the archive holds its group's log.
+    pub async fn archive_mark(
+        &self,
+        node: &str,
+        req: &tern_proto::archive::ArchiveMark,
+    ) -> Result<(), BusError> {
+        self.admin::<_, Empty>(&subjects::storage_archive_mark(node), req, ADMIN_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
+    /// A replica's items checksum at a scrub marker.
+    pub async fn checksum(
+        &self,
+        node: &str,
+        req: &tern_proto::archive::ChecksumRequest,
+    ) -> Result<tern_proto::archive::ChecksumResponse, BusError> {
+        self.admin(&subjects::storage_checksum(node), req, ADMIN_TIMEOUT)
+            .await
+    }
+
     pub async fn snapshot_chunk(
         &self,
         node: &str,

@@ -1,10 +1,29 @@
-//! The archiver: ships sealed WAL segments to S3, rebuilds reference replicas, scrubs and restores.
-//! This first version joins the bus, answers health checks and reports its version; the archive path
-//! comes with its own issue.
+//! The archiver: ships every partition's committed log to an object store (S3, or a local
+//! directory by default) as sealed, checksummed segments, keeps a reference replica of every
+//! partition rebuilt from the archive alone, and scrubs the live replicas against each other and
+//! against the reference (`docs/archive.md`).
 
+mod metrics;
+mod objects;
+mod partition;
+mod scrub;
+
+use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use tern_bus::Bus;
+use tern_memds_client::MemdsClient;
+use tern_proto::memds::{ListTablesRequest, TableStatus};
+use tern_storage_client::StorageClient;
+
+pub use objects::Archive;
+pub use partition::Partition;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -12,12 +31,40 @@ pub struct Config {
     pub nats_url: String,
     /// The nkey seed this service authenticates to nats-server with (`tern up` writes one per
     /// service); none: connect without credentials.
-    pub nats_nkey_file: Option<std::path::PathBuf>,
+    pub nats_nkey_file: Option<PathBuf>,
     /// PEM CA certificate of nats-server's TLS certificate; set: the connection must be TLS.
-    pub nats_ca_file: Option<std::path::PathBuf>,
+    pub nats_ca_file: Option<PathBuf>,
     pub instance: String,
     /// Address for Prometheus' scrape of `/metrics` (e.g. `127.0.0.1:9104`); empty: none.
     pub metrics_listen: String,
+    /// Ship logs and scrub (false: the archiver only answers health checks).
+    pub enabled: bool,
+    /// Where the reference replicas live.
+    pub data_dir: PathBuf,
+    /// `local` (a directory, `local_dir`) or `s3`.
+    pub store: String,
+    pub local_dir: PathBuf,
+    pub s3_bucket: String,
+    /// Empty: AWS's endpoint for the region; else e.g. `http://127.0.0.1:9000` (MinIO).
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    /// Empty: the AWS environment and instance credentials.
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: tern_config::Secret,
+    /// Object names start with this (e.g. a cluster's name).
+    pub prefix: String,
+    /// A segment is sealed once it holds this many bytes of log...
+    pub segment_bytes: usize,
+    /// ... or its oldest entry has waited this long.
+    pub segment_age_ms: u64,
+    /// How often each partition's replicas are asked for new log.
+    pub poll_ms: u64,
+    /// How often each partition is scrubbed (0: never).
+    pub scrub_interval_ms: u64,
+    /// Rebuild a replica that scrub found wrong from a good one.
+    pub repair: bool,
+    /// How often the tables and their partitions are listed from MemDS.
+    pub discover_ms: u64,
 }
 
 impl Default for Config {
@@ -28,24 +75,143 @@ impl Default for Config {
             nats_ca_file: None,
             instance: "archiver-1".into(),
             metrics_listen: String::new(),
+            enabled: true,
+            data_dir: "data/archiver".into(),
+            store: "local".into(),
+            local_dir: "data/archive".into(),
+            s3_bucket: "tern-archive".into(),
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: Default::default(),
+            prefix: String::new(),
+            segment_bytes: 4 * 1024 * 1024,
+            segment_age_ms: 5_000,
+            poll_ms: 200,
+            scrub_interval_ms: 10 * 60 * 1000,
+            repair: true,
+            discover_ms: 2_000,
         }
     }
 }
 
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let metrics = tern_telemetry::metrics::Metrics::new();
-    metrics.register_build_info("archiver");
-    metrics.serve(&config.metrics_listen).await?;
-    tern_bus::serve_health_until(
-        &config.nats_url,
-        &tern_bus::NatsAccess {
-            nkey_file: config.nats_nkey_file.clone(),
-            ca_file: config.nats_ca_file.clone(),
-        },
-        "archiver",
-        &config.instance,
-        shutdown,
-    )
-    .await?;
+    let access = tern_bus::NatsAccess {
+        nkey_file: config.nats_nkey_file.clone(),
+        ca_file: config.nats_ca_file.clone(),
+    };
+    let registry = tern_telemetry::metrics::Metrics::new();
+    registry.register_build_info("archiver");
+    let metrics = Arc::new(metrics::ArchiverMetrics::new(&registry));
+    if !config.enabled {
+        registry.serve(&config.metrics_listen).await?;
+        return tern_bus::serve_health_until(&config.nats_url, &access, "archiver", &config.instance, shutdown)
+            .await
+            .map_err(Into::into);
+    }
+    let bus = Bus::connect_instance(&config.nats_url, &access, "archiver", &config.instance).await?;
+    bus.register_metrics(&registry);
+    // HTTPS to S3 goes through rustls with the process's provider: ring, as the router's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let archive = Archive::open(&config)?;
+    let reference = tern_storage::reference::Reference::open(&config.data_dir.join("reference"))?;
+    let ctx = Arc::new(partition::Ctx {
+        archive,
+        reference,
+        storage: StorageClient::new(bus.clone()),
+        metrics,
+        segment_bytes: config.segment_bytes.max(1024),
+        segment_age: Duration::from_millis(config.segment_age_ms.max(10)),
+        poll: Duration::from_millis(config.poll_ms.max(10)),
+        scrub_every: Duration::from_millis(config.scrub_interval_ms),
+        repair: config.repair,
+    });
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tern_bus::serve_health(&bus, "archiver", &config.instance, ready.clone()).await?;
+    registry
+        .serve(&config.metrics_listen)
+        .await
+        .context("metrics_listen")?;
+    let discovery = tokio::spawn(discover_forever(
+        ctx.clone(),
+        MemdsClient::new(bus.clone()),
+        Duration::from_millis(config.discover_ms.max(100)),
+    ));
+    ready.store(true, Ordering::Release);
+    tracing::info!(store = %config.store, "archiver ready");
+    shutdown.await;
+    tracing::info!("archiver stopping");
+    discovery.abort();
+    bus.drain().await;
+    ctx.reference.sync().context("sync the reference replicas")?;
     Ok(())
+}
+
+/// Follows the tables in MemDS: a task pair (shipping, scrub) per partition of every active
+/// table, stopped when the partition goes away (its archive stays).
+async fn discover_forever(ctx: Arc<partition::Ctx>, memds: MemdsClient, every: Duration) {
+    let mut parts: HashMap<u64, Arc<Partition>> = HashMap::new();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let seen = match list_partitions(&memds).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                tracing::debug!(error = %e, "list tables");
+                continue;
+            }
+        };
+        for (table, info) in &seen {
+            match parts.get(&info.id) {
+                Some(p) => *p.info.lock() = info.clone(),
+                None => {
+                    let p = Partition::new(table.clone(), info.clone());
+                    tokio::spawn(partition::ship_forever(ctx.clone(), p.clone()));
+                    if !ctx.scrub_every.is_zero() {
+                        tokio::spawn(partition::scrub_forever(ctx.clone(), p.clone()));
+                    }
+                    parts.insert(info.id, p);
+                }
+            }
+        }
+        parts.retain(|pid, p| {
+            let keep = seen.iter().any(|(_, i)| i.id == *pid);
+            if !keep {
+                p.stopped.store(true, Ordering::Release);
+            }
+            keep
+        });
+    }
+}
+
+async fn list_partitions(
+    memds: &MemdsClient,
+) -> anyhow::Result<Vec<(String, tern_proto::memds::PartitionInfo)>> {
+    let mut names = Vec::new();
+    let mut start = String::new();
+    loop {
+        let page = memds
+            .list_tables(&ListTablesRequest {
+                exclusive_start: start.clone(),
+                limit: 100,
+            })
+            .await?;
+        names.extend(page.names);
+        if page.last_evaluated.is_empty() {
+            break;
+        }
+        start = page.last_evaluated;
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let Ok(reply) = memds.describe_table(&name).await else {
+            continue;
+        };
+        let Some(t) = reply.table else { continue };
+        if t.status != TableStatus::Active as i32 {
+            continue;
+        }
+        out.extend(t.partitions.into_iter().map(|p| (t.name.clone(), p)));
+    }
+    Ok(out)
 }

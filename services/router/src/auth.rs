@@ -59,20 +59,7 @@ impl<'de> Deserialize<'de> for AuthMode {
     }
 }
 
-/// A configuration value that is never printed.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("\"\"")
-        } else {
-            f.write_str("<redacted>")
-        }
-    }
-}
+pub use tern_config::Secret;
 
 /// Access key id → secret access key.
 pub struct Keys {
