@@ -153,7 +153,9 @@ pub fn unseal<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, String> {
     let body = &bytes[16..];
     let got = xxhash_rust::xxh3::xxh3_64(body);
     if got != want {
-        return Err(format!("checksum mismatch: stored {want:016x}, computed {got:016x}"));
+        return Err(format!(
+            "checksum mismatch: stored {want:016x}, computed {got:016x}"
+        ));
     }
     M::decode(body).map_err(|e| format!("undecodable: {e}"))
 }

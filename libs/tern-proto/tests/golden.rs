@@ -88,6 +88,7 @@ fn replicated_writes() {
             update_expr: None,
             partition_rate: 0.0,
         }),
+        time_ms: 0,
     };
     // Written by versions before `condition_expr`: still decodes, and storage reads its JSON.
     pinned(&w, GOLDEN_WRITE);

@@ -51,6 +51,9 @@ pub struct Config {
     /// Empty: the AWS environment and instance credentials.
     pub s3_access_key_id: String,
     pub s3_secret_access_key: tern_config::Secret,
+    /// One request to S3 gives up after this long (a stalled store fails the round, which is
+    /// retried with backoff, instead of holding it).
+    pub s3_timeout_ms: u64,
     /// Object names start with this (e.g. a cluster's name).
     pub prefix: String,
     /// A segment is sealed once it holds this many bytes of log...
@@ -84,6 +87,7 @@ impl Default for Config {
             s3_region: "us-east-1".into(),
             s3_access_key_id: String::new(),
             s3_secret_access_key: Default::default(),
+            s3_timeout_ms: 10_000,
             prefix: String::new(),
             segment_bytes: 4 * 1024 * 1024,
             segment_age_ms: 5_000,
@@ -105,14 +109,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let metrics = Arc::new(metrics::ArchiverMetrics::new(&registry));
     if !config.enabled {
         registry.serve(&config.metrics_listen).await?;
-        return tern_bus::serve_health_until(&config.nats_url, &access, "archiver", &config.instance, shutdown)
-            .await
-            .map_err(Into::into);
+        return tern_bus::serve_health_until(
+            &config.nats_url,
+            &access,
+            "archiver",
+            &config.instance,
+            shutdown,
+        )
+        .await
+        .map_err(Into::into);
     }
-    let bus = Bus::connect_instance(&config.nats_url, &access, "archiver", &config.instance).await?;
+    let bus =
+        Bus::connect_instance(&config.nats_url, &access, "archiver", &config.instance).await?;
     bus.register_metrics(&registry);
-    // HTTPS to S3 goes through rustls with the process's provider: ring, as the router's.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let archive = Archive::open(&config)?;
     let reference = tern_storage::reference::Reference::open(&config.data_dir.join("reference"))?;
     let ctx = Arc::new(partition::Ctx {
@@ -143,7 +152,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("archiver stopping");
     discovery.abort();
     bus.drain().await;
-    ctx.reference.sync().context("sync the reference replicas")?;
+    ctx.reference
+        .sync()
+        .context("sync the reference replicas")?;
     Ok(())
 }
 

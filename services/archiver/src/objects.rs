@@ -48,6 +48,9 @@ impl Archive {
                 )
             }
             "s3" => {
+                // HTTPS to S3 goes through rustls with the process's provider: ring, as the
+                // router's (installing it twice is harmless).
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 let retry = object_store::RetryConfig {
                     backoff: object_store::BackoffConfig {
                         init_backoff: Duration::from_millis(100),
@@ -61,7 +64,7 @@ impl Archive {
                 let options = object_store::ClientOptions::new()
                     .with_allow_http(config.s3_endpoint.starts_with("http://"))
                     .with_connect_timeout(Duration::from_secs(2))
-                    .with_timeout(Duration::from_secs(30));
+                    .with_timeout(Duration::from_millis(config.s3_timeout_ms.max(100)));
                 let mut b = object_store::aws::AmazonS3Builder::new()
                     .with_bucket_name(&config.s3_bucket)
                     .with_region(&config.s3_region)
@@ -125,13 +128,19 @@ impl Archive {
             .await
         {
             Ok(_) => Ok(Put::Created),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Exists(self.get(path).await?)),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Ok(Put::Exists(self.get(path).await?))
+            }
             Err(e) => Err(e).with_context(|| format!("put {path}")),
         }
     }
 
     pub async fn get(&self, path: &Path) -> anyhow::Result<bytes::Bytes> {
-        let r = self.store.get(path).await.with_context(|| format!("get {path}"))?;
+        let r = self
+            .store
+            .get(path)
+            .await
+            .with_context(|| format!("get {path}"))?;
         r.bytes().await.with_context(|| format!("read {path}"))
     }
 

@@ -17,7 +17,9 @@ use tern_proto::archive::{
 };
 use tern_proto::memds::PartitionInfo;
 use tern_proto::raft::{EntryKind, RaftEntry};
-use tern_proto::storage::{RebuildRequest, ReplicatedWrite, SnapshotChunkRequest, WriteKind, WriteRequest};
+use tern_proto::storage::{
+    RebuildRequest, ReplicatedWrite, SnapshotChunkRequest, WriteKind, WriteRequest,
+};
 use tern_storage::reference::Reference;
 use tern_storage_client::{StorageClient, StorageError};
 
@@ -218,7 +220,11 @@ impl Shipper {
             if last <= at {
                 continue;
             }
-            let seg: ArchiveSegment = self.ctx.archive.read(&self.ctx.archive.segment(pid, first)).await?;
+            let seg: ArchiveSegment = self
+                .ctx
+                .archive
+                .read(&self.ctx.archive.segment(pid, first))
+                .await?;
             self.apply_reference(seg.entries).await?;
             at = self.ctx.reference.applied(pid)?;
         }
@@ -245,14 +251,18 @@ impl Shipper {
                 .read(&self.ctx.archive.snapshot_part(pid, index, n))
                 .await?;
             let reference = self.ctx.reference.clone();
-            tokio::task::spawn_blocking(move || reference.insert_items(pid, &part.keys, &part.values))
-                .await??;
+            tokio::task::spawn_blocking(move || {
+                reference.insert_items(pid, &part.keys, &part.values)
+            })
+            .await??;
         }
         let reference = self.ctx.reference.clone();
         let sum = tokio::task::spawn_blocking(move || reference.checksum(pid)).await??;
         if Some(sum) != manifest.checksum {
             self.ctx.metrics.verify_failures.inc();
-            anyhow::bail!("archived snapshot {index} of partition {pid} does not sum to its manifest");
+            anyhow::bail!(
+                "archived snapshot {index} of partition {pid} does not sum to its manifest"
+            );
         }
         Ok(index)
     }
@@ -305,7 +315,11 @@ impl Shipper {
         for bytes in resp.entries {
             let e = RaftEntry::decode(bytes.as_slice()).context("decode a replica's log entry")?;
             let want = self.next + self.pending.entries.len() as u64;
-            anyhow::ensure!(e.index == want, "replica {node} sent entry {} for {want}", e.index);
+            anyhow::ensure!(
+                e.index == want,
+                "replica {node} sent entry {} for {want}",
+                e.index
+            );
             let t = write_time(&e);
             if t > 0 {
                 if self.pending.first_time_ms == 0 {
@@ -318,6 +332,7 @@ impl Shipper {
             self.pending.since.get_or_insert_with(Instant::now);
             more = true;
         }
+        self.report();
         let due = self.pending.bytes >= self.ctx.segment_bytes
             || self
                 .pending
@@ -376,7 +391,12 @@ impl Shipper {
                     self.ctx.metrics.verify_failures.inc();
                     anyhow::anyhow!("{path}: {e}")
                 })?;
-                tracing::info!(partition = pid, first = s.first, last = s.last, "segment already archived");
+                tracing::info!(
+                    partition = pid,
+                    first = s.first,
+                    last = s.last,
+                    "segment already archived"
+                );
                 s
             }
         };
@@ -517,7 +537,10 @@ impl Shipper {
         m.backlog
             .get_or_create(&labels)
             .set(self.held.saturating_sub(archived) as i64);
-        let lag = self.pending.since.map_or(0, |s| s.elapsed().as_millis() as i64);
+        let lag = self
+            .pending
+            .since
+            .map_or(0, |s| s.elapsed().as_millis() as i64);
         m.lag_ms.get_or_create(&labels).set(lag);
     }
 }
@@ -558,7 +581,13 @@ pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static 
         loop {
             let r = ctx
                 .storage
-                .checksum(node, &ChecksumRequest { partition_id: pid, index })
+                .checksum(
+                    node,
+                    &ChecksumRequest {
+                        partition_id: pid,
+                        index,
+                    },
+                )
                 .await;
             match r.map(|r| (ChecksumState::try_from(r.state), r.checksum)) {
                 Ok((Ok(ChecksumState::Done), Some(c))) => {
@@ -584,14 +613,20 @@ pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    ctx.metrics
-        .scrub_items
-        .inc_by(sums.iter().chain(reference.as_ref().map(|r| ("".into(), *r)).as_ref()).map(|(_, c)| c.items).sum());
+    ctx.metrics.scrub_items.inc_by(
+        sums.iter()
+            .chain(reference.as_ref().map(|r| ("".into(), *r)).as_ref())
+            .map(|(_, c)| c.items)
+            .sum(),
+    );
     let labels = PartitionLabels {
         table: part.table.clone(),
         partition: pid.to_string(),
     };
-    ctx.metrics.scrub_index.get_or_create(&labels).set(index as i64);
+    ctx.metrics
+        .scrub_index
+        .get_or_create(&labels)
+        .set(index as i64);
     let replica_labels = |node: &str| ReplicaLabels {
         table: part.table.clone(),
         partition: pid.to_string(),
@@ -602,13 +637,27 @@ pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static 
     match &verdict {
         Verdict::Agree => {
             for (node, _) in &sums {
-                ctx.metrics.mismatched.get_or_create(&replica_labels(node)).set(0);
+                ctx.metrics
+                    .mismatched
+                    .get_or_create(&replica_labels(node))
+                    .set(0);
             }
             if incomplete {
-                tracing::info!(partition = pid, index, replicas = sums.len(), of = nodes.len(), reference = reference.is_some(), "scrub incomplete: those that answered agree");
+                tracing::info!(
+                    partition = pid,
+                    index,
+                    replicas = sums.len(),
+                    of = nodes.len(),
+                    reference = reference.is_some(),
+                    "scrub incomplete: those that answered agree"
+                );
                 return Ok("incomplete");
             }
-            tracing::debug!(partition = pid, index, "scrub: replicas and reference agree");
+            tracing::debug!(
+                partition = pid,
+                index,
+                "scrub: replicas and reference agree"
+            );
             Ok("ok")
         }
         Verdict::Undecided(why) => {
@@ -628,7 +677,10 @@ pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static 
                     .get_or_create(&replica_labels(node))
                     .set(i64::from(is_bad));
                 if is_bad {
-                    ctx.metrics.mismatches.get_or_create(&replica_labels(node)).inc();
+                    ctx.metrics
+                        .mismatches
+                        .get_or_create(&replica_labels(node))
+                        .inc();
                     tracing::error!(partition = pid, table = %part.table, node = %node, index, against = if reference.is_some() { "reference" } else { "replicas" }, "scrub mismatch: replica's items differ");
                 }
             }
@@ -646,7 +698,13 @@ pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static 
 async fn append_marker(ctx: &Ctx, part: &Partition) -> anyhow::Result<u64> {
     let (epoch, mut nodes) = {
         let info = part.info.lock();
-        (info.epoch, info.replicas.iter().map(|r| r.node_id.clone()).collect::<Vec<_>>())
+        (
+            info.epoch,
+            info.replicas
+                .iter()
+                .map(|r| r.node_id.clone())
+                .collect::<Vec<_>>(),
+        )
     };
     nodes.sort_by_key(|n| *n != part.info.lock().leader);
     let req = WriteRequest {
@@ -662,7 +720,9 @@ async fn append_marker(ctx: &Ctx, part: &Partition) -> anyhow::Result<u64> {
         match ctx.storage.write(&node, &req).await {
             Ok(r) if r.index > 0 => return Ok(r.index),
             Ok(_) => anyhow::bail!("{node} answered a checksum marker without its index"),
-            Err(StorageError::Bus(BusError::Redirect(leader))) if !leader.is_empty() && tried < 6 => {
+            Err(StorageError::Bus(BusError::Redirect(leader)))
+                if !leader.is_empty() && tried < 6 =>
+            {
                 nodes.retain(|n| *n != leader);
                 nodes.insert(0, leader);
             }
@@ -695,10 +755,14 @@ async fn repair(ctx: &Ctx, part: &Partition, bad: &str, good: &[String]) {
     let label = if result.is_ok() { "ok" } else { "failed" };
     ctx.metrics
         .repairs
-        .get_or_create(&ResultLabels { result: label.into() })
+        .get_or_create(&ResultLabels {
+            result: label.into(),
+        })
         .inc();
     match result {
-        Ok(()) => tracing::info!(partition = part.pid, node = %bad, source = %source, "replica repaired"),
+        Ok(()) => {
+            tracing::info!(partition = part.pid, node = %bad, source = %source, "replica repaired")
+        }
         Err(e) => tracing::error!(partition = part.pid, node = %bad, error = %e, "repair failed"),
     }
 }

@@ -74,8 +74,14 @@ mod tests {
     #[test]
     fn the_odd_one_out_is_bad_without_a_reference() {
         assert_eq!(judge(&reps(&[1, 1, 1]), None), Verdict::Agree);
-        assert_eq!(judge(&reps(&[1, 2, 1]), None), Verdict::Bad(vec!["n1".into()]));
-        assert!(matches!(judge(&reps(&[1, 2, 3]), None), Verdict::Undecided(_)));
+        assert_eq!(
+            judge(&reps(&[1, 2, 1]), None),
+            Verdict::Bad(vec!["n1".into()])
+        );
+        assert!(matches!(
+            judge(&reps(&[1, 2, 3]), None),
+            Verdict::Undecided(_)
+        ));
         assert!(matches!(judge(&reps(&[1, 2]), None), Verdict::Undecided(_)));
     }
 
@@ -87,8 +93,17 @@ mod tests {
             judge(&reps(&[2, 1, 2]), Some(sum(1))),
             Verdict::Bad(vec!["n0".into(), "n2".into()])
         );
-        assert_eq!(judge(&reps(&[1, 3, 1]), Some(sum(1))), Verdict::Bad(vec!["n1".into()]));
-        assert!(matches!(judge(&reps(&[2, 2, 2]), Some(sum(1))), Verdict::Undecided(_)));
-        assert!(matches!(judge(&reps(&[2, 3, 4]), Some(sum(1))), Verdict::Undecided(_)));
+        assert_eq!(
+            judge(&reps(&[1, 3, 1]), Some(sum(1))),
+            Verdict::Bad(vec!["n1".into()])
+        );
+        assert!(matches!(
+            judge(&reps(&[2, 2, 2]), Some(sum(1))),
+            Verdict::Undecided(_)
+        ));
+        assert!(matches!(
+            judge(&reps(&[2, 3, 4]), Some(sum(1))),
+            Verdict::Undecided(_)
+        ));
     }
 }

@@ -184,7 +184,9 @@ impl Replication {
             if req.kind == WriteKind::Checksum as i32 {
                 // A scrub marker: the items as they stand right after it are checksummed, off a
                 // snapshot taken here, while later entries go on being applied.
-                self.inner().replicas.stage_applied(&mut batch, pid, e.index);
+                self.inner()
+                    .replicas
+                    .stage_applied(&mut batch, pid, e.index);
                 let done = std::mem::replace(&mut batch, store.batch());
                 if let Err(err) = done.commit() {
                     fatal("apply committed entries", err);

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use tern_bus::{Bus, BusError};
+use tern_proto::archive::{ArchiveMark, ArchiveReadRequest, ChecksumRequest};
 use tern_proto::storage::{
     CreatePartitionRequest, DropPartitionRequest, GetRequest, GetResponse, RebuildRequest,
     ScanRequest, ScanResponse, SnapshotChunkRequest, WriteRequest, WriteResponse,
 };
-use tern_proto::archive::{ArchiveMark, ArchiveReadRequest, ChecksumRequest};
 use tern_proto::{subjects, Empty};
 
 use tern_model::capacity::{read_units_of_json, write_units_of_json, ReadKind};

@@ -5,8 +5,8 @@
 //! write is acknowledged before a quorum's copies of it are durable.
 
 mod applier;
-pub mod archive;
 mod apply;
+pub mod archive;
 mod capacity;
 mod codec;
 mod compaction;

@@ -70,7 +70,12 @@ impl Reference {
     }
 
     /// Adds items of a snapshot part (storage keys without the partition prefix).
-    pub fn insert_items(&self, pid: u64, keys: &[Vec<u8>], values: &[Vec<u8>]) -> anyhow::Result<()> {
+    pub fn insert_items(
+        &self,
+        pid: u64,
+        keys: &[Vec<u8>],
+        values: &[Vec<u8>],
+    ) -> anyhow::Result<()> {
         let mut b = self.store.batch();
         for (k, v) in keys.iter().zip(values) {
             b.insert(self.store.items(), item_key(pid, k), v.as_slice());
@@ -106,7 +111,11 @@ impl Reference {
                 out.last_time_ms = rw.time_ms;
             }
             if req.kind == WriteKind::Checksum as i32 {
-                self.commit(pid, std::mem::replace(&mut batch, self.store.batch()), e.index)?;
+                self.commit(
+                    pid,
+                    std::mem::replace(&mut batch, self.store.batch()),
+                    e.index,
+                )?;
                 staged.clear();
                 let snap = self.store.snapshot();
                 out.markers
@@ -122,7 +131,12 @@ impl Reference {
         Ok(out)
     }
 
-    fn commit(&self, pid: u64, mut batch: fjall::OwnedWriteBatch, index: u64) -> anyhow::Result<()> {
+    fn commit(
+        &self,
+        pid: u64,
+        mut batch: fjall::OwnedWriteBatch,
+        index: u64,
+    ) -> anyhow::Result<()> {
         batch.insert(
             self.store.raft_state(),
             applied_key(pid),
