@@ -170,22 +170,26 @@ async fn committed(tc: &TestCluster, p: &PartitionInfo) -> u64 {
     best
 }
 
-/// Every archived segment of a partition, checked: they start at 1 and follow each other with no
-/// gap and no overlap, and each holds exactly the entries its range names.
-async fn archived_log(archive: &tern_archiver::Archive, pid: u64) -> Vec<Vec<u8>> {
-    let mut entries = Vec::new();
+/// Every archived segment of a partition, checked: they start at 1 (or right after an archived
+/// snapshot, which bridges a gap) and follow each other with no overlap, and each holds exactly
+/// the entries its range names. Returns, in order, what a replica is rebuilt from.
+async fn archived_log(archive: &tern_archiver::Archive, pid: u64) -> Vec<Archived> {
+    let mut out = Vec::new();
     let mut next = 1;
+    let snapshots = archive.snapshots(pid).await.expect("list snapshots");
     for first in archive.segments(pid).await.expect("list segments") {
         let seg: ArchiveSegment = archive
             .read(&archive.segment(pid, first))
             .await
             .expect("read a segment (checksum checked)");
-        assert_eq!(
-            seg.first,
-            next,
-            "partition {pid}: segment at {first} does not follow {}",
-            next - 1
-        );
+        if seg.first != next {
+            assert!(
+                seg.first > next && snapshots.contains(&(seg.first - 1)),
+                "partition {pid}: segment at {first} follows {} with no snapshot between",
+                next - 1
+            );
+            out.push(Archived::Snapshot(seg.first - 1));
+        }
         assert_eq!(
             seg.entries.len() as u64,
             seg.last - seg.first + 1,
@@ -201,9 +205,14 @@ async fn archived_log(archive: &tern_archiver::Archive, pid: u64) -> Vec<Vec<u8>
             );
         }
         next = seg.last + 1;
-        entries.extend(seg.entries);
+        out.push(Archived::Entries(seg.entries));
     }
-    entries
+    out
+}
+
+enum Archived {
+    Entries(Vec<Vec<u8>>),
+    Snapshot(u64),
 }
 
 /// Waits until the archive holds each partition's log up to its leader's committed index.
@@ -243,8 +252,30 @@ async fn rebuilt_from_archive(
     let reference = tern_storage::reference::Reference::open(dir.path()).unwrap();
     let mut items = BTreeMap::new();
     for p in partitions(tc).await {
-        let log = archived_log(archive, p.id).await;
-        reference.apply(p.id, &log).expect("apply the archived log");
+        for part in archived_log(archive, p.id).await {
+            match part {
+                Archived::Entries(log) => {
+                    reference.apply(p.id, &log).expect("apply the archived log");
+                }
+                Archived::Snapshot(index) => {
+                    let manifest: tern_proto::archive::SnapshotManifest = archive
+                        .read(&archive.snapshot_manifest(p.id, index))
+                        .await
+                        .expect("snapshot manifest");
+                    reference.reset(p.id, index).unwrap();
+                    for n in 0..manifest.parts {
+                        let part: tern_proto::archive::SnapshotPart = archive
+                            .read(&archive.snapshot_part(p.id, index, n))
+                            .await
+                            .expect("snapshot part");
+                        reference
+                            .insert_items(p.id, &part.keys, &part.values)
+                            .unwrap();
+                    }
+                    assert_eq!(Some(reference.checksum(p.id).unwrap()), manifest.checksum);
+                }
+            }
+        }
         for (k, v) in reference.items(p.id, b"", usize::MAX).unwrap() {
             items.insert(k, v);
         }
@@ -572,15 +603,10 @@ async fn fill(c: &aws_sdk_dynamodb::Client, n: u64) {
     }
 }
 
-/// One follower's item is changed on disk while it is stopped: scrub reports that replica and
-/// only it, rebuilds it from a good one, and the next round finds the three equal.
-#[tokio::test(flavor = "multi_thread")]
-async fn scrub_reports_and_repairs_a_replica_changed_behind_the_engines_back() {
-    let env = archive_env(
-        &Store::Local,
-        &[("TERN_ARCHIVER_SCRUB_INTERVAL_MS", "1000")],
-    );
-    let mut tc = start(&env).await;
+/// A cluster with 100 items that scrub found right twice, the table's first partition and its
+/// followers.
+async fn scrubbed_cluster(env: &[(String, String)]) -> (TestCluster, PartitionInfo, Vec<String>) {
+    let tc = start(env).await;
     let c = client(&tc.cluster.endpoint());
     create_table(&c, TABLE, None).await;
     fill(&c, 100).await;
@@ -593,6 +619,18 @@ async fn scrub_reports_and_repairs_a_replica_changed_behind_the_engines_back() {
     )
     .await;
     let (p, followers) = follower_of_first_partition(&tc).await;
+    (tc, p, followers)
+}
+
+/// One follower's item is changed on disk while it is stopped: scrub reports that replica and
+/// only it, rebuilds it from a good one, and the next round finds the three equal.
+#[tokio::test(flavor = "multi_thread")]
+async fn scrub_reports_and_repairs_a_replica_changed_behind_the_engines_back() {
+    let env = archive_env(
+        &Store::Local,
+        &[("TERN_ARCHIVER_SCRUB_INTERVAL_MS", "1000")],
+    );
+    let (mut tc, p, followers) = scrubbed_cluster(&env).await;
     let bad = followers[0].clone();
     tracing_log(&format!(
         "--- change an item of partition {} on {bad}'s disk",
@@ -655,19 +693,7 @@ async fn the_reference_finds_a_right_replica_outvoted_by_two_wrong_ones() {
             ("TERN_ARCHIVER_REPAIR", "false"),
         ],
     );
-    let mut tc = start(&env).await;
-    let c = client(&tc.cluster.endpoint());
-    create_table(&c, TABLE, None).await;
-    fill(&c, 100).await;
-    wait_metric(
-        &tc,
-        "tern_archiver_scrubs_total",
-        "result=\"ok\"",
-        2.0,
-        Duration::from_secs(30),
-    )
-    .await;
-    let (p, followers) = follower_of_first_partition(&tc).await;
+    let (mut tc, p, followers) = scrubbed_cluster(&env).await;
     for f in &followers {
         tracing_log(&format!(
             "--- change the same item of partition {} alike on {f}",
@@ -708,4 +734,34 @@ async fn the_reference_finds_a_right_replica_outvoted_by_two_wrong_ones() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The archiver stays down while the replicas' logs grow past four times their limits: they
+/// compact anyway (bounded), the archiver finds the log it needs gone, archives a snapshot of a
+/// replica's items and continues after it; the archive still rebuilds exactly the live items.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_compacted_past_the_archive_is_bridged_by_a_snapshot() {
+    let env = archive_env(&Store::Local, &[("TERN_ARCHIVER_SCRUB_INTERVAL_MS", "0")]);
+    let mut tc = start(&env).await;
+    let c = client(&tc.cluster.endpoint());
+    create_table(&c, TABLE, None).await;
+    fill(&c, 20).await;
+    tracing_log("--- the archiver is down while 4 writers write for 12 s");
+    tc.cluster.kill("archiver").unwrap();
+    let ledger = write_load(&tc.cluster.endpoint(), 4, 12).await;
+    println!("acknowledged writes: {}", ledger.acked);
+    let storage_gaps = metric_sum(&tc.cluster, &NODES, "tern_storage_archive_gaps_total").await;
+    assert!(
+        storage_gaps > 0.0,
+        "the logs never reached four times their limits"
+    );
+    tc.cluster.restart("archiver").await.unwrap();
+    let archive = open_archive(&tc, &Store::Local);
+    wait_archived(&tc, &archive, Duration::from_secs(60)).await;
+    let rebuilt = rebuilt_from_archive(&tc, &archive).await;
+    assert_eq!(rebuilt, live_items(&tc).await);
+    check_ledger(&ledger, &rebuilt, "rebuilt from the archive across the gap");
+    let m = archiver_metrics(&tc).await;
+    assert!(sum_of(&m, "tern_archiver_log_gaps_total", "") >= 1.0);
+    assert!(sum_of(&m, "tern_archiver_snapshots_archived_total", "") >= 1.0);
 }

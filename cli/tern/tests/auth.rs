@@ -353,6 +353,17 @@ async fn the_bus_admits_each_service_to_its_own_subjects_only() {
             "tern.storage.nowhere.admin.create_partition",
             true,
         ),
+        // The archiver reads logs, marks and scrubs; it neither replicates nor makes tables.
+        ("archiver", "admin", "tern.storage.nowhere.archive.read", true),
+        ("archiver", "admin", "tern.storage.nowhere.archive.checksum", true),
+        ("archiver", "admin", "tern.storage.nowhere.raft", false),
+        ("archiver", "admin", "tern.memds.ddl.create_table", false),
+        (
+            "archiver",
+            "admin",
+            "tern.storage.nowhere.admin.drop_partition",
+            false,
+        ),
         // A node hears its own subjects only.
         ("admin", "storage-a", "tern.storage.storage-a.probe", true),
         ("admin", "storage-b", "tern.storage.storage-a.probe", false),

@@ -169,7 +169,9 @@ impl Replication {
         if req.from <= log_start || req.from > held {
             return Ok(resp);
         }
-        let max_bytes = req.max_bytes.clamp(1, MAX_READ_BYTES) as usize;
+        // Within what one bus message carries, whatever the archiver asks.
+        let max_bytes = (req.max_bytes.clamp(1, MAX_READ_BYTES) as usize)
+            .min(self.inner().max_append_bytes);
         let max_entries = req.max_entries.clamp(1, MAX_READ_ENTRIES) as usize;
         let store = &self.inner().store;
         let (mut bytes, mut next) = (0usize, req.from);

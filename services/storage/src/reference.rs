@@ -59,14 +59,7 @@ impl Reference {
     }
 
     fn set_applied(&self, pid: u64, index: u64) -> anyhow::Result<()> {
-        let mut b = self.store.batch();
-        b.insert(
-            self.store.raft_state(),
-            applied_key(pid),
-            index.to_be_bytes().to_vec(),
-        );
-        b.commit()?;
-        Ok(())
+        self.commit(pid, self.store.batch(), index)
     }
 
     /// Adds items of a snapshot part (storage keys without the partition prefix).
