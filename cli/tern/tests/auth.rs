@@ -354,8 +354,18 @@ async fn the_bus_admits_each_service_to_its_own_subjects_only() {
             true,
         ),
         // The archiver reads logs, marks and scrubs; it neither replicates nor makes tables.
-        ("archiver", "admin", "tern.storage.nowhere.archive.read", true),
-        ("archiver", "admin", "tern.storage.nowhere.archive.checksum", true),
+        (
+            "archiver",
+            "admin",
+            "tern.storage.nowhere.archive.read",
+            true,
+        ),
+        (
+            "archiver",
+            "admin",
+            "tern.storage.nowhere.archive.checksum",
+            true,
+        ),
         ("archiver", "admin", "tern.storage.nowhere.raft", false),
         ("archiver", "admin", "tern.memds.ddl.create_table", false),
         (

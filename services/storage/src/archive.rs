@@ -170,8 +170,8 @@ impl Replication {
             return Ok(resp);
         }
         // Within what one bus message carries, whatever the archiver asks.
-        let max_bytes = (req.max_bytes.clamp(1, MAX_READ_BYTES) as usize)
-            .min(self.inner().max_append_bytes);
+        let max_bytes =
+            (req.max_bytes.clamp(1, MAX_READ_BYTES) as usize).min(self.inner().max_append_bytes);
         let max_entries = req.max_entries.clamp(1, MAX_READ_ENTRIES) as usize;
         let store = &self.inner().store;
         let (mut bytes, mut next) = (0usize, req.from);
