@@ -118,6 +118,9 @@ pub fn init(service: &'static str) -> Telemetry {
 
 /// [`init`] with the fate of spans chosen by the caller.
 pub fn init_with(service: &'static str, spans: Spans) -> Telemetry {
+    // NOTE: every HTTP client of the process (the OTLP exporter's, the archiver's S3 one) is
+    // reqwest with rustls and no built-in provider: ring is the process's, as the router's TLS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = std::env::var("TERN_LOG")
         .ok()

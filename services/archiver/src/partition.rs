@@ -285,6 +285,12 @@ impl Shipper {
     /// One round: read what the replicas committed since, seal a segment when it is due, tell
     /// the replicas how far the archive reaches. True if there is more to read at once.
     async fn round(&mut self) -> anyhow::Result<bool> {
+        if self.pending.bytes >= self.ctx.segment_bytes {
+            // A full segment the store has not taken yet: nothing more is read until it is
+            // sealed, so the archiver holds at most one segment; the replicas keep the rest.
+            self.seal().await?;
+            return Ok(true);
+        }
         let from = self.next + self.pending.entries.len() as u64;
         let mut more = false;
         let mut read = None;
@@ -293,7 +299,7 @@ impl Shipper {
             let req = ArchiveReadRequest {
                 partition_id: self.part.pid,
                 from,
-                max_bytes: self.ctx.segment_bytes.min(4 * 1024 * 1024) as u32,
+                max_bytes: (self.ctx.segment_bytes - self.pending.bytes).clamp(1, 4 << 20) as u32,
                 max_entries: 10_000,
             };
             match self.ctx.storage.archive_read(&node, &req).await {
