@@ -15,7 +15,8 @@
 //! - `gac`: serves its own subjects.
 //! - `archiver`: lists and describes tables in MemDS; reads the storage nodes' committed logs,
 //!   marks what is archived, appends checksum markers (a write of kind Checksum), reads
-//!   snapshots and asks for repairs (rebuilds); serves its own subjects.
+//!   snapshots and asks for repairs (rebuilds); creates restored tables and writes their items;
+//!   serves its own subjects (restores, asked by routers).
 //! - `admin`: everything (the launcher's health checks, tests, operators).
 //!
 //! Every identity subscribes to its own reply inboxes only (`_INBOX.<service>.<instance>.>`,
@@ -72,6 +73,7 @@ fn service_permissions(identity: &str) -> (Vec<String>, Vec<String>) {
                 "tern.storage.*.get",
                 "tern.storage.*.scan",
                 "tern.gac.*.grant",
+                "tern.archiver.restore",
             ]),
             strings(&[
                 "tern.gac.heartbeat",
@@ -99,6 +101,8 @@ fn service_permissions(identity: &str) -> (Vec<String>, Vec<String>) {
             strings(&[
                 "tern.memds.ddl.list_tables",
                 "tern.memds.ddl.describe_table",
+                "tern.memds.ddl.create_table",
+                "tern.memds.ddl.alter_table",
                 "tern.storage.*.archive.>",
                 "tern.storage.*.write",
                 "tern.storage.*.snapshot",

@@ -27,9 +27,17 @@ pub enum ErrorCode {
     IncompleteSignature = 19,
     /// The signature does not match, or its time or scope is wrong.
     InvalidSignature = 20,
+    /// Backup and restore calls name a table that does not exist.
+    TableNotFound = 21,
+    /// A restore's target table exists already.
+    TableAlreadyExists = 22,
+    /// A restore from a table whose point-in-time recovery is off.
+    PointInTimeRecoveryUnavailable = 23,
+    /// A restore time outside the table's restorable window.
+    InvalidRestoreTime = 24,
 }
 
-const ALL: [ErrorCode; 20] = [
+const ALL: [ErrorCode; 24] = [
     ErrorCode::Validation,
     ErrorCode::ResourceNotFound,
     ErrorCode::ResourceInUse,
@@ -50,6 +58,10 @@ const ALL: [ErrorCode; 20] = [
     ErrorCode::RequestEntityTooLarge,
     ErrorCode::IncompleteSignature,
     ErrorCode::InvalidSignature,
+    ErrorCode::TableNotFound,
+    ErrorCode::TableAlreadyExists,
+    ErrorCode::PointInTimeRecoveryUnavailable,
+    ErrorCode::InvalidRestoreTime,
 ];
 
 impl ErrorCode {
@@ -78,6 +90,10 @@ impl ErrorCode {
             RequestEntityTooLarge => "RequestEntityTooLargeException",
             IncompleteSignature => "IncompleteSignatureException",
             InvalidSignature => "InvalidSignatureException",
+            TableNotFound => "TableNotFoundException",
+            TableAlreadyExists => "TableAlreadyExistsException",
+            PointInTimeRecoveryUnavailable => "PointInTimeRecoveryUnavailableException",
+            InvalidRestoreTime => "InvalidRestoreTimeException",
         }
     }
 

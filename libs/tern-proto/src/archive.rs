@@ -132,6 +132,19 @@ pub struct SnapshotManifest {
     pub meta: Option<crate::raft::RaftSnapshotMeta>,
 }
 
+/// RestoreTableToPointInTime, as the router hands it to the archiver (validated): answered with
+/// the new table (`memds::TableReply`, CREATING) once it exists; the items follow.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RestoreRequest {
+    #[prost(string, tag = "1")]
+    pub source_table: String,
+    #[prost(string, tag = "2")]
+    pub target_table: String,
+    /// ms since the epoch.
+    #[prost(uint64, tag = "3")]
+    pub time_ms: u64,
+}
+
 const MAGIC: &[u8; 8] = b"TERNARC1";
 
 /// An archive object's bytes: magic, checksum, message.

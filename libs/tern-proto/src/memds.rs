@@ -124,6 +124,15 @@ pub struct TableInfo {
     /// The table's tags (TagResource), key → value.
     #[prost(btree_map = "string, string", tag = "11")]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// A table restored from another: what and to when. It stays CREATING until the archiver
+    /// has written every item (`AlterTableRequest::finish_restore`).
+    #[prost(message, optional, tag = "12")]
+    pub restore: Option<RestoreSource>,
+    /// Point-in-time recovery is on (UpdateContinuousBackups), since `pitr_since_ms`.
+    #[prost(bool, tag = "13")]
+    pub pitr_enabled: bool,
+    #[prost(uint64, tag = "14")]
+    pub pitr_since_ms: u64,
 }
 
 impl TableInfo {
@@ -178,6 +187,21 @@ pub struct CreateTableRequest {
     pub table: Option<TableInfo>,
 }
 
+/// What a restored table was restored from.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RestoreSource {
+    #[prost(string, tag = "1")]
+    pub source_name: String,
+    #[prost(string, tag = "2")]
+    pub source_table_id: String,
+    /// The moment restored to, ms since the epoch.
+    #[prost(uint64, tag = "3")]
+    pub time_ms: u64,
+    /// The source's partitions (their archives are what is restored).
+    #[prost(message, repeated, tag = "4")]
+    pub partitions: Vec<PartitionInfo>,
+}
+
 /// A change to an ACTIVE table's settings (UpdateTable) or tags (TagResource, UntagResource).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AlterTableRequest {
@@ -197,6 +221,14 @@ pub struct AlterTableRequest {
     pub set_tags: std::collections::BTreeMap<String, String>,
     #[prost(string, repeated, tag = "7")]
     pub remove_tags: Vec<String>,
+    /// UpdateContinuousBackups: set point-in-time recovery to `pitr_enabled`.
+    #[prost(bool, tag = "8")]
+    pub set_pitr: bool,
+    #[prost(bool, tag = "9")]
+    pub pitr_enabled: bool,
+    /// The archiver restored every item of a restored table (still CREATING): it becomes ACTIVE.
+    #[prost(bool, tag = "10")]
+    pub finish_restore: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

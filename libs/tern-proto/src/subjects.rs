@@ -109,3 +109,6 @@ pub fn storage_archive_mark(node: &str) -> String {
 pub fn storage_checksum(node: &str) -> String {
     format!("tern.storage.{node}.archive.checksum")
 }
+
+/// Restores to a point in time (`archive::RestoreRequest`), served by the archiver.
+pub const ARCHIVER_RESTORE: &str = "tern.archiver.restore";

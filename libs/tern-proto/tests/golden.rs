@@ -181,6 +181,9 @@ fn table_metadata() {
         write_capacity: 0,
         // Empty: not on the wire, so the bytes are unchanged.
         tags: Default::default(),
+        restore: None,
+        pitr_enabled: false,
+        pitr_since_ms: 0,
         partitions: vec![PartitionInfo {
             id: 11,
             epoch: 2,

@@ -6,6 +6,7 @@
 mod metrics;
 mod objects;
 mod partition;
+mod restore;
 mod scrub;
 
 use std::collections::HashMap;
@@ -134,7 +135,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         poll: Duration::from_millis(config.poll_ms.max(10)),
         scrub_every: Duration::from_millis(config.scrub_interval_ms),
         repair: config.repair,
+        restore_dir: config.data_dir.join("restore"),
     });
+    let memds = MemdsClient::new(bus.clone());
+    {
+        let memds = memds.clone();
+        bus.serve(
+            tern_proto::subjects::ARCHIVER_RESTORE,
+            None,
+            move |req: tern_proto::archive::RestoreRequest| {
+                let memds = memds.clone();
+                async move {
+                    restore::start(memds, req)
+                        .await
+                        .map_err(tern_bus::BusError::Api)
+                }
+            },
+        )
+        .await?;
+    }
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tern_bus::serve_health(&bus, "archiver", &config.instance, ready.clone()).await?;
     registry
@@ -143,7 +162,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .context("metrics_listen")?;
     let discovery = tokio::spawn(discover_forever(
         ctx.clone(),
-        MemdsClient::new(bus.clone()),
+        memds,
         Duration::from_millis(config.discover_ms.max(100)),
     ));
     ready.store(true, Ordering::Release);
@@ -162,16 +181,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// table, stopped when the partition goes away (its archive stays).
 async fn discover_forever(ctx: Arc<partition::Ctx>, memds: MemdsClient, every: Duration) {
     let mut parts: HashMap<u64, Arc<Partition>> = HashMap::new();
+    // Restores this instance carries on (found CREATING after a restart, or started here).
+    let mut restoring: std::collections::HashSet<String> = Default::default();
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let seen = match list_partitions(&memds).await {
+        let (seen, restores) = match list_partitions(&memds).await {
             Ok(seen) => seen,
             Err(e) => {
                 tracing::debug!(error = %e, "list tables");
                 continue;
             }
         };
+        restoring.retain(|t| restores.contains(t));
+        for t in restores {
+            if restoring.insert(t.clone()) {
+                tokio::spawn(restore::run_until_done(ctx.clone(), memds.clone(), t));
+            }
+        }
         for (table, info) in &seen {
             match parts.get(&info.id) {
                 Some(p) => *p.info.lock() = info.clone(),
@@ -195,9 +222,10 @@ async fn discover_forever(ctx: Arc<partition::Ctx>, memds: MemdsClient, every: D
     }
 }
 
+/// The partitions of every ACTIVE table, and the tables being restored.
 async fn list_partitions(
     memds: &MemdsClient,
-) -> anyhow::Result<Vec<(String, tern_proto::memds::PartitionInfo)>> {
+) -> anyhow::Result<(Vec<(String, tern_proto::memds::PartitionInfo)>, Vec<String>)> {
     let mut names = Vec::new();
     let mut start = String::new();
     loop {
@@ -213,16 +241,19 @@ async fn list_partitions(
         }
         start = page.last_evaluated;
     }
-    let mut out = Vec::new();
+    let (mut out, mut restores) = (Vec::new(), Vec::new());
     for name in names {
         let Ok(reply) = memds.describe_table(&name).await else {
             continue;
         };
         let Some(t) = reply.table else { continue };
+        if t.status == TableStatus::Creating as i32 && t.restore.is_some() {
+            restores.push(t.name.clone());
+        }
         if t.status != TableStatus::Active as i32 {
             continue;
         }
         out.extend(t.partitions.into_iter().map(|p| (t.name.clone(), p)));
     }
-    Ok(out)
+    Ok((out, restores))
 }

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub poll: Duration,
     pub scrub_every: Duration,
     pub repair: bool,
+    /// Where restores rebuild partitions (one fjall database per restore, removed after).
+    pub restore_dir: std::path::PathBuf,
 }
 
 /// One partition, as the discovery loop last saw it, and what its tasks tell each other.

@@ -81,7 +81,7 @@ async fn place_partitions(m: &Memds) -> Result<Vec<PartitionInfo>, ApiError> {
 }
 
 pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError> {
-    let table = change_table(m, name, |table| {
+    let table = change_table(m, name, false, |table| {
         table.status = TableStatus::Deleting as i32;
         Ok(())
     })
@@ -98,7 +98,19 @@ pub async fn delete_table(m: &Memds, name: &str) -> Result<TableReply, ApiError>
 
 /// UpdateTable, TagResource, UntagResource.
 pub async fn alter_table(m: &Memds, req: AlterTableRequest) -> Result<TableReply, ApiError> {
-    let table = change_table(m, &req.table_name, |table| {
+    let table = change_table(m, &req.table_name, req.finish_restore, |table| {
+        if req.finish_restore {
+            if table.restore.is_none() {
+                return Err(ApiError::validation("the table is no restore"));
+            }
+            table.status = TableStatus::Active as i32;
+        }
+        if req.set_pitr {
+            if req.pitr_enabled && !table.pitr_enabled {
+                table.pitr_since_ms = now_ms();
+            }
+            table.pitr_enabled = req.pitr_enabled;
+        }
         if !req.billing_mode.is_empty() {
             table.billing_mode = req.billing_mode.clone();
             if req.billing_mode == "PAY_PER_REQUEST" {
@@ -128,6 +140,7 @@ pub async fn alter_table(m: &Memds, req: AlterTableRequest) -> Result<TableReply
 async fn change_table(
     m: &Memds,
     name: &str,
+    finishing_restore: bool,
     change: impl Fn(&mut TableInfo) -> Result<(), ApiError>,
 ) -> Result<TableInfo, ApiError> {
     for _ in 0..5 {
@@ -144,6 +157,8 @@ async fn change_table(
         let mut table =
             TableInfo::decode(entry.value.as_ref()).map_err(|e| internal("decode table", e))?;
         match table.status() {
+            // A restored table's replicas exist; only its restore makes it ACTIVE.
+            TableStatus::Creating if finishing_restore && table.restore.is_some() => {}
             TableStatus::Creating => {
                 return Err(in_use(format!("Attempt to change a resource which is still in use: Table is being created: {name}")))
             }
@@ -190,6 +205,10 @@ pub async fn drive(m: &Memds, name: &str) {
         TableStatus::Creating => {
             if let Err(e) = create_replicas(m, &table).await {
                 return tracing::warn!(table = name, error = %e, "create partitions; will retry");
+            }
+            if table.restore.is_some() {
+                // The archiver fills it and then makes it ACTIVE (`finish_restore`).
+                return;
             }
             table.status = TableStatus::Active as i32;
             let bytes = Bytes::from(table.encode_to_vec());

@@ -15,7 +15,7 @@ use tern_model::{ApiError, ErrorCode};
 use tracing::Instrument;
 
 use crate::metrics::inc;
-use crate::{batch, items, query, tables, Router};
+use crate::{backups, batch, items, query, tables, Router};
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
 const TARGET_PREFIX: &str = "DynamoDB_20120810.";
@@ -325,6 +325,9 @@ async fn dispatch(
         "UntagResource" => tables::untag_resource(r, &req).await,
         "ListTagsOfResource" => tables::list_tags_of_resource(r, &req).await,
         "Scan" => query::scan(r, &req).await,
+        "UpdateContinuousBackups" => backups::update_continuous_backups(r, &req).await,
+        "DescribeContinuousBackups" => backups::describe_continuous_backups(r, &req).await,
+        "RestoreTableToPointInTime" => backups::restore_table_to_point_in_time(r, &req).await,
         _ => Err(unknown_operation()),
     }
 }

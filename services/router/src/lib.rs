@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod backups;
 mod batch;
 mod cache;
 mod capacity;
@@ -113,6 +114,8 @@ impl Default for Config {
 pub(crate) struct Router {
     pub storage: tern_storage_client::StorageClient,
     pub memds: tern_memds_client::MemdsClient,
+    /// Restores go to the archiver.
+    pub archiver: tern_bus::Bus,
     pub cache: cache::RouteCache,
     pub metrics: metrics::Metrics,
     pub leaders: leaders::Leaders,
@@ -192,6 +195,7 @@ pub async fn run(
         ),
         storage: tern_storage_client::StorageClient::new(bus.clone()),
         memds: tern_memds_client::MemdsClient::new(bus.clone()),
+        archiver: bus.clone(),
         metrics,
         leaders: leaders::Leaders::default(),
         instance: config.instance.clone(),

@@ -547,5 +547,12 @@ pub fn describe(t: &TableInfo) -> Value {
     if t.billing_mode == "PAY_PER_REQUEST" {
         v["BillingModeSummary"] = json!({ "BillingMode": "PAY_PER_REQUEST" });
     }
+    if let Some(rs) = &t.restore {
+        v["RestoreSummary"] = json!({
+            "SourceTableArn": format!("{ARN_PREFIX}{}", rs.source_name),
+            "RestoreDateTime": rs.time_ms as f64 / 1000.0,
+            "RestoreInProgress": t.status() == TableStatus::Creating,
+        });
+    }
     v
 }
