@@ -96,7 +96,7 @@ async fn enable_pitr(c: &Client, table: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restores_a_table_to_a_point_in_time() {
-    let tc = start_cluster(&[("TERN_ARCHIVER_SEGMENT_AGE_MS", "300")]).await;
+    let mut tc = start_cluster(&[("TERN_ARCHIVER_SEGMENT_AGE_MS", "300")]).await;
     let c = client(&tc.cluster.endpoint());
     create_table(&c, TABLE, None).await;
     create_table(&c, "no-pitr", None).await;
@@ -156,6 +156,20 @@ async fn restores_a_table_to_a_point_in_time() {
         expected,
         "restored to the moment"
     );
+
+    println!("--- a restore whose archiver is killed with -9 at once is carried on after its restart");
+    c.restore_table_to_point_in_time()
+        .source_table_name(TABLE)
+        .target_table_name("orders-resumed")
+        .restore_date_time(DateTime::from(moment))
+        .send()
+        .await
+        .expect("restore to the moment");
+    tc.cluster.kill("archiver").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tc.cluster.restart("archiver").await.unwrap();
+    wait_table_active(&c, "orders-resumed", Duration::from_secs(60)).await;
+    assert_eq!(contents(&c, "orders-resumed").await, expected, "restored after a restart");
 
     println!("--- the latest restorable time gives what the table holds now");
     c.restore_table_to_point_in_time()
