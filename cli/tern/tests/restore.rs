@@ -157,7 +157,9 @@ async fn restores_a_table_to_a_point_in_time() {
         "restored to the moment"
     );
 
-    println!("--- a restore whose archiver is killed with -9 at once is carried on after its restart");
+    println!(
+        "--- a restore whose archiver is killed with -9 at once is carried on after its restart"
+    );
     c.restore_table_to_point_in_time()
         .source_table_name(TABLE)
         .target_table_name("orders-resumed")
@@ -169,7 +171,11 @@ async fn restores_a_table_to_a_point_in_time() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     tc.cluster.restart("archiver").await.unwrap();
     wait_table_active(&c, "orders-resumed", Duration::from_secs(60)).await;
-    assert_eq!(contents(&c, "orders-resumed").await, expected, "restored after a restart");
+    assert_eq!(
+        contents(&c, "orders-resumed").await,
+        expected,
+        "restored after a restart"
+    );
 
     println!("--- the latest restorable time gives what the table holds now");
     c.restore_table_to_point_in_time()
@@ -241,5 +247,147 @@ async fn restores_a_table_to_a_point_in_time() {
     assert_eq!(
         error_of(&before.expect_err("should fail")).0,
         "InvalidRestoreTimeException"
+    );
+}
+
+async fn wait_backup_available(c: &Client, arn: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let d = c
+            .describe_backup()
+            .backup_arn(arn)
+            .send()
+            .await
+            .expect("describe backup");
+        let status = d
+            .backup_description()
+            .and_then(|b| b.backup_details())
+            .map(|b| b.backup_status().as_str().to_string());
+        if status.as_deref() == Some("AVAILABLE") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backup {arn} is {status:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// CreateBackup, then more writes and deletes, then the source table deleted: the table restored
+/// from the backup holds exactly what the source held when the backup was made.
+#[tokio::test(flavor = "multi_thread")]
+async fn restores_a_table_from_an_on_demand_backup() {
+    let tc = start_cluster(&[("TERN_ARCHIVER_SEGMENT_AGE_MS", "300")]).await;
+    let c = client(&tc.cluster.endpoint());
+    create_table(&c, TABLE, None).await;
+    for i in 0..60 {
+        put(&c, TABLE, &format!("k{i}"), &format!("backed-up-{i}")).await;
+    }
+    let expected = contents(&c, TABLE).await;
+    let b = c
+        .create_backup()
+        .table_name(TABLE)
+        .backup_name("nightly")
+        .send()
+        .await
+        .expect("create backup");
+    let details = b.backup_details().expect("details");
+    let arn = details.backup_arn().to_string();
+    assert_eq!(details.backup_name(), "nightly");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..30 {
+        put(&c, TABLE, &format!("k{i}"), "later").await;
+    }
+    for i in 30..40 {
+        c.delete_item()
+            .table_name(TABLE)
+            .key("pk", V::S(format!("k{i}")))
+            .send()
+            .await
+            .expect("delete");
+    }
+    wait_backup_available(&c, &arn, Duration::from_secs(30)).await;
+    let listed = c
+        .list_backups()
+        .table_name(TABLE)
+        .send()
+        .await
+        .expect("list backups");
+    let arns: Vec<&str> = listed
+        .backup_summaries()
+        .iter()
+        .filter_map(|s| s.backup_arn())
+        .collect();
+    assert_eq!(arns, vec![arn.as_str()]);
+    let d = c
+        .describe_backup()
+        .backup_arn(&arn)
+        .send()
+        .await
+        .expect("describe backup");
+    let source = d
+        .backup_description()
+        .and_then(|b| b.source_table_details())
+        .expect("source");
+    assert_eq!(source.table_name(), TABLE);
+
+    println!("--- the source table deleted, then restored from its backup");
+    c.delete_table()
+        .table_name(TABLE)
+        .send()
+        .await
+        .expect("delete the source");
+    let r = c
+        .restore_table_from_backup()
+        .backup_arn(&arn)
+        .target_table_name("orders-from-backup")
+        .send()
+        .await
+        .expect("restore from the backup");
+    let summary = r
+        .table_description()
+        .and_then(|t| t.restore_summary())
+        .expect("summary");
+    assert_eq!(summary.source_backup_arn(), Some(arn.as_str()));
+    wait_table_active(&c, "orders-from-backup", Duration::from_secs(60)).await;
+    assert_eq!(contents(&c, "orders-from-backup").await, expected);
+
+    println!("--- a deleted backup is gone");
+    let deleted = c
+        .delete_backup()
+        .backup_arn(&arn)
+        .send()
+        .await
+        .expect("delete backup");
+    let status = deleted
+        .backup_description()
+        .and_then(|b| b.backup_details())
+        .map(|b| b.backup_status().as_str().to_string());
+    assert_eq!(status.as_deref(), Some("DELETED"));
+    let gone = c.describe_backup().backup_arn(&arn).send().await;
+    assert_eq!(
+        error_of(&gone.expect_err("should fail")).0,
+        "BackupNotFoundException"
+    );
+    let restore_gone = c
+        .restore_table_from_backup()
+        .backup_arn(&arn)
+        .target_table_name("orders-again")
+        .send()
+        .await;
+    assert_eq!(
+        error_of(&restore_gone.expect_err("should fail")).0,
+        "BackupNotFoundException"
+    );
+    let missing_table = c
+        .create_backup()
+        .table_name("nowhere")
+        .backup_name("b1x")
+        .send()
+        .await;
+    assert_eq!(
+        error_of(&missing_table.expect_err("should fail")).0,
+        "TableNotFoundException"
     );
 }

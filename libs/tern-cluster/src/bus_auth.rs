@@ -74,6 +74,7 @@ fn service_permissions(identity: &str) -> (Vec<String>, Vec<String>) {
                 "tern.storage.*.scan",
                 "tern.gac.*.grant",
                 "tern.archiver.restore",
+                "tern.archiver.backup",
             ]),
             strings(&[
                 "tern.gac.heartbeat",

@@ -35,9 +35,13 @@ pub enum ErrorCode {
     PointInTimeRecoveryUnavailable = 23,
     /// A restore time outside the table's restorable window.
     InvalidRestoreTime = 24,
+    /// No backup by that ARN.
+    BackupNotFound = 25,
+    /// The backup is still being made.
+    BackupInUse = 26,
 }
 
-const ALL: [ErrorCode; 24] = [
+const ALL: [ErrorCode; 26] = [
     ErrorCode::Validation,
     ErrorCode::ResourceNotFound,
     ErrorCode::ResourceInUse,
@@ -62,6 +66,8 @@ const ALL: [ErrorCode; 24] = [
     ErrorCode::TableAlreadyExists,
     ErrorCode::PointInTimeRecoveryUnavailable,
     ErrorCode::InvalidRestoreTime,
+    ErrorCode::BackupNotFound,
+    ErrorCode::BackupInUse,
 ];
 
 impl ErrorCode {
@@ -94,6 +100,8 @@ impl ErrorCode {
             TableAlreadyExists => "TableAlreadyExistsException",
             PointInTimeRecoveryUnavailable => "PointInTimeRecoveryUnavailableException",
             InvalidRestoreTime => "InvalidRestoreTimeException",
+            BackupNotFound => "BackupNotFoundException",
+            BackupInUse => "BackupInUseException",
         }
     }
 

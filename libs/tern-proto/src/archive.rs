@@ -145,6 +145,80 @@ pub struct RestoreRequest {
     pub time_ms: u64,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug, prost::Enumeration)]
+#[repr(i32)]
+pub enum BackupOp {
+    Create = 0,
+    Describe = 1,
+    List = 2,
+    Delete = 3,
+    Restore = 4,
+}
+
+/// An on-demand backup call, as the router hands it to the archiver (validated).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BackupRequest {
+    #[prost(enumeration = "BackupOp", tag = "1")]
+    pub op: i32,
+    /// Create: the table; List: only this table's (empty: all).
+    #[prost(string, tag = "2")]
+    pub table: String,
+    /// Create: the backup's name.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// Describe, Delete, Restore; List: start after this one.
+    #[prost(string, tag = "4")]
+    pub arn: String,
+    /// Restore: the new table.
+    #[prost(string, tag = "5")]
+    pub target_table: String,
+    /// List: at most this many (0: 100).
+    #[prost(uint32, tag = "6")]
+    pub limit: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, prost::Enumeration)]
+#[repr(i32)]
+pub enum BackupStatus {
+    /// The archive does not hold all of the table up to the backup's moment yet.
+    Creating = 0,
+    Available = 1,
+    Deleted = 2,
+}
+
+/// One backup: the table as it was (metadata, partitions) and the moment; its items are the
+/// archive's, restored as a point-in-time restore to that moment. Stored in the archive
+/// (`backups/<id>`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BackupRecord {
+    #[prost(string, tag = "1")]
+    pub arn: String,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(message, optional, tag = "3")]
+    pub table: Option<crate::memds::TableInfo>,
+    #[prost(uint64, tag = "4")]
+    pub time_ms: u64,
+    #[prost(enumeration = "BackupStatus", tag = "5")]
+    pub status: i32,
+    #[prost(uint64, tag = "6")]
+    pub size_bytes: u64,
+    #[prost(uint64, tag = "7")]
+    pub item_count: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BackupResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub backups: Vec<BackupRecord>,
+    /// Restore: the new table (CREATING).
+    #[prost(message, optional, tag = "2")]
+    pub table: Option<crate::memds::TableInfo>,
+    /// List: more after this one.
+    #[prost(string, tag = "3")]
+    pub last_evaluated: String,
+}
+
 const MAGIC: &[u8; 8] = b"TERNARC1";
 
 /// An archive object's bytes: magic, checksum, message.

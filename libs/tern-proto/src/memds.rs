@@ -200,6 +200,9 @@ pub struct RestoreSource {
     /// The source's partitions (their archives are what is restored).
     #[prost(message, repeated, tag = "4")]
     pub partitions: Vec<PartitionInfo>,
+    /// Restored from this on-demand backup (empty: to a point in time).
+    #[prost(string, tag = "5")]
+    pub backup_arn: String,
 }
 
 /// A change to an ACTIVE table's settings (UpdateTable) or tags (TagResource, UntagResource).

@@ -112,3 +112,6 @@ pub fn storage_checksum(node: &str) -> String {
 
 /// Restores to a point in time (`archive::RestoreRequest`), served by the archiver.
 pub const ARCHIVER_RESTORE: &str = "tern.archiver.restore";
+
+/// On-demand backups (`archive::BackupRequest`), served by the archiver.
+pub const ARCHIVER_BACKUP: &str = "tern.archiver.backup";

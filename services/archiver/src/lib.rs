@@ -3,6 +3,7 @@
 //! partition rebuilt from the archive alone, and scrubs the live replicas against each other and
 //! against the reference (`docs/archive.md`).
 
+mod backups;
 mod metrics;
 mod objects;
 mod partition;
@@ -139,14 +140,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     let memds = MemdsClient::new(bus.clone());
     {
-        let memds = memds.clone();
+        let m = memds.clone();
         bus.serve(
             tern_proto::subjects::ARCHIVER_RESTORE,
             None,
             move |req: tern_proto::archive::RestoreRequest| {
-                let memds = memds.clone();
+                let memds = m.clone();
                 async move {
                     restore::start(memds, req)
+                        .await
+                        .map_err(tern_bus::BusError::Api)
+                }
+            },
+        )
+        .await?;
+        let (ctx, memds) = (ctx.clone(), memds.clone());
+        bus.serve(
+            tern_proto::subjects::ARCHIVER_BACKUP,
+            None,
+            move |req: tern_proto::archive::BackupRequest| {
+                let (ctx, memds) = (ctx.clone(), memds.clone());
+                async move {
+                    backups::handle(ctx, memds, req)
                         .await
                         .map_err(tern_bus::BusError::Api)
                 }

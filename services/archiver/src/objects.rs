@@ -116,6 +116,52 @@ impl Archive {
         ))
     }
 
+    pub fn backup(&self, id: &str) -> Path {
+        self.path(&format!("backups/{id}"))
+    }
+
+    /// Puts `bytes` at `path`, replacing what is there (backup records only: the log and
+    /// snapshots are written once).
+    pub async fn put(&self, path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .with_context(|| format!("put {path}"))?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, path: &Path) -> anyhow::Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("delete {path}")),
+        }
+    }
+
+    /// The ids of every backup record, in order (ids start with their creation time).
+    pub async fn backups(&self) -> anyhow::Result<Vec<String>> {
+        let prefix = self.path("backups");
+        let mut ids: Vec<String> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>()
+            .await
+            .context("list backups")?
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Whether an object is there.
+    pub async fn exists(&self, path: &Path) -> anyhow::Result<bool> {
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("head {path}")),
+        }
+    }
+
     /// Puts `bytes` at `path` unless something is there already (a conditional create).
     pub async fn put_once(&self, path: &Path, bytes: Vec<u8>) -> anyhow::Result<Put> {
         let opts = PutOptions {

@@ -32,18 +32,40 @@ const PAGE: usize = 256;
 /// Starts a restore: creates the target table (CREATING, naming its source and moment) and the
 /// job that fills it. Answers at once with the new table.
 pub async fn start(memds: MemdsClient, req: RestoreRequest) -> Result<TableReply, ApiError> {
-    let source = memds
-        .describe_table(&req.source_table)
-        .await
-        .map_err(|e| match e {
-            BusError::Api(a) if a.code == ErrorCode::ResourceNotFound => ApiError::new(
-                ErrorCode::TableNotFound,
-                format!("Table not found: {}", req.source_table),
-            ),
-            other => other.into_api(),
-        })?
+    let source = describe_source(&memds, &req.source_table).await?;
+    let table = source
         .table
         .ok_or_else(|| ApiError::new(ErrorCode::InternalServerError, "source table missing"))?;
+    create_target(&memds, &table, &req.target_table, req.time_ms, "").await
+}
+
+/// A table backups and restores start from: TableNotFoundException (their "not found") if none.
+pub(crate) async fn describe_source(
+    memds: &MemdsClient,
+    name: &str,
+) -> Result<TableReply, ApiError> {
+    memds.describe_table(name).await.map_err(|e| match e {
+        BusError::Api(a) if a.code == ErrorCode::ResourceNotFound => {
+            ApiError::new(ErrorCode::TableNotFound, format!("Table not found: {name}"))
+        }
+        other => other.into_api(),
+    })
+}
+
+/// Creates the table a restore fills: `source`'s schema and capacity, its partitions and the
+/// moment in its metadata.
+pub async fn create_target(
+    memds: &MemdsClient,
+    source: &TableInfo,
+    target_table: &str,
+    time_ms: u64,
+    backup_arn: &str,
+) -> Result<TableReply, ApiError> {
+    let req = RestoreRequest {
+        source_table: source.name.clone(),
+        target_table: target_table.to_string(),
+        time_ms,
+    };
     let target = TableInfo {
         name: req.target_table.clone(),
         key_schema: source.key_schema.clone(),
@@ -56,6 +78,7 @@ pub async fn start(memds: MemdsClient, req: RestoreRequest) -> Result<TableReply
             source_table_id: source.table_id.clone(),
             time_ms: req.time_ms,
             partitions: source.partitions.clone(),
+            backup_arn: backup_arn.to_string(),
         }),
         ..Default::default()
     };
@@ -139,7 +162,10 @@ fn tempdir_for(ctx: &Ctx, table_id: &str) -> std::path::PathBuf {
 /// Waits until the archive holds everything the source partition had committed by now (so every
 /// write before the restore's moment is in it). A source whose replicas no longer answer (the
 /// table deleted) is restored from what the archive has.
-async fn wait_archived(ctx: &Ctx, p: &tern_proto::memds::PartitionInfo) -> anyhow::Result<()> {
+pub(crate) async fn wait_archived(
+    ctx: &Ctx,
+    p: &tern_proto::memds::PartitionInfo,
+) -> anyhow::Result<()> {
     let mut held = None;
     for r in &p.replicas {
         let req = ArchiveReadRequest {

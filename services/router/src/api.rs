@@ -328,6 +328,11 @@ async fn dispatch(
         "UpdateContinuousBackups" => backups::update_continuous_backups(r, &req).await,
         "DescribeContinuousBackups" => backups::describe_continuous_backups(r, &req).await,
         "RestoreTableToPointInTime" => backups::restore_table_to_point_in_time(r, &req).await,
+        "CreateBackup" => backups::create_backup(r, &req).await,
+        "DescribeBackup" => backups::describe_backup(r, &req).await,
+        "ListBackups" => backups::list_backups(r, &req).await,
+        "DeleteBackup" => backups::delete_backup(r, &req).await,
+        "RestoreTableFromBackup" => backups::restore_table_from_backup(r, &req).await,
         _ => Err(unknown_operation()),
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tern_bus::BusError;
 use tern_model::{ApiError, ErrorCode};
-use tern_proto::archive::RestoreRequest;
+use tern_proto::archive::{
+    BackupOp, BackupRecord, BackupRequest, BackupResponse, BackupStatus, RestoreRequest,
+};
 use tern_proto::memds::{AlterTableRequest, TableInfo, TableReply};
 
 use crate::json::{null_member, Request};
@@ -195,5 +197,204 @@ pub async fn restore_table_to_point_in_time(
         .await
         .map_err(|e| e.into_api())?;
     let d = describe(&reply.table.unwrap_or_default());
+    Ok(json!({ "TableDescription": d }).to_string().into_bytes())
+}
+
+// ---- on-demand backups: carried out by the archiver ----
+
+async fn backup_call(r: &Router, req: BackupRequest) -> Result<BackupResponse, ApiError> {
+    r.archiver
+        .with_timeout(RESTORE_CALL)
+        .call(tern_proto::subjects::ARCHIVER_BACKUP, &req)
+        .await
+        .map_err(|e| e.into_api())
+}
+
+fn status_name(b: &BackupRecord) -> &'static str {
+    match BackupStatus::try_from(b.status) {
+        Ok(BackupStatus::Creating) => "CREATING",
+        Ok(BackupStatus::Deleted) => "DELETED",
+        _ => "AVAILABLE",
+    }
+}
+
+fn details(b: &BackupRecord) -> Value {
+    json!({
+        "BackupArn": b.arn,
+        "BackupName": b.name,
+        "BackupSizeBytes": b.size_bytes,
+        "BackupStatus": status_name(b),
+        "BackupType": "USER",
+        "BackupCreationDateTime": b.time_ms as f64 / 1000.0,
+    })
+}
+
+fn backup_description(b: &BackupRecord) -> Value {
+    let t = b.table.clone().unwrap_or_default();
+    let table = describe(&t);
+    json!({
+        "BackupDetails": details(b),
+        "SourceTableDetails": {
+            "TableName": t.name,
+            "TableId": t.table_id,
+            "TableArn": table["TableArn"],
+            "TableSizeBytes": b.size_bytes,
+            "KeySchema": table["KeySchema"],
+            "TableCreationDateTime": table["CreationDateTime"],
+            "ProvisionedThroughput": {
+                "ReadCapacityUnits": t.read_capacity,
+                "WriteCapacityUnits": t.write_capacity,
+            },
+            "ItemCount": b.item_count,
+            "BillingMode": if t.billing_mode == "PAY_PER_REQUEST" { "PAY_PER_REQUEST" } else { "PROVISIONED" },
+        },
+        "SourceTableFeatureDetails": {},
+    })
+}
+
+fn backup_arn(req: &Request) -> Result<String, ApiError> {
+    let arn = req
+        .str("BackupArn")?
+        .ok_or_else(|| null_member("backupArn"))?;
+    if arn.len() < 37 || arn.len() > 1024 {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{arn}' at 'backupArn' failed to satisfy constraint: Member must have length between 37 and 1024"
+        )));
+    }
+    Ok(arn.to_string())
+}
+
+fn first(resp: BackupResponse) -> Result<BackupRecord, ApiError> {
+    resp.backups.into_iter().next().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InternalServerError,
+            "the archiver answered no backup",
+        )
+    })
+}
+
+pub async fn create_backup(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let table = req.table_name()?;
+    let name = req
+        .str("BackupName")?
+        .ok_or_else(|| null_member("backupName"))?;
+    tern_model::validate_table_name(name, "backupName")?;
+    let b = first(
+        backup_call(
+            r,
+            BackupRequest {
+                op: BackupOp::Create as i32,
+                table: table.to_string(),
+                name: name.to_string(),
+                ..Default::default()
+            },
+        )
+        .await?,
+    )?;
+    Ok(json!({ "BackupDetails": details(&b) })
+        .to_string()
+        .into_bytes())
+}
+
+pub async fn describe_backup(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let arn = backup_arn(req)?;
+    let b = first(
+        backup_call(
+            r,
+            BackupRequest {
+                op: BackupOp::Describe as i32,
+                arn,
+                ..Default::default()
+            },
+        )
+        .await?,
+    )?;
+    Ok(json!({ "BackupDescription": backup_description(&b) })
+        .to_string()
+        .into_bytes())
+}
+
+pub async fn delete_backup(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let arn = backup_arn(req)?;
+    let b = first(
+        backup_call(
+            r,
+            BackupRequest {
+                op: BackupOp::Delete as i32,
+                arn,
+                ..Default::default()
+            },
+        )
+        .await?,
+    )?;
+    Ok(json!({ "BackupDescription": backup_description(&b) })
+        .to_string()
+        .into_bytes())
+}
+
+pub async fn list_backups(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let table = match req.str("TableName")? {
+        Some(t) => {
+            tern_model::validate_table_name(t, "tableName")?;
+            t.to_string()
+        }
+        None => String::new(),
+    };
+    let limit = req.i64("Limit")?.unwrap_or(100);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 100"
+        )));
+    }
+    let resp = backup_call(
+        r,
+        BackupRequest {
+            op: BackupOp::List as i32,
+            table,
+            arn: req
+                .str("ExclusiveStartBackupArn")?
+                .unwrap_or("")
+                .to_string(),
+            limit: limit as u32,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let summaries: Vec<Value> = resp
+        .backups
+        .iter()
+        .map(|b| {
+            let t = b.table.clone().unwrap_or_default();
+            let mut v = details(b);
+            v["TableName"] = json!(t.name);
+            v["TableId"] = json!(t.table_id);
+            v["TableArn"] = json!(format!("{ARN_PREFIX}{}", t.name));
+            v
+        })
+        .collect();
+    let mut out = json!({ "BackupSummaries": summaries });
+    if !resp.last_evaluated.is_empty() {
+        out["LastEvaluatedBackupArn"] = json!(resp.last_evaluated);
+    }
+    Ok(out.to_string().into_bytes())
+}
+
+pub async fn restore_table_from_backup(r: &Router, req: &Request) -> Result<Vec<u8>, ApiError> {
+    let arn = backup_arn(req)?;
+    let target = req
+        .str("TargetTableName")?
+        .ok_or_else(|| null_member("targetTableName"))?;
+    tern_model::validate_table_name(target, "targetTableName")?;
+    let resp = backup_call(
+        r,
+        BackupRequest {
+            op: BackupOp::Restore as i32,
+            arn,
+            target_table: target.to_string(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let d = describe(&resp.table.unwrap_or_default());
     Ok(json!({ "TableDescription": d }).to_string().into_bytes())
 }

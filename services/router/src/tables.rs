@@ -553,6 +553,9 @@ pub fn describe(t: &TableInfo) -> Value {
             "RestoreDateTime": rs.time_ms as f64 / 1000.0,
             "RestoreInProgress": t.status() == TableStatus::Creating,
         });
+        if !rs.backup_arn.is_empty() {
+            v["RestoreSummary"]["SourceBackupArn"] = json!(rs.backup_arn);
+        }
     }
     v
 }
