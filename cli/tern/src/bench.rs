@@ -49,6 +49,9 @@ pub struct Args {
     /// Storage nodes sync each write on its own (only with a fresh local cluster).
     #[arg(long)]
     no_group_commit: bool,
+    /// No archiver and no archive gate (only with a fresh local cluster), for comparison.
+    #[arg(long)]
+    no_archive: bool,
     /// Seconds of each offered rate in the `curve` phase.
     #[arg(long, default_value_t = 5.0)]
     step_seconds: f64,
@@ -105,6 +108,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "TERN_STORAGE_GROUP_COMMIT".into(),
                 flag(args.no_group_commit),
             ));
+            spec.env
+                .push(("TERN_ARCHIVER_ENABLED".into(), flag(args.no_archive)));
+            spec.env
+                .push(("TERN_STORAGE_ARCHIVE_GATE".into(), flag(args.no_archive)));
             // The bench measures the data path at saturation on a new on-demand table, which
             // DynamoDB (and Tern) would hold to 4,000 write and 12,000 read units at first:
             // its starting peak is raised, admission itself stays on.
@@ -137,8 +144,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             curve(&client, &endpoint, &table, &args).await?;
             continue;
         }
+        let archiver = _cluster
+            .as_ref()
+            .filter(|_| !args.no_archive)
+            .and_then(|c| c.metrics_base("archiver"));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(ArchiveSeen::default()));
+        let sampler = archiver.map(|base| tokio::spawn(sample_archive(base, seen.clone())));
         let (report, _) = phase(&client, &endpoint, &table, op, &args).await?;
         println!("{report}");
+        if let Some(s) = sampler {
+            s.abort();
+            let seen = seen.lock().map(|s| *s).unwrap_or_default();
+            println!(
+                "  archive during {op}: lag max {:.0} ms, backlog max {:.0} entries, {:.0} segments uploaded",
+                seen.lag_ms, seen.backlog, seen.segments
+            );
+        }
     }
     Ok(())
 }
@@ -590,4 +611,41 @@ async fn open_loop_step(
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         failed: failed.load(Ordering::Relaxed),
     })
+}
+
+/// What the archiver's metrics showed while a phase ran: the largest lag and backlog summed over
+/// partitions, and the segments uploaded so far.
+#[derive(Default, Clone, Copy)]
+struct ArchiveSeen {
+    lag_ms: f64,
+    backlog: f64,
+    segments: f64,
+}
+
+async fn sample_archive(base: String, seen: std::sync::Arc<std::sync::Mutex<ArchiveSeen>>) {
+    let sum = |text: &str, name: &str, max: bool| -> f64 {
+        let values = text
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        if max {
+            values.fold(0.0, f64::max)
+        } else {
+            values.sum()
+        }
+    };
+    loop {
+        if let Ok(text) = get_text(&format!("{base}/metrics")).await {
+            if let Ok(mut s) = seen.lock() {
+                s.lag_ms = s
+                    .lag_ms
+                    .max(sum(&text, "tern_archiver_lag_milliseconds", true));
+                s.backlog = s
+                    .backlog
+                    .max(sum(&text, "tern_archiver_backlog_entries", false));
+                s.segments = sum(&text, "tern_archiver_segments_uploaded_total", false);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
