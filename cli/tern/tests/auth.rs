@@ -353,7 +353,8 @@ async fn the_bus_admits_each_service_to_its_own_subjects_only() {
             "tern.storage.nowhere.admin.create_partition",
             true,
         ),
-        // The archiver reads logs, marks and scrubs; it neither replicates nor makes tables.
+        // The archiver reads logs, marks, scrubs and restores; it neither replicates nor drops
+        // tables or replicas.
         (
             "archiver",
             "admin",
@@ -367,7 +368,7 @@ async fn the_bus_admits_each_service_to_its_own_subjects_only() {
             true,
         ),
         ("archiver", "admin", "tern.storage.nowhere.raft", false),
-        ("archiver", "admin", "tern.memds.ddl.create_table", false),
+        ("archiver", "admin", "tern.memds.ddl.delete_table", false),
         (
             "archiver",
             "admin",

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message;
-use tern_proto::{expr, gac, memds, node, raft, storage};
+use tern_proto::{archive, expr, gac, memds, node, raft, storage};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -335,6 +335,7 @@ messages![
     memds::TableReply,
     memds::CreateTableRequest,
     memds::AlterTableRequest,
+    memds::RestoreSource,
     node::PartitionStats,
     memds::TableNameRequest,
     memds::ListTablesRequest,
@@ -371,6 +372,19 @@ messages![
     expr::SetNode,
     expr::UpdateAction,
     expr::UpdateProgram,
+    archive::ArchiveReadRequest,
+    archive::ArchiveReadResponse,
+    archive::ArchiveMark,
+    archive::ChecksumRequest,
+    archive::ChecksumResponse,
+    archive::ItemsChecksum,
+    archive::ArchiveSegment,
+    archive::SnapshotPart,
+    archive::SnapshotManifest,
+    archive::RestoreRequest,
+    archive::BackupRequest,
+    archive::BackupRecord,
+    archive::BackupResponse,
 ];
 
 fn short_name(listed: &str) -> &str {
@@ -381,6 +395,7 @@ fn short_name(listed: &str) -> &str {
 fn derived_messages() -> BTreeSet<String> {
     let sources = [
         include_str!("../src/lib.rs"),
+        include_str!("../src/archive.rs"),
         include_str!("../src/expr.rs"),
         include_str!("../src/gac.rs"),
         include_str!("../src/memds.rs"),
