@@ -137,7 +137,18 @@ struct Shipper {
     /// The source's committed index, as last heard.
     held: u64,
     last_mark: Option<Instant>,
+    /// The archived index the replicas were last told.
+    marked: u64,
+    /// Rounds in a row that found nothing new.
+    idle_rounds: u32,
 }
+
+/// A partition idle this long between polls at most (the first write after an idle spell waits
+/// up to this long to be read): idle tables cost the replicas and the bus little.
+const IDLE_POLL: Duration = Duration::from_secs(2);
+/// The replicas are told the archive's reach again this often even without progress (a
+/// restarted replica forgot it and keeps its whole log until told).
+const MARK_AGAIN: Duration = Duration::from_secs(10);
 
 /// Ships the partition's log until the partition goes away.
 pub async fn ship_forever(ctx: Arc<Ctx>, part: Arc<Partition>) {
@@ -162,7 +173,7 @@ pub async fn ship_forever(ctx: Arc<Ctx>, part: Arc<Partition>) {
             Ok(more) => {
                 backoff = Duration::from_millis(100);
                 if !more {
-                    tokio::time::sleep(ctx.poll).await;
+                    tokio::time::sleep(shipper.pause()).await;
                 }
             }
             Err(e) => {
@@ -197,6 +208,8 @@ impl Shipper {
             pending: Pending::default(),
             held: 0,
             last_mark: None,
+            marked: 0,
+            idle_rounds: 0,
         };
         me.part.archived.store(next - 1, Ordering::Release);
         me.catch_up_reference(&segments, &snapshots).await?;
@@ -349,13 +362,25 @@ impl Shipper {
         if due {
             self.seal().await?;
         }
-        if self
-            .last_mark
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
+        let stale = self.last_mark.is_none_or(|t| t.elapsed() >= MARK_AGAIN);
+        if stale || self.marked != self.next - 1 {
             self.mark().await;
         }
+        self.idle_rounds = if more {
+            0
+        } else {
+            self.idle_rounds.saturating_add(1)
+        };
         Ok(more && self.pending.bytes < self.ctx.segment_bytes)
+    }
+
+    /// How long to wait before the next round: the poll interval while entries wait to be sealed
+    /// or came lately, doubling over idle rounds up to [`IDLE_POLL`].
+    fn pause(&self) -> Duration {
+        if !self.pending.entries.is_empty() {
+            return self.ctx.poll;
+        }
+        (self.ctx.poll * 2u32.pow(self.idle_rounds.min(4))).min(IDLE_POLL.max(self.ctx.poll))
     }
 
     /// Uploads the pending entries as one segment, once, and reads it back.
@@ -446,6 +471,7 @@ impl Shipper {
             }
         }
         self.last_mark = Some(Instant::now());
+        self.marked = self.next - 1;
     }
 
     /// The replicas no longer hold the log from `next`: the archive continues from a snapshot of
