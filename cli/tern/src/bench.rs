@@ -32,7 +32,8 @@ pub struct Args {
     keys: u64,
     /// Phases to run, in order: put, get, get-consistent, pages (Query and Scan page cost at the
     /// start and at the end of a table of `--page-items` items), curve (latency against offered
-    /// load for PutItem and GetItem, charted).
+    /// load for PutItem and GetItem, charted), scrub (how long a scrub round of `--scrub-mb` of
+    /// items takes; a fresh local cluster only).
     #[arg(long, value_delimiter = ',', default_value = "put,get,get-consistent")]
     ops: Vec<String>,
     /// Items loaded for the `pages` phase (a fifth under one partition key, for Query).
@@ -41,6 +42,12 @@ pub struct Args {
     /// Items per page in the `pages` phase.
     #[arg(long, default_value_t = 1000)]
     page_limit: u64,
+    /// Megabytes of items the `scrub` phase loads before it times scrub rounds.
+    #[arg(long, default_value_t = 1024)]
+    scrub_mb: u64,
+    /// Bytes of each item's payload in the `scrub` phase (random, so nothing compresses).
+    #[arg(long, default_value_t = 4000)]
+    scrub_item_size: usize,
     #[command(flatten)]
     key: crate::KeyArgs,
     /// No bus authentication or permissions (only with a fresh local cluster), for comparison.
@@ -112,6 +119,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .push(("TERN_ARCHIVER_ENABLED".into(), flag(args.no_archive)));
             spec.env
                 .push(("TERN_STORAGE_ARCHIVE_GATE".into(), flag(args.no_archive)));
+            if args.ops.iter().any(|o| o == "scrub") {
+                // Rounds one after another, so the one after the load is soon.
+                spec.env
+                    .push(("TERN_ARCHIVER_SCRUB_INTERVAL_MS".into(), "1000".into()));
+            }
             // The bench measures the data path at saturation on a new on-demand table, which
             // DynamoDB (and Tern) would hold to 4,000 write and 12,000 read units at first:
             // its starting peak is raised, admission itself stays on.
@@ -142,6 +154,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         if op == "curve" {
             curve(&client, &endpoint, &table, &args).await?;
+            continue;
+        }
+        if op == "scrub" {
+            scrub(&client, &endpoint, &args, _cluster.as_ref()).await?;
             continue;
         }
         let archiver = _cluster
@@ -188,48 +204,15 @@ async fn pages(
     let n = args.page_items;
     let payload = "x".repeat(args.item_size);
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (client, endpoint, table, payload, next) = (
-            client.clone(),
-            endpoint.to_string(),
-            table.clone(),
-            payload.clone(),
-            next.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let from = next.fetch_add(25, Ordering::Relaxed);
-                if from >= n {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                let mut writes: Vec<serde_json::Value> = (from..(from + 25).min(n))
-                    .map(|i| {
-                        let pk = if i % 5 == 0 { "q".to_string() } else { format!("p{i}") };
-                        json!({"PutRequest": {"Item": {"pk": {"S": pk}, "sk": {"N": i.to_string()}, "data": {"S": payload}}}})
-                    })
-                    .collect();
-                // Unprocessed items are sent again until none is left.
-                while !writes.is_empty() {
-                    let body = json!({"RequestItems": {&table: writes}}).to_string();
-                    let (status, resp) = call(&client, &endpoint, "BatchWriteItem", body).await?;
-                    if status != 200 {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    let v: serde_json::Value = serde_json::from_slice(&resp)?;
-                    writes = v["UnprocessedItems"][&table]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    batch_load(client, endpoint, &table, n, args.concurrency, move |i| {
+        let pk = if i % 5 == 0 {
+            "q".to_string()
+        } else {
+            format!("p{i}")
+        };
+        json!({"pk": {"S": pk}, "sk": {"N": i.to_string()}, "data": {"S": payload}})
+    })
+    .await?;
     let load = started.elapsed().as_secs_f64();
     println!(
         "{:>15}: {n} items loaded in {load:.1} s ({:.0} items/s)",
@@ -306,6 +289,178 @@ async fn pages(
         );
     }
     rss("after paging");
+    Ok(())
+}
+
+/// Writes items `0..n` (each made by `item`) with BatchWriteItem from `concurrency` tasks, 25 to
+/// a request, sending unprocessed items again until none is left.
+async fn batch_load(
+    client: &HttpClient,
+    endpoint: &str,
+    table: &str,
+    n: u64,
+    concurrency: usize,
+    item: impl Fn(u64) -> serde_json::Value + Clone + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, endpoint, table, next, item) = (
+            client.clone(),
+            endpoint.to_string(),
+            table.to_string(),
+            next.clone(),
+            item.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(25, Ordering::Relaxed);
+                if from >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let mut writes: Vec<serde_json::Value> = (from..(from + 25).min(n))
+                    .map(|i| json!({"PutRequest": {"Item": item(i)}}))
+                    .collect();
+                while !writes.is_empty() {
+                    let body = json!({"RequestItems": {&table: writes}}).to_string();
+                    let (status, resp) = call(&client, &endpoint, "BatchWriteItem", body).await?;
+                    if status != 200 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    let v: serde_json::Value = serde_json::from_slice(&resp)?;
+                    writes = v["UnprocessedItems"][&table]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// Samples of a metric family in Prometheus text: (labels, value).
+fn metric_samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series[name.len()..].to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Loads `scrub_mb` of random items into a new table, then waits for every partition's second
+/// scrub round after the load (the first may have started before it ended) and prints how long
+/// it took and what it covered: marker, every replica's checksum on its snapshot, the reference's.
+async fn scrub(
+    client: &HttpClient,
+    endpoint: &str,
+    args: &Args,
+    cluster: Option<&Cluster>,
+) -> anyhow::Result<()> {
+    let Some(base) = cluster
+        .filter(|_| !args.no_archive)
+        .and_then(|c| c.metrics_base("archiver"))
+    else {
+        bail!("the scrub phase needs a fresh local cluster with its archiver");
+    };
+    let table = format!("bench-scrub-{}", std::process::id());
+    let body = json!({
+        "TableName": table,
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+        "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    });
+    let (status, resp) = call(client, endpoint, "CreateTable", body.to_string()).await?;
+    if status != 200 {
+        bail!("CreateTable failed: {}", String::from_utf8_lossy(&resp));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let size = args.scrub_item_size.max(1);
+    let n = (args.scrub_mb * 1024 * 1024).div_ceil(size as u64);
+    let started = Instant::now();
+    batch_load(client, endpoint, &table, n, args.concurrency, move |i| {
+        use rand::Rng as _;
+        let payload: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(size)
+            .map(char::from)
+            .collect();
+        json!({"pk": {"S": format!("s{i:010}")}, "data": {"S": payload}})
+    })
+    .await?;
+    let load = started.elapsed().as_secs_f64();
+    println!(
+        "{:>15}: {n} items of {size} bytes ({} MB) loaded in {load:.1} s ({:.1} MB/s)",
+        "scrub",
+        args.scrub_mb,
+        args.scrub_mb as f64 / load
+    );
+    let label = format!("table=\"{table}\"");
+    let of_table = |text: &str, name: &str| -> Vec<(String, f64)> {
+        metric_samples(text, name)
+            .into_iter()
+            .filter(|(l, _)| l.contains(&label))
+            .collect()
+    };
+    let first = get_text(&format!("{base}/metrics")).await?;
+    let before = of_table(&first, "tern_archiver_scrub_index");
+    let mut rounds: std::collections::HashMap<String, (f64, u32)> =
+        before.iter().map(|(l, v)| (l.clone(), (*v, 0))).collect();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let text = loop {
+        let text = get_text(&format!("{base}/metrics")).await?;
+        for (l, v) in of_table(&text, "tern_archiver_scrub_index") {
+            let e = rounds.entry(l).or_insert((v, 0));
+            if v != e.0 {
+                *e = (v, e.1 + 1);
+            }
+        }
+        if !rounds.is_empty() && rounds.values().all(|(_, r)| *r >= 2) {
+            break text;
+        }
+        if Instant::now() > deadline {
+            bail!("no second scrub round of every partition within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ms = of_table(&text, "tern_archiver_scrub_last_milliseconds");
+    let bytes = of_table(&text, "tern_archiver_scrub_last_bytes");
+    let replicas = of_table(&text, "tern_archiver_scrub_replicas_milliseconds");
+    let mut total_bytes = 0.0;
+    let mut longest: f64 = 0.0;
+    for (l, t) in &ms {
+        let of = |v: &[(String, f64)]| v.iter().find(|(vl, _)| vl == l).map_or(0.0, |(_, v)| *v);
+        let (b, r) = (of(&bytes), of(&replicas));
+        total_bytes += b;
+        longest = longest.max(*t);
+        println!(
+            "{:>15}: partition {l}: {:.0} MB of items; round {:.2} s, the three replicas' checksums in {:.2} s ({:.0} MB/s each); the rest waits for the reference's segment to be sealed",
+            "scrub",
+            b / 1e6,
+            t / 1000.0,
+            r / 1000.0,
+            b / 1e6 / (r / 1000.0).max(1e-3)
+        );
+    }
+    let results = metric_samples(&text, "tern_archiver_scrubs_total");
+    println!(
+        "{:>15}: {:.0} MB over {} partitions (scrubbed side by side) in {:.2} s; rounds by result: {}",
+        "scrub",
+        total_bytes / 1e6,
+        ms.len(),
+        longest / 1000.0,
+        results
+            .iter()
+            .map(|(l, v)| format!("{l} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 

@@ -290,6 +290,63 @@ async fn rebuilt_from_archive(
     items
 }
 
+/// Every archived snapshot of the reference (one that names a clock) holds exactly the items the
+/// archived log leads to at its index, and no write in the log up to it is later than its clock.
+/// Returns how many there are.
+async fn check_snapshots(tc: &TestCluster, archive: &tern_archiver::Archive) -> usize {
+    let mut checked = 0;
+    for p in partitions(tc).await {
+        for index in archive.snapshots(p.id).await.expect("list snapshots") {
+            let manifest: tern_proto::archive::SnapshotManifest = archive
+                .read(&archive.snapshot_manifest(p.id, index))
+                .await
+                .expect("snapshot manifest");
+            if manifest.time_ms == 0 {
+                continue;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let reference = tern_storage::reference::Reference::open(dir.path()).unwrap();
+            let mut latest = 0;
+            for part in archived_log(archive, p.id).await {
+                let Archived::Entries(log) = part else {
+                    panic!("partition {}: a gap before snapshot {index}", p.id)
+                };
+                let upto: Vec<Vec<u8>> = log
+                    .into_iter()
+                    .filter(|b| {
+                        let e =
+                            <tern_proto::raft::RaftEntry as prost::Message>::decode(b.as_slice())
+                                .unwrap();
+                        e.index <= index
+                    })
+                    .collect();
+                let applied = reference
+                    .apply(p.id, &upto)
+                    .expect("apply the archived log");
+                latest = latest.max(applied.max_time_ms);
+                if reference.applied(p.id).unwrap() >= index {
+                    break;
+                }
+            }
+            assert_eq!(reference.applied(p.id).unwrap(), index);
+            assert_eq!(
+                Some(reference.checksum(p.id).unwrap()),
+                manifest.checksum,
+                "partition {}: snapshot {index} differs from the log up to it",
+                p.id
+            );
+            assert!(
+                latest <= manifest.time_ms,
+                "partition {}: snapshot {index} names clock {} but a write up to it came at {latest}",
+                p.id,
+                manifest.time_ms
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
 /// Every item of the table as the live leaders hold it.
 async fn live_items(tc: &TestCluster) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let storage = tern_storage_client::StorageClient::new(tc.cluster.bus().clone());
@@ -440,7 +497,15 @@ fn check_ledger(ledger: &Ledger, items: &BTreeMap<Vec<u8>, Vec<u8>>, what: &str)
 /// checksums good), the items rebuilt from it equal the live replicas' and hold every
 /// acknowledged write, and scrub found no mismatch.
 async fn every_acknowledged_write_is_archived(store: Store<'_>) {
-    let env = archive_env(&store, &[("TERN_ARCHIVER_SCRUB_INTERVAL_MS", "1000")]);
+    let env = archive_env(
+        &store,
+        &[
+            ("TERN_ARCHIVER_SCRUB_INTERVAL_MS", "1000"),
+            // Snapshots of the reference every 16 KiB of log (or the last snapshot's size, if
+            // more), each checked below.
+            ("TERN_ARCHIVER_SNAPSHOT_BYTES", "16384"),
+        ],
+    );
     let mut tc = start(&env).await;
     let c = client(&tc.cluster.endpoint());
     create_table(&c, TABLE, None).await;
@@ -462,6 +527,9 @@ async fn every_acknowledged_write_is_archived(store: Store<'_>) {
         "items rebuilt from the archive differ from the live replicas'"
     );
     check_ledger(&ledger, &rebuilt, "rebuilt from the archive");
+    let snapshots = check_snapshots(&tc, &archive).await;
+    println!("archived snapshots of the reference, each equal to the log up to it: {snapshots}");
+    assert!(snapshots >= 2, "too few snapshots archived: {snapshots}");
     let m = archiver_metrics(&tc).await;
     let ok = sum_of(&m, "tern_archiver_scrubs_total", "result=\"ok\"");
     let mismatches = sum_of(&m, "tern_archiver_scrub_mismatches_total", "");

@@ -96,7 +96,13 @@ async fn enable_pitr(c: &Client, table: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restores_a_table_to_a_point_in_time() {
-    let mut tc = start_cluster(&[("TERN_ARCHIVER_SEGMENT_AGE_MS", "300")]).await;
+    // A snapshot of the reference after (nearly) every segment: restores start from the newest
+    // one taken before the moment, and the later ones must not be used.
+    let mut tc = start_cluster(&[
+        ("TERN_ARCHIVER_SEGMENT_AGE_MS", "300"),
+        ("TERN_ARCHIVER_SNAPSHOT_BYTES", "1"),
+    ])
+    .await;
     let c = client(&tc.cluster.endpoint());
     create_table(&c, TABLE, None).await;
     create_table(&c, "no-pitr", None).await;
@@ -155,6 +161,20 @@ async fn restores_a_table_to_a_point_in_time() {
         contents(&c, "orders-then").await,
         expected,
         "restored to the moment"
+    );
+    let base = tc
+        .cluster
+        .metrics_base("archiver")
+        .expect("archiver metrics");
+    let metrics = raw_get(&base, "/metrics").await.1;
+    let started_from_snapshot: f64 =
+        samples(&metrics, "tern_archiver_restore_snapshot_starts_total")
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
+    assert!(
+        started_from_snapshot >= 1.0,
+        "the restore should start from an archived snapshot taken before the moment"
     );
 
     println!(

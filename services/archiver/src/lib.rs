@@ -64,6 +64,11 @@ pub struct Config {
     pub segment_age_ms: u64,
     /// How often each partition's replicas are asked for new log.
     pub poll_ms: u64,
+    /// A partition's reference items are archived as a snapshot once this many bytes of log, and
+    /// at least as many as the last snapshot held, were archived after it (0: only the snapshots
+    /// that bridge gaps). Restores and reference rebuilds start from the newest usable snapshot,
+    /// so they replay at most about this much log; the archive grows by at most twice the log.
+    pub snapshot_bytes: u64,
     /// How often each partition is scrubbed (0: never).
     pub scrub_interval_ms: u64,
     /// Rebuild a replica that scrub found wrong from a good one.
@@ -94,6 +99,7 @@ impl Default for Config {
             segment_bytes: 4 * 1024 * 1024,
             segment_age_ms: 5_000,
             poll_ms: 200,
+            snapshot_bytes: 64 * 1024 * 1024,
             scrub_interval_ms: 10 * 60 * 1000,
             repair: true,
             discover_ms: 2_000,
@@ -134,6 +140,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         segment_bytes: config.segment_bytes.max(1024),
         segment_age: Duration::from_millis(config.segment_age_ms.max(10)),
         poll: Duration::from_millis(config.poll_ms.max(10)),
+        snapshot_bytes: config.snapshot_bytes,
         scrub_every: Duration::from_millis(config.scrub_interval_ms),
         repair: config.repair,
         restore_dir: config.data_dir.join("restore"),

@@ -41,6 +41,7 @@ pub struct Ctx {
     pub segment_bytes: usize,
     pub segment_age: Duration,
     pub poll: Duration,
+    pub snapshot_bytes: u64,
     pub scrub_every: Duration,
     pub repair: bool,
     /// Where restores rebuild partitions (one fjall database per restore, removed after).
@@ -141,6 +142,13 @@ struct Shipper {
     marked: u64,
     /// Rounds in a row that found nothing new.
     idle_rounds: u32,
+    /// Bytes of log archived since the last archived snapshot (counted from this task's start).
+    since_snapshot: u64,
+    /// Bytes of items the last archived snapshot held.
+    snapshot_size: u64,
+    /// The greatest leader clock on the writes the archive holds (as far as this task knows:
+    /// from the newest snapshot and segment at its start, and what it archived since).
+    time_high: u64,
 }
 
 /// A partition idle this long between polls at most (the first write after an idle spell waits
@@ -193,13 +201,20 @@ impl Shipper {
         let pid = part.pid;
         let segments = ctx.archive.segments(pid).await?;
         let snapshots = ctx.archive.snapshots(pid).await?;
-        let mut next = 1;
+        let (mut next, mut time_high, mut snapshot_size) = (1, 0, 0);
         if let Some(last) = segments.last() {
             let seg: ArchiveSegment = ctx.archive.read(&ctx.archive.segment(pid, *last)).await?;
             next = seg.last + 1;
+            time_high = seg.last_time_ms;
         }
         if let Some(s) = snapshots.last() {
             next = next.max(s + 1);
+            let m: SnapshotManifest = ctx
+                .archive
+                .read(&ctx.archive.snapshot_manifest(pid, *s))
+                .await?;
+            time_high = time_high.max(m.time_ms);
+            snapshot_size = m.checksum.map_or(0, |c| c.bytes);
         }
         let me = Self {
             ctx,
@@ -210,6 +225,9 @@ impl Shipper {
             last_mark: None,
             marked: 0,
             idle_rounds: 0,
+            since_snapshot: 0,
+            snapshot_size,
+            time_high,
         };
         me.part.archived.store(next - 1, Ordering::Release);
         me.catch_up_reference(&segments, &snapshots).await?;
@@ -282,8 +300,9 @@ impl Shipper {
         Ok(index)
     }
 
-    /// Applies archived entries to the reference and notes its checksums at markers.
-    async fn apply_reference(&self, entries: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    /// Applies archived entries to the reference and notes its checksums at markers; the
+    /// greatest leader clock among them.
+    async fn apply_reference(&self, entries: Vec<Vec<u8>>) -> anyhow::Result<u64> {
         let pid = self.part.pid;
         let reference = self.ctx.reference.clone();
         let applied = tokio::task::spawn_blocking(move || reference.apply(pid, &entries)).await??;
@@ -294,7 +313,7 @@ impl Shipper {
             .reference_index
             .get_or_create(&self.part.labels())
             .set(at as i64);
-        Ok(())
+        Ok(applied.max_time_ms)
     }
 
     /// One round: read what the replicas committed since, seal a segment when it is due, tell
@@ -446,8 +465,86 @@ impl Shipper {
         self.ctx.metrics.segments.inc();
         self.ctx.metrics.segment_bytes.inc_by(size as u64);
         self.ctx.metrics.entries.inc_by(stored.entries.len() as u64);
-        self.apply_reference(stored.entries).await?;
+        let t = self.apply_reference(stored.entries).await?;
+        self.time_high = self.time_high.max(t);
+        self.since_snapshot += size as u64;
         self.mark().await;
+        let due = self.ctx.snapshot_bytes > 0
+            && self.since_snapshot >= self.ctx.snapshot_bytes.max(self.snapshot_size);
+        if due {
+            // The segment is archived whatever becomes of the snapshot: a failed one is tried
+            // again after the next segment.
+            if let Err(e) = self.snapshot_reference().await {
+                self.ctx.metrics.upload_failures.inc();
+                tracing::warn!(partition = pid, error = %format!("{e:#}"), "archive a snapshot of the reference");
+            }
+        }
+        Ok(())
+    }
+
+    /// Archives the reference's items, which stand exactly at the archive's end, as a snapshot
+    /// (parts, then the manifest, which names the greatest leader clock up to it: a restore to a
+    /// moment at or after that clock may start from it). The replicas are not asked for anything.
+    async fn snapshot_reference(&mut self) -> anyhow::Result<()> {
+        let pid = self.part.pid;
+        let at = self.ctx.reference.applied(pid)?;
+        anyhow::ensure!(
+            at == self.next - 1,
+            "the reference stands at {at}, the archive at {}",
+            self.next - 1
+        );
+        let started = Instant::now();
+        let mut sum = tern_proto::archive::ChecksumBuilder::new();
+        let (mut after, mut parts) = (Vec::new(), 0u32);
+        loop {
+            let reference = self.ctx.reference.clone();
+            let from = after.clone();
+            let page =
+                tokio::task::spawn_blocking(move || reference.items_up_to(pid, &from, PART_BYTES))
+                    .await??;
+            if page.is_empty() && parts > 0 {
+                break;
+            }
+            let mut part = SnapshotPart::default();
+            for (k, v) in page {
+                sum.add(&k, &v);
+                part.keys.push(k);
+                part.values.push(v);
+            }
+            let done = part.keys.is_empty();
+            if let Some(k) = part.keys.last() {
+                after = k.clone();
+            }
+            let path = self.ctx.archive.snapshot_part(pid, at, parts);
+            self.ctx.archive.put_once(&path, seal(&part)).await?;
+            parts += 1;
+            if done {
+                break;
+            }
+        }
+        let checksum = sum.finish();
+        let manifest = SnapshotManifest {
+            partition_id: pid,
+            index: at,
+            parts,
+            checksum: Some(checksum),
+            time_ms: self.time_high,
+            meta: None,
+        };
+        let path = self.ctx.archive.snapshot_manifest(pid, at);
+        self.ctx.archive.put_once(&path, seal(&manifest)).await?;
+        self.ctx.metrics.snapshots.inc();
+        self.since_snapshot = 0;
+        self.snapshot_size = checksum.bytes;
+        tracing::info!(
+            partition = pid,
+            index = at,
+            items = checksum.items,
+            bytes = checksum.bytes,
+            parts,
+            took_ms = started.elapsed().as_millis() as u64,
+            "archived a snapshot of the reference"
+        );
         Ok(())
     }
 
@@ -606,6 +703,7 @@ pub async fn scrub_forever(ctx: Arc<Ctx>, part: Arc<Partition>) {
 /// the verdict, and repairs.
 pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static str> {
     let pid = part.pid;
+    let started = Instant::now();
     let index = append_marker(ctx, part).await?;
     tracing::debug!(partition = pid, index, "scrub marker committed");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -636,6 +734,7 @@ pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    let replicas_took = started.elapsed();
     // The reference reaches the marker once the segment holding it is sealed.
     let ref_deadline = Instant::now() + ctx.segment_age + Duration::from_secs(30);
     let reference = loop {
@@ -661,6 +760,30 @@ pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static 
         .scrub_index
         .get_or_create(&labels)
         .set(index as i64);
+    let took = started.elapsed();
+    ctx.metrics
+        .scrub_ms
+        .get_or_create(&labels)
+        .set(took.as_millis() as i64);
+    ctx.metrics
+        .scrub_replicas_ms
+        .get_or_create(&labels)
+        .set(replicas_took.as_millis() as i64);
+    if let Some(r) = reference {
+        ctx.metrics
+            .scrub_bytes
+            .get_or_create(&labels)
+            .set(r.bytes as i64);
+    }
+    tracing::info!(
+        partition = pid,
+        index,
+        items = reference.map_or(0, |r| r.items),
+        bytes = reference.map_or(0, |r| r.bytes),
+        took_ms = took.as_millis() as u64,
+        replicas_ms = replicas_took.as_millis() as u64,
+        "scrub round"
+    );
     let replica_labels = |node: &str| ReplicaLabels {
         table: part.table.clone(),
         partition: pid.to_string(),

@@ -231,11 +231,34 @@ async fn rebuild_at(
     pid: u64,
     time_ms: u64,
 ) -> anyhow::Result<()> {
-    let r = reference.clone();
-    tokio::task::spawn_blocking(move || r.reset(pid, 0)).await??;
+    // The newest snapshot whose writes all came at or before the moment (a snapshot that only
+    // bridged a gap names no clock, and is used only to cross its gap).
+    let snapshots = ctx.archive.snapshots(pid).await?;
     let mut at = 0;
+    for s in snapshots.iter().rev() {
+        let m: tern_proto::archive::SnapshotManifest = ctx
+            .archive
+            .read(&ctx.archive.snapshot_manifest(pid, *s))
+            .await?;
+        if m.time_ms > 0 && m.time_ms <= time_ms {
+            at = *s;
+            break;
+        }
+    }
+    if at > 0 {
+        load_snapshot(ctx, reference, pid, at).await?;
+        ctx.metrics.restore_snapshots.inc();
+    } else {
+        let r = reference.clone();
+        tokio::task::spawn_blocking(move || r.reset(pid, 0)).await??;
+    }
     let mut stopped = false;
-    for first in ctx.archive.segments(pid).await? {
+    let segments = ctx.archive.segments(pid).await?;
+    for (i, first) in segments.iter().copied().enumerate() {
+        // Segments wholly before the starting snapshot are not read.
+        if segments.get(i + 1).is_some_and(|next| next - 1 <= at) {
+            continue;
+        }
         let seg: ArchiveSegment = ctx.archive.read(&ctx.archive.segment(pid, first)).await?;
         if seg.first > at + 1 {
             // A gap in the log, bridged by a snapshot of the items right before this segment.

@@ -21,8 +21,8 @@ use crate::store::{item_key, Store};
 pub struct Applied {
     /// The checksum of the items at each checksum marker, by the marker's index.
     pub markers: Vec<(u64, ItemsChecksum)>,
-    /// The leader clock of the last write applied (0: none among these entries).
-    pub last_time_ms: u64,
+    /// The greatest leader clock among the writes applied (0: none among these entries).
+    pub max_time_ms: u64,
 }
 
 /// Reference replicas of many partitions, in one fjall database of their own.
@@ -100,9 +100,7 @@ impl Reference {
             }
             let rw = ReplicatedWrite::decode(e.data.as_slice()).context("decode a write")?;
             let req = rw.write.context("an archived entry without its write")?;
-            if rw.time_ms > 0 {
-                out.last_time_ms = rw.time_ms;
-            }
+            out.max_time_ms = out.max_time_ms.max(rw.time_ms);
             if req.kind == WriteKind::Checksum as i32 {
                 self.commit(
                     pid,
@@ -165,6 +163,35 @@ impl Reference {
             }
             out.push((k[8..].to_vec(), v.to_vec()));
             if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The partition's items after `after` in storage-key order (keys without the partition
+    /// prefix), from a snapshot taken now, until they hold at least `max_bytes` (or none are left).
+    pub fn items_up_to(
+        &self,
+        pid: u64,
+        after: &[u8],
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let snap = self.store.snapshot();
+        let start = item_key(pid, after);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for kv in snap.range(self.store.items(), start.clone()..) {
+            let (k, v) = kv.into_inner()?;
+            if !k.starts_with(&pid.to_be_bytes()) {
+                break;
+            }
+            if !after.is_empty() && k.as_ref() == start.as_slice() {
+                continue;
+            }
+            bytes += k.len() - 8 + v.len();
+            out.push((k[8..].to_vec(), v.to_vec()));
+            if bytes >= max_bytes {
                 break;
             }
         }
