@@ -30,10 +30,12 @@ pub struct Args {
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
-    /// Phases to run, in order: put, get, get-consistent, pages (Query and Scan page cost at the
+    /// Phases to run, in order: load (every key written once, with BatchWriteItem: a table of
+    /// `--keys` items for the get phases), put, get, get-consistent, pages (Query and Scan page cost at the
     /// start and at the end of a table of `--page-items` items), curve (latency against offered
     /// load for PutItem and GetItem, charted), scrub (how long a scrub round of `--scrub-mb` of
-    /// items takes; a fresh local cluster only).
+    /// items takes; a fresh local cluster only), idle (CPU of every process with `--idle-tables`
+    /// tables and no requests; a fresh local cluster only).
     #[arg(long, value_delimiter = ',', default_value = "put,get,get-consistent")]
     ops: Vec<String>,
     /// Items loaded for the `pages` phase (a fifth under one partition key, for Query).
@@ -42,6 +44,12 @@ pub struct Args {
     /// Items per page in the `pages` phase.
     #[arg(long, default_value_t = 1000)]
     page_limit: u64,
+    /// Tables the `idle` phase creates before it measures what the idle cluster costs.
+    #[arg(long, default_value_t = 200)]
+    idle_tables: u64,
+    /// Seconds the `idle` phase measures CPU over.
+    #[arg(long, default_value_t = 30.0)]
+    idle_seconds: f64,
     /// Megabytes of items the `scrub` phase loads before it times scrub rounds.
     #[arg(long, default_value_t = 1024)]
     scrub_mb: u64,
@@ -103,7 +111,7 @@ pub(crate) async fn get_text(url: &str) -> anyhow::Result<String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let (endpoint, _cluster, _dir) = match &args.endpoint {
+    let (endpoint, mut cluster, _dir) = match &args.endpoint {
         Some(e) => (e.clone(), None, None),
         None => {
             let dir = tempfile::tempdir().context("create a data dir")?;
@@ -149,18 +157,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     for op in &args.ops {
         if op == "pages" {
-            pages(&client, &endpoint, &args, _cluster.as_ref()).await?;
+            pages(&client, &endpoint, &args, cluster.as_ref()).await?;
             continue;
         }
         if op == "curve" {
             curve(&client, &endpoint, &table, &args).await?;
             continue;
         }
-        if op == "scrub" {
-            scrub(&client, &endpoint, &args, _cluster.as_ref()).await?;
+        if op == "load" {
+            let payload = "x".repeat(args.item_size);
+            let started = Instant::now();
+            batch_load(
+                &client,
+                &endpoint,
+                &table,
+                args.keys,
+                args.concurrency,
+                move |i| json!({"pk": {"S": format!("key-{i}")}, "data": {"S": payload}}),
+            )
+            .await?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{:>15}: {} items of {} bytes written in {secs:.1} s ({:.0} items/s, BatchWriteItem)",
+                "load",
+                args.keys,
+                args.item_size,
+                args.keys as f64 / secs
+            );
             continue;
         }
-        let archiver = _cluster
+        if op == "idle" {
+            idle(&client, &endpoint, &args, cluster.as_mut()).await?;
+            continue;
+        }
+        if op == "scrub" {
+            scrub(&client, &endpoint, &args, cluster.as_ref()).await?;
+            continue;
+        }
+        let archiver = cluster
             .as_ref()
             .filter(|_| !args.no_archive)
             .and_then(|c| c.metrics_base("archiver"));
@@ -340,6 +374,76 @@ async fn batch_load(
     for t in tasks {
         t.await??;
     }
+    Ok(())
+}
+
+/// CPU seconds a process has used (user and system), from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the first, utime the 12th.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux whatever the kernel's own tick rate.
+    Some(ticks / 100.0)
+}
+
+/// Creates `idle_tables` tables, lets the cluster settle, then measures every process's CPU over
+/// `idle_seconds` with no request sent: what tables cost while nobody uses them (ticks,
+/// heartbeats, archiving polls, metadata refreshes).
+async fn idle(
+    client: &HttpClient,
+    endpoint: &str,
+    args: &Args,
+    cluster: Option<&mut Cluster>,
+) -> anyhow::Result<()> {
+    let Some(cluster) = cluster else {
+        bail!("the idle phase needs a fresh local cluster");
+    };
+    let started = Instant::now();
+    for i in 0..args.idle_tables {
+        create_table(client, endpoint, &format!("idle-{i:04}")).await?;
+    }
+    println!(
+        "{:>15}: {} tables created and ACTIVE in {:.1} s; settling 10 s",
+        "idle",
+        args.idle_tables,
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut pids: Vec<(String, u32)> = Vec::new();
+    for name in cluster.service_names() {
+        if let Ok(Some(pid)) = cluster.pid(&name) {
+            pids.push((name, pid));
+        }
+    }
+    if let Some(pid) = cluster.nats_pid() {
+        pids.push(("nats-server".into(), pid));
+    }
+    let before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds)).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let mut total = 0.0;
+    let mut parts = Vec::new();
+    for ((name, pid), b) in pids.iter().zip(before) {
+        if let (Some(b), Some(a)) = (b, cpu_seconds(*pid)) {
+            let share = (a - b) / secs * 100.0;
+            total += share;
+            parts.push((share, name.clone()));
+        }
+    }
+    parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!(
+        "{:>15}: {} idle tables (and the bench's own): {total:.1}% of one core in all over {secs:.0} s: {}",
+        "idle",
+        args.idle_tables,
+        parts
+            .iter()
+            .map(|(s, n)| format!("{n} {s:.1}%"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 
