@@ -102,6 +102,7 @@ fn service_permissions(identity: &str) -> (Vec<String>, Vec<String>) {
             strings(&[
                 "tern.memds.ddl.list_tables",
                 "tern.memds.ddl.describe_table",
+                "tern.memds.lookup_batch",
                 "tern.memds.ddl.create_table",
                 "tern.memds.ddl.alter_table",
                 "tern.storage.*.archive.>",

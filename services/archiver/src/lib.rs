@@ -64,6 +64,10 @@ pub struct Config {
     pub segment_age_ms: u64,
     /// How often each partition's replicas are asked for new log.
     pub poll_ms: u64,
+    /// A partition with nothing new is polled less and less often, down to once in this long (the
+    /// first write after an idle spell waits up to this long to be read, so it bounds the
+    /// archive's lag after idleness; DynamoDB's latest restorable time is minutes behind).
+    pub idle_poll_ms: u64,
     /// A partition's reference items are archived as a snapshot once this many bytes of log, and
     /// at least as many as the last snapshot held, were archived after it (0: only the snapshots
     /// that bridge gaps). Restores and reference rebuilds start from the newest usable snapshot,
@@ -99,6 +103,7 @@ impl Default for Config {
             segment_bytes: 4 * 1024 * 1024,
             segment_age_ms: 5_000,
             poll_ms: 200,
+            idle_poll_ms: 10_000,
             snapshot_bytes: 64 * 1024 * 1024,
             scrub_interval_ms: 10 * 60 * 1000,
             repair: true,
@@ -140,6 +145,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         segment_bytes: config.segment_bytes.max(1024),
         segment_age: Duration::from_millis(config.segment_age_ms.max(10)),
         poll: Duration::from_millis(config.poll_ms.max(10)),
+        idle_poll: Duration::from_millis(config.idle_poll_ms.max(config.poll_ms).max(10)),
         snapshot_bytes: config.snapshot_bytes,
         scrub_every: Duration::from_millis(config.scrub_interval_ms),
         repair: config.repair,
@@ -248,7 +254,9 @@ async fn discover_forever(ctx: Arc<partition::Ctx>, memds: MemdsClient, every: D
 async fn list_partitions(
     memds: &MemdsClient,
 ) -> anyhow::Result<(Vec<(String, tern_proto::memds::PartitionInfo)>, Vec<String>)> {
-    let mut names = Vec::new();
+    // One page of names, then their tables in one lookup: two requests per 100 tables, each
+    // round (not one per table).
+    let (mut out, mut restores) = (Vec::new(), Vec::new());
     let mut start = String::new();
     loop {
         let page = memds
@@ -257,25 +265,21 @@ async fn list_partitions(
                 limit: 100,
             })
             .await?;
-        names.extend(page.names);
+        if !page.names.is_empty() {
+            for t in memds.lookup_batch(page.names).await?.tables {
+                if t.status == TableStatus::Creating as i32 && t.restore.is_some() {
+                    restores.push(t.name.clone());
+                }
+                if t.status != TableStatus::Active as i32 {
+                    continue;
+                }
+                out.extend(t.partitions.iter().map(|p| (t.name.clone(), p.clone())));
+            }
+        }
         if page.last_evaluated.is_empty() {
             break;
         }
         start = page.last_evaluated;
-    }
-    let (mut out, mut restores) = (Vec::new(), Vec::new());
-    for name in names {
-        let Ok(reply) = memds.describe_table(&name).await else {
-            continue;
-        };
-        let Some(t) = reply.table else { continue };
-        if t.status == TableStatus::Creating as i32 && t.restore.is_some() {
-            restores.push(t.name.clone());
-        }
-        if t.status != TableStatus::Active as i32 {
-            continue;
-        }
-        out.extend(t.partitions.into_iter().map(|p| (t.name.clone(), p)));
     }
     Ok((out, restores))
 }

@@ -41,6 +41,7 @@ pub struct Ctx {
     pub segment_bytes: usize,
     pub segment_age: Duration,
     pub poll: Duration,
+    pub idle_poll: Duration,
     pub snapshot_bytes: u64,
     pub scrub_every: Duration,
     pub repair: bool,
@@ -151,12 +152,9 @@ struct Shipper {
     time_high: u64,
 }
 
-/// A partition idle this long between polls at most (the first write after an idle spell waits
-/// up to this long to be read): idle tables cost the replicas and the bus little.
-const IDLE_POLL: Duration = Duration::from_secs(2);
 /// The replicas are told the archive's reach again this often even without progress (a
 /// restarted replica forgot it and keeps its whole log until told).
-const MARK_AGAIN: Duration = Duration::from_secs(10);
+const MARK_AGAIN: Duration = Duration::from_secs(30);
 
 /// Ships the partition's log until the partition goes away.
 pub async fn ship_forever(ctx: Arc<Ctx>, part: Arc<Partition>) {
@@ -394,12 +392,16 @@ impl Shipper {
     }
 
     /// How long to wait before the next round: the poll interval while entries wait to be sealed
-    /// or came lately, doubling over idle rounds up to [`IDLE_POLL`].
+    /// or came lately, doubling over idle rounds up to `idle_poll`.
     fn pause(&self) -> Duration {
         if !self.pending.entries.is_empty() {
             return self.ctx.poll;
         }
-        (self.ctx.poll * 2u32.pow(self.idle_rounds.min(4))).min(IDLE_POLL.max(self.ctx.poll))
+        let mut pause = self.ctx.poll;
+        for _ in 0..self.idle_rounds.min(16) {
+            pause = (pause * 2).min(self.ctx.idle_poll);
+        }
+        pause.max(self.ctx.poll)
     }
 
     /// Uploads the pending entries as one segment, once, and reads it back.
@@ -678,9 +680,10 @@ impl Shipper {
 
 /// Scrubs the partition every `scrub_every` until it goes away.
 pub async fn scrub_forever(ctx: Arc<Ctx>, part: Arc<Partition>) {
-    // Partitions start their rounds spread over the interval.
+    // Partitions start their rounds spread over the interval (not all at once when many tables
+    // appear together, or when the archiver starts).
     let jitter = rand::random::<f64>() * ctx.scrub_every.as_secs_f64();
-    tokio::time::sleep(Duration::from_secs_f64(jitter.min(5.0))).await;
+    tokio::time::sleep(Duration::from_secs_f64(jitter)).await;
     while !part.stopped.load(Ordering::Acquire) {
         let result = match scrub_once(&ctx, &part).await {
             Ok(r) => r,

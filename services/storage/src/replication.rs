@@ -38,13 +38,17 @@ use crate::replica_store::ReplicaStore;
 use crate::store::Store;
 use crate::writer::{LogOp, StateOp, Writer};
 
-/// Logical tick of the engines.
-pub const TICK: Duration = Duration::from_millis(10);
+/// Logical tick of the engines: it drives timers only (elections, heartbeats, leases); writes and
+/// their acknowledgements go out as they happen. Every replica of a node is stepped on every
+/// tick, so idle tables cost in proportion to its rate.
+pub const TICK: Duration = Duration::from_millis(20);
 /// A follower that heard its leader refuses votes this long (in its own ticks, which never run
 /// faster than real time); elections start between this and `ELECTION_MAX` of silence.
 const ELECTION_MIN: Duration = Duration::from_millis(300);
 const ELECTION_MAX: Duration = Duration::from_millis(600);
-const HEARTBEAT: Duration = Duration::from_millis(50);
+/// Three heartbeats within the shortest election timeout, and the lease (250 ms) renewed twice
+/// over its length.
+const HEARTBEAT: Duration = Duration::from_millis(100);
 /// What the lease gives up for clocks that run at different rates on different machines.
 const DRIFT_MARGIN: Duration = Duration::from_millis(50);
 /// How long after the send of an append a quorum acknowledged the leader may serve consistent
