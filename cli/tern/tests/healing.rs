@@ -121,8 +121,12 @@ async fn a_lost_replica_is_replaced_in_its_zone() {
     let env = [
         ("TERN_STORAGE_REPLACE_AFTER_MS", "1500"),
         ("TERN_MEMDS_STRAY_GRACE_MS", "1000"),
-        // Small logs: the new log replica starts from a snapshot's log position.
+        // Small logs: the new log replica starts from a snapshot's log position. The archive
+        // gate keeps what the archive lacks, so segments are sealed quickly: with the default
+        // age (5 s) nothing is archived before the kill, the leader keeps its whole log (up to
+        // four times the limit) and the log replica may catch up from the log instead.
         ("TERN_STORAGE_COMPACT_AFTER", "200"),
+        ("TERN_ARCHIVER_SEGMENT_AGE_MS", "200"),
     ];
     let (mut cluster, c) = start_with_table(spec, &env).await;
 
