@@ -93,6 +93,7 @@ fn writer_loop(
     metrics: Option<FsyncMetrics>,
 ) -> u64 {
     let mut synced = 0u64;
+    let mut ends = LogEnds::default();
     let mut logs = Vec::new();
     let mut states = Vec::new();
     while let Some(msg) = rx.blocking_recv() {
@@ -114,6 +115,7 @@ fn writer_loop(
             let ops = logs.len() + states.len();
             commit_batch(
                 &store,
+                &mut ends,
                 Batch {
                     logs: std::mem::take(&mut logs),
                     states: std::mem::take(&mut states),
@@ -139,12 +141,21 @@ struct Batch {
     states: Vec<StateOp>,
 }
 
-fn commit_batch(store: &Store, work: Batch) {
+/// For every partition this thread has written log entries of: no entry of its log is above
+/// this index. Only this thread inserts log entries (others only remove them: compaction, a
+/// cleared replica), so the bound stays true, and an append starting above it truncates
+/// nothing: it skips reading the log's tail, which was the costliest part of an append (a
+/// range over the memtables and every table of `raft_log`). A partition not yet in the map
+/// (after a restart) is read once.
+#[derive(Default)]
+struct LogEnds(HashMap<u64, u64>);
+
+fn commit_batch(store: &Store, ends: &mut LogEnds, work: Batch) {
     let mut batch = store.batch();
     let mut done = Vec::new();
     let mut staged_logs = HashMap::new();
     for log in work.logs {
-        stage_log(store, &mut batch, &mut staged_logs, &log)
+        stage_log(store, &mut batch, ends, &mut staged_logs, &log)
             .unwrap_or_else(|e| fatal("stage log entries", e));
         done.push(log.done);
     }
@@ -164,18 +175,24 @@ fn commit_batch(store: &Store, work: Batch) {
 }
 
 /// Adds a group's log entries to the batch, removing any entries at or after `from`: those on
-/// disk, and those an earlier op of this batch staged (`staged`: partition → last index staged).
+/// disk (unless `ends` shows there are none), and those an earlier op of this batch staged
+/// (`staged`: partition → last index staged).
 fn stage_log(
     store: &Store,
     batch: &mut fjall::OwnedWriteBatch,
+    ends: &mut LogEnds,
     staged: &mut HashMap<u64, u64>,
     log: &LogOp,
 ) -> fjall::Result<()> {
     let pid = log.partition_id;
-    let from = crate::store::log_key(pid, log.from);
-    let to = crate::store::log_key(pid, u64::MAX);
-    for kv in store.raft_log().range(from..=to) {
-        batch.remove(store.raft_log(), kv.key()?);
+    let truncates = ends.0.get(&pid).is_none_or(|end| log.from <= *end);
+    if truncates {
+        let from = crate::store::log_key(pid, log.from);
+        let to = crate::store::log_key(pid, u64::MAX);
+        for kv in store.raft_log().range(from..=to) {
+            batch.remove(store.raft_log(), kv.key()?);
+        }
+        ends.0.insert(pid, log.from.saturating_sub(1));
     }
     if let Some(last) = staged.remove(&pid) {
         // NOTE: within one batch the last write of a key wins, so these removals undo the
@@ -193,6 +210,7 @@ fn stage_log(
     }
     if let Some((last, _)) = log.entries.last() {
         staged.insert(pid, *last);
+        ends.0.insert(pid, *last);
     }
     Ok(())
 }
@@ -272,8 +290,10 @@ mod tests {
         let (_dir, store) = store();
         let done = Arc::new(AtomicUsize::new(0));
         let on_disk = log(7, 1, &[(1, "a"), (2, "b")], done.clone());
+        let mut ends = LogEnds::default();
         commit_batch(
             &store,
+            &mut ends,
             Batch {
                 logs: vec![on_disk],
                 ..Default::default()
@@ -287,6 +307,7 @@ mod tests {
         ];
         commit_batch(
             &store,
+            &mut ends,
             Batch {
                 logs,
                 ..Default::default()
@@ -301,6 +322,50 @@ mod tests {
             done.load(Ordering::SeqCst),
             4,
             "every op hears it is durable"
+        );
+    }
+
+    fn commit(store: &Store, ends: &mut LogEnds, op: LogOp) {
+        commit_batch(
+            store,
+            ends,
+            Batch {
+                logs: vec![op],
+                ..Default::default()
+            },
+        );
+    }
+
+    #[test]
+    fn an_append_truncates_the_log_on_disk_also_after_a_restart() {
+        let (_dir, store) = store();
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut ends = LogEnds::default();
+        commit(
+            &store,
+            &mut ends,
+            log(3, 1, &[(1, "a"), (2, "b"), (3, "c")], done.clone()),
+        );
+        // Appends after the end skip reading the log; one inside it replaces its tail.
+        commit(&store, &mut ends, log(3, 4, &[(4, "d")], done.clone()));
+        commit(&store, &mut ends, log(3, 3, &[(3, "C")], done.clone()));
+        assert_eq!(
+            log_on_disk(&store, 3),
+            vec![(1, "a".into()), (2, "b".into()), (3, "C".into())]
+        );
+        // An append with no entries truncates too, and lowers the bound.
+        commit(&store, &mut ends, log(3, 3, &[], done.clone()));
+        commit(&store, &mut ends, log(3, 3, &[(3, "x")], done.clone()));
+        assert_eq!(
+            log_on_disk(&store, 3),
+            vec![(1, "a".into()), (2, "b".into()), (3, "x".into())]
+        );
+        // A restarted writer knows nothing of the log and reads it on its first append.
+        let mut fresh = LogEnds::default();
+        commit(&store, &mut fresh, log(3, 2, &[(2, "B")], done.clone()));
+        assert_eq!(
+            log_on_disk(&store, 3),
+            vec![(1, "a".into()), (2, "B".into())]
         );
     }
 }
