@@ -150,23 +150,7 @@ impl Reference {
         after: &[u8],
         limit: usize,
     ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let snap = self.store.snapshot();
-        let start = item_key(pid, after);
-        let mut out = Vec::new();
-        for kv in snap.range(self.store.items(), start.clone()..) {
-            let (k, v) = kv.into_inner()?;
-            if !k.starts_with(&pid.to_be_bytes()) {
-                break;
-            }
-            if !after.is_empty() && k.as_ref() == start.as_slice() {
-                continue;
-            }
-            out.push((k[8..].to_vec(), v.to_vec()));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        self.items_after(pid, after, limit, usize::MAX)
     }
 
     /// The partition's items after `after` in storage-key order (keys without the partition
@@ -175,6 +159,17 @@ impl Reference {
         &self,
         pid: u64,
         after: &[u8],
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.items_after(pid, after, usize::MAX, max_bytes)
+    }
+
+    /// Items after `after` until `limit` of them or at least `max_bytes` of keys and values.
+    fn items_after(
+        &self,
+        pid: u64,
+        after: &[u8],
+        limit: usize,
         max_bytes: usize,
     ) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let snap = self.store.snapshot();
@@ -191,7 +186,7 @@ impl Reference {
             }
             bytes += k.len() - 8 + v.len();
             out.push((k[8..].to_vec(), v.to_vec()));
-            if bytes >= max_bytes {
+            if out.len() >= limit || bytes >= max_bytes {
                 break;
             }
         }
