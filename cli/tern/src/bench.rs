@@ -184,6 +184,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.item_size,
                 args.keys as f64 / secs
             );
+            // The next phase measures the table, not the archiver shipping this load's log.
+            if let Some(base) = cluster
+                .as_ref()
+                .filter(|_| !args.no_archive)
+                .and_then(|c| c.metrics_base("archiver"))
+            {
+                let waited = Instant::now();
+                let left = archive_caught_up(&base, args.keys, Duration::from_secs(600)).await;
+                println!(
+                    "{:>15}: {left:.0} entries left to archive after {:.1} s",
+                    "archive",
+                    waited.elapsed().as_secs_f64()
+                );
+            }
             continue;
         }
         if op == "idle" {
@@ -200,8 +214,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .and_then(|c| c.metrics_base("archiver"));
         let seen = std::sync::Arc::new(std::sync::Mutex::new(ArchiveSeen::default()));
         let sampler = archiver.map(|base| tokio::spawn(sample_archive(base, seen.clone())));
-        let (report, _) = phase(&client, &endpoint, &table, op, &args).await?;
+        let mut pids = cluster.as_mut().map(process_ids).unwrap_or_default();
+        pids.push(("the bench's load".into(), std::process::id()));
+        let before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+        let started = Instant::now();
+        let (report, rate) = phase(&client, &endpoint, &table, op, &args).await?;
+        let ops = rate * started.elapsed().as_secs_f64();
         println!("{report}");
+        if ops > 0.0 {
+            let (total, parts) = cpu_spent(&pids, &before, 1e6 / ops);
+            println!(
+                "  CPU per {op}: {total:.0} µs in all: {}",
+                parts
+                    .iter()
+                    .map(|(us, n)| format!("{n} {us:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         if let Some(s) = sampler {
             s.abort();
             let seen = seen.lock().map(|s| *s).unwrap_or_default();
@@ -388,6 +418,41 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Every process of the cluster (services and nats-server), by name.
+fn process_ids(cluster: &mut Cluster) -> Vec<(String, u32)> {
+    let mut pids: Vec<(String, u32)> = Vec::new();
+    for name in cluster.service_names() {
+        if let Ok(Some(pid)) = cluster.pid(&name) {
+            pids.push((name, pid));
+        }
+    }
+    if let Some(pid) = cluster.nats_pid() {
+        pids.push(("nats-server".into(), pid));
+    }
+    pids
+}
+
+/// CPU time (user and system) each process spent since `before` (readings of [`cpu_seconds`]),
+/// times `factor`, largest first, and their sum: `factor` turns seconds into microseconds per
+/// request or into a share of one core.
+fn cpu_spent(
+    pids: &[(String, u32)],
+    before: &[Option<f64>],
+    factor: f64,
+) -> (f64, Vec<(f64, String)>) {
+    let mut total = 0.0;
+    let mut parts = Vec::new();
+    for ((name, pid), b) in pids.iter().zip(before) {
+        if let (Some(b), Some(a)) = (b, cpu_seconds(*pid)) {
+            let v = (a - b) * factor;
+            total += v;
+            parts.push((v, name.clone()));
+        }
+    }
+    parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    (total, parts)
+}
+
 /// Creates `idle_tables` tables, lets the cluster settle, then measures every process's CPU over
 /// `idle_seconds` with no request sent: what tables cost while nobody uses them (ticks,
 /// heartbeats, archiving polls, metadata refreshes).
@@ -411,29 +476,12 @@ async fn idle(
         started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let mut pids: Vec<(String, u32)> = Vec::new();
-    for name in cluster.service_names() {
-        if let Ok(Some(pid)) = cluster.pid(&name) {
-            pids.push((name, pid));
-        }
-    }
-    if let Some(pid) = cluster.nats_pid() {
-        pids.push(("nats-server".into(), pid));
-    }
+    let pids = process_ids(cluster);
     let before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds)).await;
     let secs = t0.elapsed().as_secs_f64();
-    let mut total = 0.0;
-    let mut parts = Vec::new();
-    for ((name, pid), b) in pids.iter().zip(before) {
-        if let (Some(b), Some(a)) = (b, cpu_seconds(*pid)) {
-            let share = (a - b) / secs * 100.0;
-            total += share;
-            parts.push((share, name.clone()));
-        }
-    }
-    parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (total, parts) = cpu_spent(&pids, &before, 100.0 / secs);
     println!(
         "{:>15}: {} idle tables (and the bench's own): {total:.1}% of one core in all over {secs:.0} s: {}",
         "idle",
@@ -870,6 +918,35 @@ async fn open_loop_step(
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         failed: failed.load(Ordering::Relaxed),
     })
+}
+
+/// Waits until the archiver has shipped the load's `entries` writes (archived log positions summed
+/// over partitions reach them, and no committed entry waits) or `limit` passed; returns the
+/// entries still to archive.
+async fn archive_caught_up(base: &str, entries: u64, limit: Duration) -> f64 {
+    let started = Instant::now();
+    loop {
+        let (archived, backlog) = match get_text(&format!("{base}/metrics")).await {
+            Ok(text) => {
+                let sum = |name| {
+                    metric_samples(&text, name)
+                        .iter()
+                        .map(|(_, v)| v)
+                        .sum::<f64>()
+                };
+                (
+                    sum("tern_archiver_archived_index"),
+                    sum("tern_archiver_backlog_entries"),
+                )
+            }
+            Err(_) => (0.0, f64::NAN),
+        };
+        let left = (entries as f64 - archived).max(backlog);
+        if left <= 0.0 || started.elapsed() > limit {
+            return left.max(0.0);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// What the archiver's metrics showed while a phase ran: the largest lag and backlog summed over
