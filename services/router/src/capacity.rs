@@ -351,6 +351,50 @@ impl Capacity {
         Some(c)
     }
 
+    /// A GAC instance's heartbeat: the instance is known from now on, and a new on-demand
+    /// table starts at twice the initial peak it announces. A table this router began admitting
+    /// before it heard that (its first requests came before the first heartbeat) and that has
+    /// had no grant yet moves to the announced start too: it would otherwise stay at DynamoDB's
+    /// default start until a grant, whatever GAC is configured with.
+    fn heard_gac(&self, hb: GacHeartbeat) {
+        let (r, w) = (
+            hb.on_demand_initial_read_units,
+            hb.on_demand_initial_write_units,
+        );
+        if r.is_finite() && r > 0.0 && w.is_finite() && w > 0.0 {
+            let start = (2.0 * r.min(1e12), 2.0 * w.min(1e12));
+            let before = std::mem::replace(&mut *self.on_demand_start.lock(), start);
+            if before != start {
+                let now = Instant::now();
+                for t in self.tables.read().values() {
+                    let mut st = t.state.lock();
+                    if !st.on_demand
+                        || st.read.granted_at.is_some()
+                        || st.write.granted_at.is_some()
+                    {
+                        continue;
+                    }
+                    st.table_rates = start;
+                    let (rf, wf) = st.floors();
+                    let settings = &self.settings;
+                    let st = &mut *st;
+                    for (b, floor) in [(&mut st.read, rf), (&mut st.write, wf)] {
+                        b.refill(now, settings);
+                        b.floor = floor;
+                        b.granted = floor;
+                        b.tokens = b.tokens.max((floor / 10.0).max(1.0));
+                    }
+                }
+            }
+        }
+        if subjects::is_valid_token(&hb.instance) {
+            let mut gacs = self.gacs.lock();
+            if gacs.len() < 1024 || gacs.contains_key(&hb.instance) {
+                gacs.insert(hb.instance, Instant::now());
+            }
+        }
+    }
+
     /// Listens for GAC instances and reports to them until the bus closes.
     pub async fn run(self: Arc<Self>, bus: Bus) -> anyhow::Result<()> {
         if !self.settings.enabled {
@@ -358,19 +402,7 @@ impl Capacity {
         }
         let me = self.clone();
         bus.consume(subjects::GAC_HEARTBEAT, move |hb: GacHeartbeat| {
-            let (r, w) = (
-                hb.on_demand_initial_read_units,
-                hb.on_demand_initial_write_units,
-            );
-            if r.is_finite() && r > 0.0 && w.is_finite() && w > 0.0 {
-                *me.on_demand_start.lock() = (2.0 * r.min(1e12), 2.0 * w.min(1e12));
-            }
-            if subjects::is_valid_token(&hb.instance) {
-                let mut gacs = me.gacs.lock();
-                if gacs.len() < 1024 || gacs.contains_key(&hb.instance) {
-                    gacs.insert(hb.instance, Instant::now());
-                }
-            }
+            me.heard_gac(hb)
         })
         .await?;
         let bus = bus.with_timeout(self.settings.report.min(Duration::from_millis(500)));
@@ -638,6 +670,38 @@ mod tests {
             last = r;
         }
         assert!((last - 50.0).abs() < 0.01, "{last}");
+    }
+
+    /// A table first used before the router heard GAC starts at DynamoDB's default (4,000
+    /// write units a second: a 390 KB put every ~0.1 s); the heartbeat announcing a higher
+    /// initial peak raises it before any grant, as if the table had been first used after.
+    #[test]
+    fn a_table_used_before_the_first_heartbeat_takes_the_announced_start() {
+        let registry = tern_telemetry::metrics::Metrics::new();
+        let c = Capacity::new(settings(), "router-test", &registry);
+        let t = TableInfo {
+            name: "big".into(),
+            table_id: "big-1".into(),
+            billing_mode: "PAY_PER_REQUEST".into(),
+            ..Default::default()
+        };
+        let admitted = |n: usize| {
+            (0..n)
+                .filter(|_| c.admit(&t, Kind::Write, 390.0).is_ok())
+                .count()
+        };
+        assert!(
+            admitted(20) < 5,
+            "DynamoDB's start admits a put or two at once"
+        );
+        c.heard_gac(GacHeartbeat {
+            instance: "gac-1".into(),
+            on_demand_initial_read_units: 30_000_000.0,
+            on_demand_initial_write_units: 10_000_000.0,
+        });
+        assert_eq!(admitted(20), 20, "the announced start admits them all");
+        let st = c.tables.read()["big-1"].state.lock().table_rates;
+        assert_eq!(st, (60_000_000.0, 20_000_000.0));
     }
 
     #[test]
