@@ -710,9 +710,26 @@ async fn scrubbed_cluster(env: &[(String, String)]) -> (TestCluster, PartitionIn
 /// only it, rebuilds it from a good one, and the next round finds the three equal.
 #[tokio::test(flavor = "multi_thread")]
 async fn scrub_reports_and_repairs_a_replica_changed_behind_the_engines_back() {
+    changed_replica_is_found_and_repaired(true).await;
+}
+
+/// The same with the reference left out of the verdict: the comparison of the three live
+/// replicas with each other alone finds the changed one (the majority agrees).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_replicas_alone_find_one_that_diverged() {
+    changed_replica_is_found_and_repaired(false).await;
+}
+
+async fn changed_replica_is_found_and_repaired(with_reference: bool) {
     let env = archive_env(
         &Store::Local,
-        &[("TERN_ARCHIVER_SCRUB_INTERVAL_MS", "1000")],
+        &[
+            ("TERN_ARCHIVER_SCRUB_INTERVAL_MS", "1000"),
+            (
+                "TERN_ARCHIVER_SCRUB_REFERENCE",
+                if with_reference { "true" } else { "false" },
+            ),
+        ],
     );
     let (mut tc, p, followers) = scrubbed_cluster(&env).await;
     let bad = followers[0].clone();
@@ -736,6 +753,16 @@ async fn scrub_reports_and_repairs_a_replica_changed_behind_the_engines_back() {
     let all = sum_of(&m, "tern_archiver_scrub_mismatches_total", "");
     let this = sum_of(&m, "tern_archiver_scrub_mismatches_total", &node);
     assert_eq!(all, this, "scrub blamed a replica that was right");
+    // The reference's size is recorded only by rounds that had it.
+    let reference_bytes = sum_of(&m, "tern_archiver_scrub_last_bytes", "");
+    if with_reference {
+        assert!(
+            reference_bytes > 0.0,
+            "no round compared with the reference"
+        );
+    } else {
+        assert_eq!(reference_bytes, 0.0, "a round used the reference");
+    }
     wait_metric(
         &tc,
         "tern_archiver_repairs_total",

@@ -77,6 +77,10 @@ pub struct Config {
     pub scrub_interval_ms: u64,
     /// Rebuild a replica that scrub found wrong from a good one.
     pub repair: bool,
+    /// Scrub compares the replicas with the reference rebuilt from the archive as well as with
+    /// each other; false: with each other only (the majority decides), for an archive that is
+    /// known to be incomplete, and to test the comparison of the replicas alone.
+    pub scrub_reference: bool,
     /// How often the tables and their partitions are listed from MemDS.
     pub discover_ms: u64,
 }
@@ -107,6 +111,7 @@ impl Default for Config {
             snapshot_bytes: 64 * 1024 * 1024,
             scrub_interval_ms: 10 * 60 * 1000,
             repair: true,
+            scrub_reference: true,
             discover_ms: 2_000,
         }
     }
@@ -149,6 +154,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         snapshot_bytes: config.snapshot_bytes,
         scrub_every: Duration::from_millis(config.scrub_interval_ms),
         repair: config.repair,
+        scrub_reference: config.scrub_reference,
         restore_dir: config.data_dir.join("restore"),
     });
     let memds = MemdsClient::new(bus.clone());

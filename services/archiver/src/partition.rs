@@ -45,6 +45,8 @@ pub struct Ctx {
     pub snapshot_bytes: u64,
     pub scrub_every: Duration,
     pub repair: bool,
+    /// Judge replicas against the reference too (else against each other only).
+    pub scrub_reference: bool,
     /// Where restores rebuild partitions (one fjall database per restore, removed after).
     pub restore_dir: std::path::PathBuf,
 }
@@ -741,6 +743,9 @@ pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static 
     // The reference reaches the marker once the segment holding it is sealed.
     let ref_deadline = Instant::now() + ctx.segment_age + Duration::from_secs(30);
     let reference = loop {
+        if !ctx.scrub_reference {
+            break None;
+        }
         if let Some(c) = part.marks.lock().get(&index).copied() {
             break Some(c);
         }
@@ -793,7 +798,7 @@ pub async fn scrub_once(ctx: &Ctx, part: &Partition) -> anyhow::Result<&'static 
         node: node.to_string(),
     };
     let verdict = judge(&sums, reference);
-    let incomplete = sums.len() < nodes.len() || reference.is_none();
+    let incomplete = sums.len() < nodes.len() || (ctx.scrub_reference && reference.is_none());
     match &verdict {
         Verdict::Agree => {
             for (node, _) in &sums {
