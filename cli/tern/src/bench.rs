@@ -309,11 +309,15 @@ async fn pages(
         let mut start: Option<serde_json::Value> = None;
         let mut items = 0u64;
         loop {
+            // Strongly consistent (from the leaders): an eventually consistent page may come
+            // from a replica that has not applied the load's last writes yet, and the count of
+            // items read would then fall short of the load (seen: a Scan of 2,990 of 3,000).
             let mut body = if query {
                 json!({"TableName": table, "KeyConditionExpression": "pk = :q",
-                       "ExpressionAttributeValues": {":q": {"S": "q"}}, "Limit": args.page_limit})
+                       "ExpressionAttributeValues": {":q": {"S": "q"}}, "Limit": args.page_limit,
+                       "ConsistentRead": true})
             } else {
-                json!({"TableName": table, "Limit": args.page_limit})
+                json!({"TableName": table, "Limit": args.page_limit, "ConsistentRead": true})
             };
             if let Some(k) = start.take() {
                 body["ExclusiveStartKey"] = k;
