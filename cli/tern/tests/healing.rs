@@ -363,12 +363,18 @@ async fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
     let caught_up = back_at.elapsed();
     let sent = metric_sum(&cluster, &others, "tern_storage_snapshots_sent_total").await;
     assert!(sent >= 1.0, "the leader sent no snapshot");
+    // The leader learns where the replica stands from the install's acknowledgement (a replica
+    // restarted while its leader compacted past it hears nothing else from it): its lag falls
+    // to zero. Left at its old place, the leader would ask for a snapshot again and again, and
+    // the replica would hold only what the last one held.
+    wait_lag_zero(&cluster, &others, &behind, "after the install").await;
     // Writes go on after the snapshot; then the replica restarts from its compacted log.
     let failed = failed + run_writers(2, 1).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_lag_zero(&cluster, &others, &behind, "after the writes").await;
     cluster.kill(&behind).unwrap();
     cluster.restart(&behind).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2000)).await;
+    wait_lag_zero(&cluster, &others, &behind, "after its restart").await;
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     println!(
         "catch-up: {missed} puts while {behind} was down, {compactions} compactions; snapshot \
@@ -388,6 +394,41 @@ async fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
         acked.len(),
         &missing[..missing.len().min(5)]
     );
+}
+
+/// The replication lag the leader among `nodes` reports for its follower on `peer`, if one does.
+async fn lag_of(cluster: &Cluster, nodes: &[&str], peer: &str) -> Option<f64> {
+    let label = format!("peer=\"{peer}\"");
+    let mut lag = None;
+    for (node, u) in cluster.storage_metrics() {
+        if !nodes.contains(&node.as_str()) {
+            continue;
+        }
+        let (_, text) = raw_get(u.trim_end_matches("/metrics"), "/metrics").await;
+        for line in text.lines() {
+            if line.starts_with("tern_storage_replication_lag_entries{") && line.contains(&label) {
+                let v: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok())?;
+                lag = Some(lag.unwrap_or(0.0) + v);
+            }
+        }
+    }
+    lag
+}
+
+/// Waits (10 s at most) until the leader among `nodes` reports no lag for `peer`.
+async fn wait_lag_zero(cluster: &Cluster, nodes: &[&str], peer: &str, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lag = lag_of(cluster, nodes, peer).await;
+        if lag == Some(0.0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{when}: the leader still counts {peer} {lag:?} entries behind after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn futures_block(cluster: &Cluster) -> PartitionInfo {

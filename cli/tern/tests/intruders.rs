@@ -98,6 +98,7 @@ async fn messages_from_outside_the_group_are_ignored() {
                 install: false,
                 index: 0,
                 leader_member,
+                leader_term: 0,
                 repair: false,
             },
         )

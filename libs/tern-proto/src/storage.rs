@@ -203,6 +203,11 @@ pub struct RebuildRequest {
     /// refuses; its items are repaired once another replica leads).
     #[prost(bool, tag = "6")]
     pub repair: bool,
+    /// The asking leader's term (0: no leader asked). The installed replica takes it as word from
+    /// that leader and acknowledges the snapshot's index to it: a replica restarted while its
+    /// leader compacted past it hears nothing else from the leader.
+    #[prost(uint64, tag = "7")]
+    pub leader_term: u64,
 }
 
 /// One chunk of a partition snapshot. The first request has `session` 0 and opens a consistent

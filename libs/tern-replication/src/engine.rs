@@ -330,7 +330,9 @@ impl Engine {
                     self.start_pre_vote();
                 }
             }
-            Event::SnapshotInstalled { from, meta } => self.snapshot_installed(from, meta),
+            Event::SnapshotInstalled { from, term, meta } => {
+                self.snapshot_installed(from, term, meta)
+            }
         }
         self.evict();
         std::mem::take(&mut self.out)
@@ -1115,7 +1117,7 @@ impl Engine {
         self.apply();
     }
 
-    fn snapshot_installed(&mut self, from: NodeId, meta: SnapshotMeta) {
+    fn snapshot_installed(&mut self, from: NodeId, term: Term, meta: SnapshotMeta) {
         if meta.index > self.commit {
             let index = meta.index;
             if self.term_at(index) == Some(meta.term) {
@@ -1135,15 +1137,34 @@ impl Engine {
             self.applied = index;
             self.pending_ack = None;
         }
-        if self.role == Role::Follower && self.leader == Some(from) {
+        if term == 0 || from == self.cfg.id || !self.membership.contains(from) || term >= MAX_TERM {
+            return;
+        }
+        if term < self.hs.term {
+            // Asked by a leader since deposed: it hears the newer term, not a success to count.
             let msg = Message::AppendResponse {
                 term: self.hs.term,
-                success: true,
-                index: self.commit.min(self.persisted),
+                success: false,
+                index: 0,
                 sent_at: 0,
             };
-            self.send(from, msg);
+            return self.send(from, msg);
         }
+        // The leader of `term` asked: as good as an append from it (a replica restarted while
+        // its leader compacted past it hears nothing else from it until this acknowledgement).
+        if term > self.hs.term || self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.heard_leader_at = Some(self.now);
+        self.reset_election_deadline();
+        // NOTE: no send time: a snapshot says nothing about the leader's lease.
+        let msg = Message::AppendResponse {
+            term: self.hs.term,
+            success: true,
+            index: self.commit.min(self.persisted),
+            sent_at: 0,
+        };
+        self.send(from, msg);
     }
 
     fn persisted(&mut self, index: Index, term: Term) {

@@ -177,11 +177,15 @@ pub enum Event {
     /// Stand for election now instead of waiting for the timeout (e.g. the designated first
     /// leader of a new group). Safe at any time: it is an election timeout firing early.
     Campaign,
-    /// The runtime installed (durably) a snapshot sent by `from`, the leader: the state machine
-    /// now reflects the log up to `meta.index`. Only committed state is ever snapshotted, so this
-    /// is safe whatever the term; a snapshot older than the commit index is ignored.
+    /// The runtime installed (durably) a snapshot: the state machine now reflects the log up to
+    /// `meta.index`. Only committed state is ever snapshotted, so this is safe whatever the term;
+    /// a snapshot older than the commit index is ignored. `from` is the leader that asked for it
+    /// in `term` (0: no leader asked, as for a rebuild of the replica's own accord); it hears the
+    /// acknowledgement, which a replica that never heard it otherwise (restarted while its leader
+    /// compacted past it: such a leader sends it snapshot requests only) would never send.
     SnapshotInstalled {
         from: NodeId,
+        term: Term,
         meta: SnapshotMeta,
     },
 }

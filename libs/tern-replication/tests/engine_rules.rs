@@ -498,7 +498,11 @@ fn an_installed_snapshot_replaces_a_conflicting_log_and_keeps_a_matching_one() {
             membership: full3(),
             max_member_id: 3,
         };
-        let out = e.step(Event::SnapshotInstalled { from: 1, meta });
+        let out = e.step(Event::SnapshotInstalled {
+            from: 1,
+            term: 2,
+            meta,
+        });
         assert!(sends(&out).iter().any(|(to, m)| *to == 1
             && matches!(
                 m,
@@ -912,4 +916,176 @@ fn the_log_keeps_command_bytes_in_memory_up_to_its_limit() {
         },
     });
     assert_eq!(e.last_index(), 6, "{out:?}");
+}
+
+/// The leader of `elect_one` with its log compacted to 4 and node 3 never heard from: its
+/// heartbeats to 3 are snapshot requests only, with no append among them.
+fn leader_needing_a_snapshot_for_3() -> Engine {
+    let mut e = elect_one();
+    e.step(Event::Persisted { index: 1, term: 1 });
+    for i in 0..3 {
+        e.step(Event::Propose {
+            id: i,
+            payload: Payload::Command(vec![i as u8]),
+        });
+    }
+    e.step(Event::Persisted { index: 4, term: 1 });
+    e.step(Event::Message {
+        from: 2,
+        msg: Message::AppendResponse {
+            term: 1,
+            success: true,
+            index: 4,
+            sent_at: 1,
+        },
+    });
+    assert_eq!(e.compact(10).map(|m| m.index), Some(4));
+    // Heartbeats for a while (within the check-quorum timeout: 2 acknowledged at tick 1).
+    let mut asked = false;
+    for _ in 0..8 {
+        let out = e.step(Event::Tick);
+        assert!(
+            !sends(&out).iter().any(|(to, _)| *to == 3),
+            "a message went to 3: {out:?}"
+        );
+        asked |= out.contains(&Command::SendSnapshot { to: 3, index: 4 });
+    }
+    assert_eq!(e.role(), Role::Leader);
+    assert!(asked, "no snapshot was asked for");
+    e
+}
+
+#[test]
+fn a_follower_that_never_heard_its_leader_acknowledges_the_snapshot_it_was_sent() {
+    // Node 3 restarted (no leader known, at the leader's term or an older one) while its leader's
+    // log was compacted past it: the leader asks for an install and sends it nothing else, so
+    // the install's acknowledgement is the only way the leader learns where 3 stands. Without it
+    // the leader asks again for ever, and 3 holds only what each snapshot held.
+    for own_term in [1, 0] {
+        let mut leader = leader_needing_a_snapshot_for_3();
+        let hs = HardState {
+            term: own_term,
+            voted_for: None,
+        };
+        let snap = SnapshotMeta {
+            index: 0,
+            term: 0,
+            membership: full3(),
+            max_member_id: 3,
+        };
+        let mut f = Engine::restore(Config::new(3, 7), hs, snap, Vec::new(), 0);
+        assert_eq!(f.leader(), None);
+        let out = f.step(Event::SnapshotInstalled {
+            from: 1,
+            term: 1,
+            meta: leader.snapshot().clone(),
+        });
+        assert_eq!((f.term(), f.leader()), (1, Some(1)), "own term {own_term}");
+        if own_term == 0 {
+            assert!(
+                out.contains(&Command::PersistHardState(HardState {
+                    term: 1,
+                    voted_for: None
+                })),
+                "the newer term is made durable: {out:?}"
+            );
+        }
+        let ack = sends(&out)
+            .into_iter()
+            .find(|(to, m)| *to == 1 && matches!(m, Message::AppendResponse { .. }))
+            .unwrap_or_else(|| panic!("no acknowledgement to the leader: {out:?}"));
+        assert_eq!(
+            ack.1,
+            Message::AppendResponse {
+                term: 1,
+                success: true,
+                index: 4,
+                sent_at: 0
+            }
+        );
+        leader.step(Event::Message {
+            from: 3,
+            msg: ack.1,
+        });
+        assert_eq!(leader.peer_progress(3).map(|p| p.0), Some(4));
+        let out = leader.step(Event::Propose {
+            id: 9,
+            payload: Payload::Command(b"next".to_vec()),
+        });
+        assert!(
+            sends(&out).iter().any(|(to, m)| *to == 3
+                && matches!(
+                    m,
+                    Message::Append {
+                        prev_index: 4,
+                        prev_term: 1,
+                        ..
+                    }
+                )),
+            "3 gets appends again: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn an_install_no_leader_asked_for_acknowledges_nobody() {
+    // A rebuild of a replica's own accord (term 0: no leader asked) takes the snapshot but tells
+    // no one and changes no term.
+    let mut f = engine(3, full3());
+    let meta = SnapshotMeta {
+        index: 4,
+        term: 1,
+        membership: full3(),
+        max_member_id: 3,
+    };
+    let out = f.step(Event::SnapshotInstalled {
+        from: 1,
+        term: 0,
+        meta,
+    });
+    assert!(sends(&out).is_empty(), "{out:?}");
+    assert_eq!((f.term(), f.leader(), f.commit_index()), (0, None, 4));
+}
+
+#[test]
+fn an_install_asked_by_a_deposed_leader_does_not_take_its_term() {
+    let mut f = Engine::restore(
+        Config::new(3, 7),
+        HardState {
+            term: 5,
+            voted_for: None,
+        },
+        SnapshotMeta {
+            index: 0,
+            term: 0,
+            membership: full3(),
+            max_member_id: 3,
+        },
+        Vec::new(),
+        0,
+    );
+    let meta = SnapshotMeta {
+        index: 4,
+        term: 1,
+        membership: full3(),
+        max_member_id: 3,
+    };
+    let out = f.step(Event::SnapshotInstalled {
+        from: 1,
+        term: 2,
+        meta,
+    });
+    assert_eq!((f.term(), f.leader()), (5, None));
+    // The old leader hears the newer term (and steps down) rather than a success it could count.
+    assert!(
+        sends(&out).iter().all(|(_, m)| matches!(
+            m,
+            Message::AppendResponse {
+                term: 5,
+                success: false,
+                ..
+            }
+        )),
+        "{out:?}"
+    );
 }

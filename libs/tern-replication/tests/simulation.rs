@@ -141,6 +141,8 @@ enum Write {
     /// A snapshot received from `from`, installed (durably) before the engine hears of it.
     Install {
         from: NodeId,
+        /// The leader's term when it asked.
+        term: Term,
         meta: SnapshotMeta,
         sm: StateMachine,
     },
@@ -196,7 +198,7 @@ struct Sim {
     initial: Membership,
     network: Vec<(u64, NodeId, NodeId, Message)>,
     /// Snapshots in flight: (due, from, to, metadata, state machine).
-    snapshots: Vec<(u64, NodeId, NodeId, SnapshotMeta, StateMachine)>,
+    snapshots: Vec<(u64, NodeId, NodeId, Term, SnapshotMeta, StateMachine)>,
     /// Snapshots installed, log compactions, pauses, cuts and reads refused for an expired
     /// lease, for the report.
     installs: usize,
@@ -422,11 +424,13 @@ impl Sim {
                     ));
                 }
                 let sm = node.sm.clone();
+                let term = engine.term();
                 if self.faults && (self.rng.chance(5) || self.cut(id, to)) {
                     return;
                 }
                 let delay = 1 + self.rng.below(if self.faults { 10 } else { 3 });
-                self.snapshots.push((self.now + delay, id, to, meta, sm));
+                self.snapshots
+                    .push((self.now + delay, id, to, term, meta, sm));
             }
             Command::Apply(entries) => self.apply(id, entries),
             Command::Proposed { id: op, result } => {
@@ -613,7 +617,7 @@ impl Sim {
             .snapshots
             .extract_if(.., |s| s.0 <= now && running.contains(&s.2))
             .collect();
-        for (_, from, to, meta, sm) in due {
+        for (_, from, to, term, meta, sm) in due {
             if let Some(c) = self.committed.get(&meta.index) {
                 if c.term != meta.term {
                     self.fail(format!(
@@ -625,8 +629,15 @@ impl Sim {
             let at = now + self.rng.below(if self.faults { 8 } else { 2 });
             let node = self.nodes.get_mut(&to).unwrap();
             if node.engine.is_some() {
-                node.writes
-                    .push_back((at, Write::Install { from, meta, sm }));
+                node.writes.push_back((
+                    at,
+                    Write::Install {
+                        from,
+                        term,
+                        meta,
+                        sm,
+                    },
+                ));
             }
         }
     }
@@ -667,7 +678,12 @@ impl Sim {
                 let (_, write) = self.nodes.get_mut(&id).unwrap().writes.pop_front().unwrap();
                 match write {
                     Write::Append(entries) => self.complete_append(id, entries),
-                    Write::Install { from, meta, sm } => self.complete_install(id, from, meta, sm),
+                    Write::Install {
+                        from,
+                        term,
+                        meta,
+                        sm,
+                    } => self.complete_install(id, from, term, meta, sm),
                 }
             }
         }
@@ -697,7 +713,14 @@ impl Sim {
         );
     }
 
-    fn complete_install(&mut self, id: NodeId, from: NodeId, meta: SnapshotMeta, sm: StateMachine) {
+    fn complete_install(
+        &mut self,
+        id: NodeId,
+        from: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+        sm: StateMachine,
+    ) {
         let node = self.nodes.get_mut(&id).unwrap();
         let Some(engine) = node.engine.as_ref() else {
             return;
@@ -724,7 +747,7 @@ impl Sim {
             self.installs += 1;
             self.check_state(id, meta.index);
         }
-        self.step(id, Event::SnapshotInstalled { from, meta });
+        self.step(id, Event::SnapshotInstalled { from, term, meta });
         let engine = self.nodes[&id].engine.as_ref().unwrap();
         if engine.applied_index() < engine.snapshot().index {
             self.fail(format!("node {id} applied less than its snapshot"));
@@ -1146,7 +1169,7 @@ impl Sim {
     }
 
     /// Every full replica of the final membership reaches the leader's applied index, with the
-    /// same state.
+    /// same state, and the leader's progress for it shows so.
     fn check_convergence(&mut self) {
         let mut target = None;
         for _ in 0..300 {
@@ -1167,7 +1190,16 @@ impl Sim {
                 .filter(|(_, k)| **k == MemberKind::Full)
                 .map(|(id, _)| *id)
                 .collect();
-            if full.iter().all(|id| self.nodes[id].applied >= target) {
+            // The leader knows it, too: a replica that reached the index only by one snapshot
+            // after another, its leader never hearing where it stands, has not converged.
+            let engine = self.nodes[&leader].engine.as_ref().unwrap();
+            let known = |id: &NodeId| {
+                *id == leader || engine.peer_progress(*id).is_some_and(|(m, _)| m >= target)
+            };
+            if full
+                .iter()
+                .all(|id| self.nodes[id].applied >= target && known(id))
+            {
                 for id in full {
                     let node = &self.nodes[&id];
                     if self.states.get(&node.applied) != Some(&node.sm) {

@@ -891,6 +891,7 @@ impl Replication {
             install: true,
             index,
             leader_member: g.engine.id(),
+            leader_term: g.engine.term(),
             repair: false,
         };
         tracing::info!(partition = g.pid, member = to, node = %node, index, "follower is behind the compacted log: sending a snapshot");

@@ -97,6 +97,11 @@ impl Replication {
                 !g.has_items
             };
             if !wanted {
+                if req.install {
+                    // Installed already (a retry whose first answer was lost): the leader still
+                    // has to hear where this replica stands, or it keeps asking.
+                    self.acknowledge_install(&mut g, &req);
+                }
                 return Ok(Empty {});
             }
             if g.installing {
@@ -194,6 +199,7 @@ impl Replication {
                 return Err(internal("own log compacted past the snapshot"));
             }
             if log_only && !installs {
+                self.acknowledge_install(&mut g, req);
                 return Ok(Empty {});
             }
             if conflicts {
@@ -216,11 +222,11 @@ impl Replication {
             {
                 fatal("install snapshot", e);
             }
-            let from = req.leader_member;
             self.step(
                 &mut g,
                 Event::SnapshotInstalled {
-                    from,
+                    from: req.leader_member,
+                    term: req.leader_term,
                     meta: meta.clone(),
                 },
                 &mut out,
@@ -255,6 +261,26 @@ impl Replication {
             "replica installed a snapshot"
         );
         Ok(Empty {})
+    }
+}
+
+impl Replication {
+    /// Tells the leader that asked for an install which this replica needs no longer (it holds
+    /// everything up to the leader's compacted index) how far it stands.
+    fn acknowledge_install(&self, g: &mut Group, req: &RebuildRequest) {
+        let mut out = Outbox::new();
+        // At or before the commit index: the engine takes nothing from it but the acknowledgement.
+        let meta = g.engine.snapshot().clone();
+        self.step(
+            g,
+            Event::SnapshotInstalled {
+                from: req.leader_member,
+                term: req.leader_term,
+                meta,
+            },
+            &mut out,
+        );
+        self.flush(out);
     }
 }
 
