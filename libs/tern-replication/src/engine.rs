@@ -30,6 +30,10 @@ pub struct Config {
     /// applied and durable keep only their index and term ([`Payload::OnDisk`]); the runtime
     /// reads them back from its durable log when a follower behind needs them.
     pub payload_cache_bytes: u64,
+    /// Heartbeats go out at the ticks `t` where `(t + heartbeat_phase) % heartbeat_interval == 0`:
+    /// a runtime that gives every group it hosts the phase that maps their ticks to its own
+    /// clock sends all their heartbeats in the same rounds, so they share messages.
+    pub heartbeat_phase: u64,
     pub seed: u64,
 }
 
@@ -45,6 +49,7 @@ impl Config {
             max_batch_bytes: 256 * 1024,
             snapshot_retry: 20,
             payload_cache_bytes: u64::MAX,
+            heartbeat_phase: 0,
             seed,
         }
     }
@@ -336,6 +341,11 @@ impl Engine {
         }
         self.evict();
         std::mem::take(&mut self.out)
+    }
+
+    /// Sets [`Config::heartbeat_phase`] (taken modulo the heartbeat interval).
+    pub fn set_heartbeat_phase(&mut self, phase: u64) {
+        self.cfg.heartbeat_phase = phase % self.cfg.heartbeat_interval.max(1);
     }
 
     /// Sets [`Config::payload_cache_bytes`] (the runtime shares a node's budget among its
@@ -956,7 +966,9 @@ impl Engine {
     }
 
     fn broadcast_append(&mut self) {
-        self.heartbeat_due = self.now + self.cfg.heartbeat_interval;
+        let every = self.cfg.heartbeat_interval.max(1);
+        let at = (self.now + self.cfg.heartbeat_phase) % every;
+        self.heartbeat_due = self.now + every - at;
         for p in self.peers() {
             self.send_append(p);
         }

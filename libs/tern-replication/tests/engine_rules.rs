@@ -1089,3 +1089,54 @@ fn an_install_asked_by_a_deposed_leader_does_not_take_its_term() {
         "{out:?}"
     );
 }
+
+#[test]
+fn heartbeats_fall_on_the_ticks_their_phase_names() {
+    // Groups a node hosts start their clocks at different times; with the phase that maps each
+    // one's ticks onto the node's, all send heartbeats in the same rounds (one message a node).
+    for phase in 0..5u64 {
+        let cfg = Config {
+            heartbeat_interval: 5,
+            ..Config::new(1, 7)
+        };
+        let mut e = Engine::new(cfg, HardState::default(), Vec::new(), full3(), 0);
+        e.set_heartbeat_phase(phase + 10);
+        let vote = |pre| Event::Message {
+            from: 2,
+            msg: Message::VoteResponse {
+                term: 1,
+                granted: true,
+                pre,
+            },
+        };
+        tick_until_sends(&mut e);
+        e.step(vote(true));
+        e.step(vote(false));
+        assert_eq!(e.role(), Role::Leader);
+        let mut beats = Vec::new();
+        for _ in 0..15 {
+            let out = e.step(Event::Tick);
+            if sends(&out)
+                .iter()
+                .any(|(_, m)| matches!(m, Message::Append { .. }))
+            {
+                beats.push(e.now());
+            }
+            // Acknowledged, so it keeps leading.
+            e.step(Event::Message {
+                from: 2,
+                msg: Message::AppendResponse {
+                    term: 1,
+                    success: true,
+                    index: 0,
+                    sent_at: e.now(),
+                },
+            });
+        }
+        assert_eq!(beats.len(), 3, "phase {phase}: {beats:?}");
+        assert!(
+            beats.iter().all(|t| (t + phase) % 5 == 0),
+            "phase {phase}: heartbeats at {beats:?}"
+        );
+    }
+}

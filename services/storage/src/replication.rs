@@ -218,6 +218,8 @@ pub(crate) struct Inner {
     /// Calls to MemDS (placing replicas, reporting memberships).
     pub memds: MemdsClient,
     groups: RwLock<HashMap<u64, Arc<Mutex<Group>>>>,
+    /// Rounds of the tick loop so far.
+    node_ticks: AtomicU64,
     next_request: AtomicU64,
     persisted: mpsc::UnboundedSender<Durability>,
     /// Committed entries and cleared reads, for the apply thread.
@@ -287,6 +289,7 @@ impl Replication {
                 memds: MemdsClient::new(bus.clone()),
                 bus,
                 groups: RwLock::default(),
+                node_ticks: AtomicU64::new(0),
                 // NOTE: entries proposed before a restart may still apply after it; starting the
                 // ids from the clock keeps a new request from matching an old entry's id.
                 next_request: AtomicU64::new(rand_seed() | 1),
@@ -430,7 +433,15 @@ impl Replication {
             traces: Default::default(),
         };
         let group = Arc::new(Mutex::new(group));
-        self.inner.groups.write().insert(info.id, group.clone());
+        {
+            let mut groups = self.inner.groups.write();
+            // The engine counts ticks from 0, and the tick loop (which counts its rounds under
+            // the read lock) steps it once a round from now on: this phase puts its heartbeats
+            // in the same rounds as every other group's here, so they travel together.
+            let ticked = self.inner.node_ticks.load(Ordering::Relaxed);
+            group.lock().engine.set_heartbeat_phase(ticked);
+            groups.insert(info.id, group.clone());
+        }
         if !campaign.is_empty() {
             let mut out = Outbox::new();
             self.execute(&mut group.lock(), campaign, &mut out);
@@ -657,7 +668,13 @@ impl Replication {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let groups: Vec<_> = self.inner.groups.read().values().cloned().collect();
+            // NOTE: counted under the groups' read lock, so a group opened meanwhile (under the
+            // write lock) takes either this round's count and this round's tick, or neither.
+            let groups: Vec<_> = {
+                let groups = self.inner.groups.read();
+                self.inner.node_ticks.fetch_add(1, Ordering::Relaxed);
+                groups.values().cloned().collect()
+            };
             let mut out = Outbox::new();
             for group in groups {
                 let mut g = group.lock();
