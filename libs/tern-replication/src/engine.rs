@@ -386,18 +386,33 @@ impl Engine {
     /// The largest value a quorum of members has reached: this replica at `own`, each peer at
     /// what `of` says of its progress (a peer it says nothing of counts as not there).
     fn quorum_value(&self, own: u64, of: impl Fn(&Progress) -> Option<u64>) -> Option<u64> {
-        let mut values: Vec<u64> = self
-            .membership
-            .members
-            .keys()
-            .filter_map(|id| {
-                if *id == self.cfg.id {
-                    Some(own)
-                } else {
-                    self.progress.get(id).and_then(&of)
+        // NOTE: a leader asks this on every tick; groups are small, so the values stay on the
+        // stack unless a membership has more than eight members.
+        let mut small = [0u64; 8];
+        let mut spill = Vec::new();
+        let mut n = 0;
+        for id in self.membership.members.keys() {
+            let value = if *id == self.cfg.id {
+                Some(own)
+            } else {
+                self.progress.get(id).and_then(&of)
+            };
+            let Some(value) = value else { continue };
+            if n < small.len() {
+                small[n] = value;
+            } else {
+                if spill.is_empty() {
+                    spill.extend_from_slice(&small);
                 }
-            })
-            .collect();
+                spill.push(value);
+            }
+            n += 1;
+        }
+        let values = if n > small.len() {
+            &mut spill[..]
+        } else {
+            &mut small[..n]
+        };
         values.sort_unstable_by(|a, b| b.cmp(a));
         values.get(self.membership.quorum() - 1).copied()
     }

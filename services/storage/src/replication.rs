@@ -676,9 +676,11 @@ impl Replication {
                 groups.values().cloned().collect()
             };
             let mut out = Outbox::new();
+            // NOTE: one clock read for the round: a group's tick is recorded at or before the
+            // moment it was stepped, which only makes its lease end earlier.
+            let at = Instant::now();
             for group in groups {
                 let mut g = group.lock();
-                let at = Instant::now();
                 self.step(&mut g, Event::Tick, &mut out);
                 g.record_tick(at);
             }
