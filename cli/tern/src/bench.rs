@@ -1,5 +1,6 @@
 //! A load generator speaking DynamoDB's JSON protocol over plain HTTP/1.1 keep-alive connections.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -620,6 +621,26 @@ async fn scrub(
     Ok(())
 }
 
+/// What a failed request was, for the phase's summary: DynamoDB's error type with the HTTP status,
+/// or the transport's error.
+fn error_kind(answer: &anyhow::Result<(u16, Bytes)>) -> String {
+    match answer {
+        Ok((status, body)) => {
+            let kind = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("__type")?.as_str().map(str::to_string))
+                .map(|t| t.rsplit('#').next().unwrap_or_default().to_string())
+                .unwrap_or_else(|| "no error type".to_string());
+            format!("{kind} ({status})")
+        }
+        Err(e) => {
+            let mut e = e.to_string();
+            e.truncate(80);
+            format!("transport: {e}")
+        }
+    }
+}
+
 pub(crate) async fn call(
     client: &HttpClient,
     endpoint: &str,
@@ -719,7 +740,7 @@ async fn phase(
     let payload: String = "x".repeat(args.item_size);
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let next_key = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
     let mut tasks = Vec::new();
     let started = Instant::now();
     for _ in 0..args.concurrency {
@@ -739,8 +760,12 @@ async fn phase(
                 let t0 = Instant::now();
                 match call(&client, &endpoint, target, body).await {
                     Ok((200, _)) => hist.saturating_record(t0.elapsed().as_micros() as u64),
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    answer => {
+                        *errors
+                            .lock()
+                            .expect("errors")
+                            .entry(error_kind(&answer))
+                            .or_insert(0) += 1;
                     }
                 }
             }
@@ -753,16 +778,21 @@ async fn phase(
     }
     let secs = started.elapsed().as_secs_f64();
     let rate = total.len() as f64 / secs;
-    let line = format!(
+    let errors = errors.lock().expect("errors");
+    let mut line = format!(
         "{op:>15}: {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} ok, {} errors, {:.1} s)",
         rate,
         total.value_at_quantile(0.50) as f64 / 1000.0,
         total.value_at_quantile(0.99) as f64 / 1000.0,
         total.max() as f64 / 1000.0,
         total.len(),
-        errors.load(Ordering::Relaxed),
+        errors.values().sum::<u64>(),
         secs
     );
+    if !errors.is_empty() {
+        let kinds: Vec<String> = errors.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        line.push_str(&format!("\n{:>15}  errors: {}", "", kinds.join(", ")));
+    }
     Ok((line, rate))
 }
 
