@@ -136,11 +136,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             // The bench measures the data path at saturation on a new on-demand table, which
             // DynamoDB (and Tern) would hold to 4,000 write and 12,000 read units at first:
             // its starting peak is raised, admission itself stays on.
+            // Routers take the same start until they hear GAC's heartbeat (a router that hears
+            // it late otherwise throttles the first half second's writes at 4,000 units).
             for (kind, units) in [("READ", "3000000"), ("WRITE", "1000000")] {
-                spec.env.push((
-                    format!("TERN_GAC_ON_DEMAND_INITIAL_{kind}_UNITS"),
-                    units.into(),
-                ));
+                for service in ["GAC", "ROUTER"] {
+                    spec.env.push((
+                        format!("TERN_{service}_ON_DEMAND_INITIAL_{kind}_UNITS"),
+                        units.into(),
+                    ));
+                }
             }
             let cluster = Cluster::start(spec).await?;
             (cluster.endpoint(), Some(cluster), Some(dir))

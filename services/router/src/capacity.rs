@@ -28,7 +28,7 @@ use tern_proto::subjects;
 
 /// A new on-demand table's rates before its first grant, until a GAC heartbeat says how GAC is
 /// configured: DynamoDB's initial "previous peak" is 6,000 read and 2,000 write units, doubled.
-const ON_DEMAND_INITIAL: (f64, f64) = (12_000.0, 4_000.0);
+pub(crate) const ON_DEMAND_INITIAL: (f64, f64) = (12_000.0, 4_000.0);
 /// A GAC instance not heard from for this long is not asked.
 const GAC_TTL: Duration = Duration::from_secs(2);
 /// A table no request has touched for this long is forgotten (and no longer reported).
@@ -56,6 +56,8 @@ pub struct Settings {
     pub report: Duration,
     pub hold: Duration,
     pub decay: Duration,
+    /// Read and write units a new on-demand table starts at before a GAC heartbeat says GAC's.
+    pub on_demand_initial: (f64, f64),
 }
 
 #[derive(Debug)]
@@ -227,6 +229,7 @@ impl Capacity {
         instance: &str,
         registry: &tern_telemetry::metrics::Metrics,
     ) -> Arc<Self> {
+        let on_demand_initial = settings.on_demand_initial;
         let c = Arc::new(Self {
             settings,
             instance: instance.to_string(),
@@ -234,7 +237,7 @@ impl Capacity {
             gacs: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             woken: Mutex::new(Instant::now()),
-            on_demand_start: Mutex::new(ON_DEMAND_INITIAL),
+            on_demand_start: Mutex::new(on_demand_initial),
             grants: registry.register(
                 "router_gac_grants",
                 "grants received from GAC (one per table per report)",
@@ -649,6 +652,7 @@ mod tests {
             report: Duration::from_secs(1),
             hold: Duration::from_secs(5),
             decay: Duration::from_secs(5),
+            on_demand_initial: ON_DEMAND_INITIAL,
         }
     }
 
@@ -700,6 +704,32 @@ mod tests {
             on_demand_initial_write_units: 10_000_000.0,
         });
         assert_eq!(admitted(20), 20, "the announced start admits them all");
+        let st = c.tables.read()["big-1"].state.lock().table_rates;
+        assert_eq!(st, (60_000_000.0, 20_000_000.0));
+    }
+
+    /// A router configured with GAC's raised initial peak admits at it before any heartbeat.
+    #[test]
+    fn a_router_set_like_gac_starts_there_before_hearing_it() {
+        let registry = tern_telemetry::metrics::Metrics::new();
+        let c = Capacity::new(
+            Settings {
+                on_demand_initial: (60_000_000.0, 20_000_000.0),
+                ..settings()
+            },
+            "router-test",
+            &registry,
+        );
+        let t = TableInfo {
+            name: "big".into(),
+            table_id: "big-1".into(),
+            billing_mode: "PAY_PER_REQUEST".into(),
+            ..Default::default()
+        };
+        let admitted = (0..20)
+            .filter(|_| c.admit(&t, Kind::Write, 390.0).is_ok())
+            .count();
+        assert_eq!(admitted, 20, "the configured start admits them all");
         let st = c.tables.read()["big-1"].state.lock().table_rates;
         assert_eq!(st, (60_000_000.0, 20_000_000.0));
     }

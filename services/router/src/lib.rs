@@ -79,6 +79,10 @@ pub struct Config {
     pub gac_hold_ms: u64,
     /// Time constant of that decay, in milliseconds.
     pub gac_decay_ms: u64,
+    /// A new on-demand table's "previous peak" (it starts at twice it), read and write units, until
+    /// a GAC heartbeat announces GAC's own (`TERN_GAC_ON_DEMAND_INITIAL_*_UNITS`): set both alike.
+    pub on_demand_initial_read_units: f64,
+    pub on_demand_initial_write_units: f64,
 }
 
 impl Default for Config {
@@ -106,6 +110,8 @@ impl Default for Config {
             gac_report_ms: 1000,
             gac_hold_ms: 5000,
             gac_decay_ms: 5000,
+            on_demand_initial_read_units: capacity::ON_DEMAND_INITIAL.0 / 2.0,
+            on_demand_initial_write_units: capacity::ON_DEMAND_INITIAL.1 / 2.0,
         }
     }
 }
@@ -174,12 +180,23 @@ pub async fn run(
     .with_timeout(Duration::from_millis(config.bus_timeout_ms));
     let metrics = metrics::Metrics::default();
     bus.register_metrics(&metrics.registry);
+    let peak = |units: f64| {
+        if units.is_nan() {
+            1.0
+        } else {
+            units.clamp(1.0, 1e12)
+        }
+    };
     let capacity = capacity::Capacity::new(
         capacity::Settings {
             enabled: config.admission_control,
             report: Duration::from_millis(config.gac_report_ms.max(50)),
             hold: Duration::from_millis(config.gac_hold_ms),
             decay: Duration::from_millis(config.gac_decay_ms.max(1)),
+            on_demand_initial: (
+                2.0 * peak(config.on_demand_initial_read_units),
+                2.0 * peak(config.on_demand_initial_write_units),
+            ),
         },
         &config.instance,
         &metrics.registry,
