@@ -222,10 +222,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut pids = cluster.as_mut().map(process_ids).unwrap_or_default();
         pids.push(("the bench's load".into(), std::process::id()));
         let before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+        let messages = cluster.as_mut().and_then(bus_messages);
         let started = Instant::now();
         let (report, rate) = phase(&client, &endpoint, &table, op, &args).await?;
         let ops = rate * started.elapsed().as_secs_f64();
         println!("{report}");
+        if let (Some(a), Some(b)) = (messages, cluster.as_mut().and_then(bus_messages)) {
+            if ops > 0.0 {
+                println!(
+                    "  bus messages per {op}: {:.2} into nats-server",
+                    (b - a) / ops
+                );
+            }
+        }
         if ops > 0.0 {
             let (total, parts) = cpu_spent(&pids, &before, 1e6 / ops);
             println!(
@@ -487,6 +496,7 @@ async fn idle(
     tokio::time::sleep(Duration::from_secs(10)).await;
     let pids = process_ids(cluster);
     let before: Vec<Option<f64>> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let messages = bus_messages(cluster);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds)).await;
     let secs = t0.elapsed().as_secs_f64();
@@ -501,7 +511,20 @@ async fn idle(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let (Some(a), Some(b)) = (messages, bus_messages(cluster)) {
+        println!(
+            "{:>15}: {:.0} bus messages a second into nats-server",
+            "idle",
+            (b - a) / secs
+        );
+    }
     Ok(())
+}
+
+/// Messages nats-server has received so far (`/varz` `in_msgs`), if its monitoring answers.
+fn bus_messages(cluster: &mut Cluster) -> Option<f64> {
+    let varz = cluster.nats().monitor_get("/varz").ok()?;
+    serde_json::from_str::<serde_json::Value>(&varz).ok()?["in_msgs"].as_f64()
 }
 
 /// Samples of a metric family in Prometheus text: (labels, value).
