@@ -386,35 +386,20 @@ impl Engine {
     /// The largest value a quorum of members has reached: this replica at `own`, each peer at
     /// what `of` says of its progress (a peer it says nothing of counts as not there).
     fn quorum_value(&self, own: u64, of: impl Fn(&Progress) -> Option<u64>) -> Option<u64> {
-        // NOTE: a leader asks this on every tick; groups are small, so the values stay on the
-        // stack unless a membership has more than eight members.
-        let mut small = [0u64; 8];
-        let mut spill = Vec::new();
-        let mut n = 0;
-        for id in self.membership.members.keys() {
-            let value = if *id == self.cfg.id {
+        let value_of = |id: &NodeId| {
+            if *id == self.cfg.id {
                 Some(own)
             } else {
                 self.progress.get(id).and_then(&of)
-            };
-            let Some(value) = value else { continue };
-            if n < small.len() {
-                small[n] = value;
-            } else {
-                if spill.is_empty() {
-                    spill.extend_from_slice(&small);
-                }
-                spill.push(value);
             }
-            n += 1;
-        }
-        let values = if n > small.len() {
-            &mut spill[..]
-        } else {
-            &mut small[..n]
         };
-        values.sort_unstable_by(|a, b| b.cmp(a));
-        values.get(self.membership.quorum() - 1).copied()
+        let values = || self.membership.members.keys().filter_map(value_of);
+        // NOTE: a leader asks this on every tick; for a group's handful of members, counting
+        // without collecting (the largest value at least a quorum reach) saves an allocation.
+        let quorum = self.membership.quorum();
+        values()
+            .filter(|v| values().filter(|w| w >= v).count() >= quorum)
+            .max()
     }
 
     /// Drops the entries up to `index` (which the snapshot will stand for) from the log.
